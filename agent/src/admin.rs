@@ -1,0 +1,185 @@
+//! The agent's HTTP endpoints, on their own small runtime so a busy data path never delays a
+//! probe: admin (`/config_dump`, `/logging`), Prometheus (`/metrics`) and readiness
+//! (`/healthz/ready`).
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use parking_lot::RwLock;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::{pods::PodStatus, state::WorkloadStore};
+
+type Body = Full<Bytes>;
+/// Changes the log filter; returns the error to show the operator.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What the endpoints report.
+pub struct AdminState {
+    pub node: String,
+    pub registry: Registry,
+    pub workloads: Arc<WorkloadStore>,
+    pub pods: RwLock<Vec<PodStatus>>,
+    pub set_log_level: SetLogLevel,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for the {what} endpoint: {source} (is another agent running on this node?)")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub what: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Which set of routes a listener serves.
+#[derive(Clone, Copy, Debug)]
+pub enum Endpoint {
+    Admin,
+    Metrics,
+    Readiness,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Admin => "admin",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Readiness => "readiness",
+        }
+    }
+}
+
+/// Binds now (so a port conflict fails start-up), serves later on the admin runtime.
+pub fn bind(addr: SocketAddr, endpoint: Endpoint) -> Result<std::net::TcpListener, BindError> {
+    let err = |source| BindError {
+        addr,
+        what: endpoint.name(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: std::net::TcpListener, endpoint: Endpoint, state: Arc<AdminState>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(err) => {
+            warn!(%err, endpoint = endpoint.name(), "cannot serve");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(endpoint, &state, req)) }
+            });
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%err, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn route(endpoint: Endpoint, state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    match (endpoint, req.method(), path) {
+        (Endpoint::Metrics, &Method::GET, "/metrics") => metrics(state),
+        (Endpoint::Readiness, &Method::GET, "/healthz/ready") => readiness(state),
+        (Endpoint::Admin, &Method::GET, "/config_dump") => config_dump(state),
+        (Endpoint::Admin, &Method::GET, "/healthz/ready") => readiness(state),
+        (Endpoint::Admin, _, "/logging") => logging(state, req.uri().query()),
+        (Endpoint::Admin, &Method::GET, "/") => text(
+            StatusCode::OK,
+            "GET /config_dump\nGET /healthz/ready\nPOST /logging?level=<filter>\n".into(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n")),
+    }
+}
+
+fn metrics(state: &AdminState) -> Response<Body> {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
+        Ok(()) => Response::builder()
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(out)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, String::new())),
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+    }
+}
+
+fn readiness(state: &AdminState) -> Response<Body> {
+    let pods = state.pods.read();
+    let failing: Vec<String> = pods
+        .iter()
+        .filter(|p| !p.captured)
+        .map(|p| format!("{}: {}", p.uid, p.error.as_deref().unwrap_or("not captured")))
+        .collect();
+    if failing.is_empty() {
+        text(StatusCode::OK, "ready\n".into())
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready:\n{}\n", failing.join("\n")),
+        )
+    }
+}
+
+fn config_dump(state: &AdminState) -> Response<Body> {
+    let mut workloads: Vec<_> = state.workloads.iter().map(|w| w.as_ref()).collect();
+    workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+    let dump = json!({
+        "node": state.node,
+        "pods": *state.pods.read(),
+        "workloads": workloads,
+    });
+    match serde_json::to_string_pretty(&dump) {
+        Ok(body) => Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body + "\n")))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, String::new())),
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+    }
+}
+
+fn logging(state: &AdminState, query: Option<&str>) -> Response<Body> {
+    let level = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("level="));
+    match level {
+        None => text(
+            StatusCode::BAD_REQUEST,
+            "give the new filter as ?level=<filter>, e.g. ?level=debug or \
+             ?level=info,weft_agent=debug\n"
+                .into(),
+        ),
+        Some(level) => match (state.set_log_level)(level) {
+            Ok(()) => text(StatusCode::OK, format!("log level is now {level}\n")),
+            Err(err) => text(StatusCode::BAD_REQUEST, format!("{err}\n")),
+        },
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}

@@ -1,0 +1,223 @@
+//! Starts the agent: checks the host, loads the kernel programs, enrols this node's pods,
+//! serves the admin endpoints, and shuts down gracefully on SIGTERM or SIGINT.
+//!
+//! Two runtimes, as in ztunnel: a multi-thread one for the data path and a current-thread one,
+//! on its own thread, for admin, metrics and readiness.
+
+use std::{sync::Arc, thread, time::Duration};
+
+use parking_lot::RwLock;
+use prometheus_client::registry::Registry;
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::{error, info, warn};
+
+use crate::{
+    admin::{self, AdminState, Endpoint, SetLogLevel},
+    capture::{Capture, CaptureError},
+    config::Config,
+    drain,
+    inpod::{Netns, NetnsError},
+    metrics::{Metrics, VerdictCollector},
+    pods::{self, PodStatus},
+    preflight::{self, PreflightError},
+    proxy::ProxyContext,
+    state::{self, StateError, WorkloadStore},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Bind(#[from] admin::BindError),
+    #[error("cannot start the {what} runtime: {source}")]
+    Runtime {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub fn run(config: Config, set_log_level: SetLogLevel, kernel_log_level: u8) -> Result<(), AppError> {
+    let host = preflight::check(&config.bpffs)?;
+    info!(node = %config.node, cgroup2 = %host.cgroup2_mount.display(), "starting");
+    let workloads = Arc::new(WorkloadStore::load(&config.workloads)?);
+    let enrolments = state::load_enrolments(&config.pods)?;
+    let home = Netns::current()?;
+
+    // Bind every admin port before touching the kernel, so a second agent fails fast.
+    let admin_listeners = [
+        (admin::bind(config.admin_addr, Endpoint::Admin)?, Endpoint::Admin),
+        (admin::bind(config.metrics_addr, Endpoint::Metrics)?, Endpoint::Metrics),
+        (admin::bind(config.readiness_addr, Endpoint::Readiness)?, Endpoint::Readiness),
+    ];
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads.max(1))
+        .thread_name("weft-data")
+        .enable_all()
+        .build()
+        .map_err(|source| AppError::Runtime { what: "data-path", source })?;
+
+    runtime.block_on(async move {
+        let (capture, logger) = Capture::load(kernel_log_level)?;
+        let capture = Arc::new(capture);
+        if let Some(logger) = logger {
+            forward_kernel_logs(logger);
+        }
+
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        registry.register_collector(Box::new(VerdictCollector(capture.clone())));
+        let admin_state = Arc::new(AdminState {
+            node: config.node.clone(),
+            registry,
+            workloads: workloads.clone(),
+            pods: RwLock::new(
+                enrolments
+                    .iter()
+                    .map(|e| PodStatus {
+                        uid: e.uid.clone(),
+                        name: String::new(),
+                        netns: e.netns.clone(),
+                        cgroup: e.cgroup.clone(),
+                        listeners: Vec::new(),
+                        netns_cookie: 0,
+                        captured: false,
+                        error: Some("enrolling".into()),
+                    })
+                    .collect(),
+            ),
+            set_log_level,
+        });
+        let admin_thread = spawn_admin(admin_listeners, admin_state.clone())?;
+
+        let ctx = Arc::new(ProxyContext {
+            capture,
+            workloads,
+            metrics: metrics.clone(),
+            home,
+            connect_timeout: config.connect_timeout,
+        });
+        let (trigger, watcher) = drain::new();
+        let mut enrolled = Vec::new();
+        let mut statuses = Vec::new();
+        for enrolment in &enrolments {
+            match pods::enrol(enrolment, &ctx, &watcher) {
+                Ok(pod) => {
+                    info!(pod = %pod.status.name, listeners = ?pod.status.listeners, "pod captured");
+                    statuses.push(pod.status.clone());
+                    enrolled.push(pod);
+                }
+                Err(err) => {
+                    error!(%err, "pod not captured");
+                    statuses.push(pods::failed(enrolment, &err));
+                }
+            }
+        }
+        metrics.enrolled_pods.set(enrolled.len() as i64);
+        *admin_state.pods.write() = statuses;
+        drop(watcher);
+        info!(pods = enrolled.len(), "agent ready");
+
+        let signal = shutdown_signal().await;
+        info!(signal, "shutting down: releasing capture, draining connections");
+        for pod in &mut enrolled {
+            pod.release_capture();
+        }
+        let in_time = trigger.drain(config.drain_deadline).await;
+        if !in_time {
+            warn!(deadline = ?config.drain_deadline, "connections still open at the drain deadline; closing them");
+        }
+        drop(enrolled);
+        admin_thread.stop();
+        info!("stopped");
+        Ok::<_, AppError>(())
+    })
+}
+
+/// Resolves on SIGTERM (the kubelet) or SIGINT (a terminal), naming which.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            // Without signal handlers the default action (exit) applies; park forever.
+            std::future::pending::<()>().await;
+            "none"
+        }
+    }
+}
+
+/// Reads aya-log records from the kernel ring buffer into the agent's log.
+fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns the ring buffer's fd and moves into the AsyncFd, which keeps it
+    // open for as long as it is registered.
+    let fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(err) => {
+            warn!(err = %err, "eBPF log forwarding is off");
+            return;
+        }
+    };
+    let mut fd = fd;
+    tokio::spawn(async move {
+        loop {
+            match fd.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(err) => {
+                    warn!(%err, "eBPF log forwarding stopped");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+struct AdminThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: thread::JoinHandle<()>,
+}
+
+impl AdminThread {
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.handle.join();
+    }
+}
+
+fn spawn_admin(
+    listeners: [(std::net::TcpListener, Endpoint); 3],
+    state: Arc<AdminState>,
+) -> Result<AdminThread, AppError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AppError::Runtime { what: "admin", source })?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = thread::Builder::new()
+        .name("weft-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                for (listener, endpoint) in listeners {
+                    tokio::spawn(admin::serve(listener, endpoint, state.clone()));
+                }
+                let _ = stopped.await;
+            });
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        })
+        .map_err(|source| AppError::Runtime { what: "admin", source })?;
+    Ok(AdminThread { stop, handle })
+}

@@ -1,0 +1,17 @@
+//! The Weft node agent: loads the eBPF capture programs, enrols this node's pods (listeners
+//! inside their network namespaces, programs on their cgroups), proxies their connections to
+//! the original destinations, and serves admin, metrics and readiness endpoints.
+//!
+//! One module per concern; `app` wires them together.
+
+pub mod admin;
+pub mod app;
+pub mod capture;
+pub mod config;
+pub mod drain;
+pub mod inpod;
+pub mod metrics;
+pub mod pods;
+pub mod preflight;
+pub mod proxy;
+pub mod state;

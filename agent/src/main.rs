@@ -1,0 +1,59 @@
+use clap::Parser as _;
+use tracing_subscriber::{EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, reload, util::SubscriberInitExt as _};
+use weft_agent::{app, config::Config};
+
+/// Without RUST_LOG: info, and aya's loader only on errors (bpf-linker 0.10's BTF makes it
+/// warn at length about a harmless union name).
+const DEFAULT_LOG_FILTER: &str = "info,aya=error";
+
+fn main() {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let kernel_log_level = aya_log_level(filter.max_level_hint());
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let init = if config.log_format == "json" {
+        registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).try_init()
+    } else {
+        registry.with(tracing_subscriber::fmt::layer()).try_init()
+    };
+    if let Err(err) = init {
+        eprintln!("weft-agent: cannot set up logging: {err}");
+        std::process::exit(1);
+    }
+    let set_log_level: weft_agent::admin::SetLogLevel = Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    if let Err(err) = app::run(config, set_log_level, kernel_log_level) {
+        // One line: the error and its causes.
+        let mut line = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            let cause = cause.to_string();
+            if !line.contains(&cause) {
+                line.push_str(": ");
+                line.push_str(&cause);
+            }
+            source = cause_of(source);
+        }
+        eprintln!("weft-agent: {line}");
+        std::process::exit(1);
+    }
+}
+
+fn cause_of<'a>(e: Option<&'a (dyn std::error::Error + 'static)>) -> Option<&'a (dyn std::error::Error + 'static)> {
+    e.and_then(|e| e.source())
+}
+
+/// aya-log's level numbering (0 off, 1 error .. 5 trace) for the most verbose level enabled.
+fn aya_log_level(max: Option<LevelFilter>) -> u8 {
+    match max {
+        Some(LevelFilter::OFF) => 0,
+        Some(LevelFilter::ERROR) => 1,
+        Some(LevelFilter::WARN) => 2,
+        Some(LevelFilter::INFO) => 3,
+        Some(LevelFilter::DEBUG) => 4,
+        _ => 5,
+    }
+}

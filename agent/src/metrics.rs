@@ -1,0 +1,153 @@
+//! The agent's Prometheus metrics: Istio's TCP metric names and labels, so existing dashboards
+//! work, plus Weft's own under `weft_`.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+use crate::{capture::Capture, state::Workload};
+
+/// Trust domain used in principals until identity is issued by the control plane.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// Labels of Istio's `istio_tcp_*` metrics (the subset that a node proxy can know).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_app: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_app: String,
+    pub destination_address: String,
+    pub request_protocol: &'static str,
+    /// Envoy's response flags: `-` for none, `UF` for an upstream connection failure,
+    /// `NR` for no route (no original destination).
+    pub response_flags: &'static str,
+    pub connection_security_policy: &'static str,
+}
+
+impl TcpLabels {
+    /// Labels of a connection from `src` to `dst` (unknown when outside the mesh).
+    pub fn outbound(src: &Workload, dst: Option<&Workload>, dst_addr: String) -> Self {
+        let unknown = || "unknown".to_string();
+        TcpLabels {
+            reporter: "source",
+            source_workload: src.name.clone(),
+            source_workload_namespace: src.namespace.clone(),
+            source_principal: src.principal(DEFAULT_TRUST_DOMAIN),
+            source_app: src.app().to_string(),
+            destination_workload: dst.map_or_else(unknown, |d| d.name.clone()),
+            destination_workload_namespace: dst.map_or_else(unknown, |d| d.namespace.clone()),
+            destination_principal: dst
+                .map_or_else(unknown, |d| d.principal(DEFAULT_TRUST_DOMAIN)),
+            destination_app: dst.map_or_else(unknown, |d| d.app().to_string()),
+            destination_address: dst_addr,
+            request_protocol: "tcp",
+            response_flags: "-",
+            // Plaintext until HBONE mutual TLS carries node-to-node hops.
+            connection_security_policy: "none",
+        }
+    }
+}
+
+pub struct Metrics {
+    pub opened: Family<TcpLabels, Counter>,
+    pub closed: Family<TcpLabels, Counter>,
+    /// Bytes from the destination back to the client (Istio: "sent during response").
+    pub sent_bytes: Family<TcpLabels, Counter>,
+    /// Bytes from the client to the destination (Istio: "received during request").
+    pub received_bytes: Family<TcpLabels, Counter>,
+    /// Captured connections the agent could not route (no original destination found).
+    pub no_orig_dst: Counter,
+    pub active_connections: Gauge,
+    pub enrolled_pods: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            opened: Family::default(),
+            closed: Family::default(),
+            sent_bytes: Family::default(),
+            received_bytes: Family::default(),
+            no_orig_dst: Counter::default(),
+            active_connections: Gauge::default(),
+            enrolled_pods: Gauge::default(),
+        };
+        let istio = registry.sub_registry_with_prefix("istio");
+        istio.register(
+            "tcp_connections_opened",
+            "Total TCP connections opened",
+            m.opened.clone(),
+        );
+        istio.register(
+            "tcp_connections_closed",
+            "Total TCP connections closed",
+            m.closed.clone(),
+        );
+        istio.register_with_unit(
+            "tcp_sent",
+            "Total bytes sent in response to TCP connections",
+            Unit::Bytes,
+            m.sent_bytes.clone(),
+        );
+        istio.register_with_unit(
+            "tcp_received",
+            "Total bytes received from TCP connections",
+            Unit::Bytes,
+            m.received_bytes.clone(),
+        );
+        let weft = registry.sub_registry_with_prefix("weft");
+        weft.register(
+            "outbound_no_original_destination",
+            "Captured connections refused because the kernel recorded no original destination",
+            m.no_orig_dst.clone(),
+        );
+        weft.register(
+            "active_connections",
+            "Connections the agent is proxying now",
+            m.active_connections.clone(),
+        );
+        weft.register(
+            "enrolled_pods",
+            "Pods on this node whose traffic is captured",
+            m.enrolled_pods.clone(),
+        );
+        m
+    }
+}
+
+/// Reads the kernel's per-CPU verdict counters at scrape time.
+#[derive(Clone)]
+pub struct VerdictCollector(pub Arc<Capture>);
+
+impl std::fmt::Debug for VerdictCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerdictCollector")
+    }
+}
+
+impl Collector for VerdictCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "weft_ebpf_verdicts",
+            "Decisions of the kernel capture programs, by verdict",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (verdict, count) in self.0.verdict_counts() {
+            let labels = [("verdict", verdict.name())];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

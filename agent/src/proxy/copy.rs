@@ -1,0 +1,68 @@
+//! Copies bytes both ways between two TCP streams, counting as it goes (so long-lived
+//! connections show up in metrics before they close) and passing half-closes through.
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// First buffer size per direction; small so idle connections stay cheap.
+const INITIAL_BUFFER: usize = 16 * 1024;
+/// Largest buffer a direction grows to while reads keep filling it (bulk transfers).
+const MAX_BUFFER: usize = 256 * 1024;
+
+/// Bytes moved in each direction.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Transferred {
+    /// Client to upstream.
+    pub received: u64,
+    /// Upstream to client.
+    pub sent: u64,
+}
+
+/// Copies until both directions have seen end-of-stream, or either fails.
+pub async fn bidirectional(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    received: &Counter,
+    sent: &Counter,
+) -> (Transferred, std::io::Result<()>) {
+    let (mut client_r, mut client_w) = client.split();
+    let (mut upstream_r, mut upstream_w) = upstream.split();
+    let mut moved = Transferred::default();
+    let result = {
+        let up = one_way(&mut client_r, &mut upstream_w, received, &mut moved.received);
+        let down = one_way(&mut upstream_r, &mut client_w, sent, &mut moved.sent);
+        tokio::try_join!(up, down).map(|_| ())
+    };
+    // Totals are exact even when the copy fails part-way.
+    (moved, result)
+}
+
+async fn one_way<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    counter: &Counter,
+    total: &mut u64,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; INITIAL_BUFFER];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            // Pass the half-close on; the other direction may still be sending.
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        writer.write_all(&buf[..n]).await?;
+        counter.inc_by(n as u64);
+        *total += n as u64;
+        if n == buf.len() && buf.len() < MAX_BUFFER {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The data path: listeners inside pods and the byte copying between a captured client and
+//! its destination.
+
+pub mod copy;
+pub mod outbound;
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{capture::Capture, inpod::Netns, metrics::Metrics, state::WorkloadStore};
+
+/// What every connection handler needs; one per agent, shared.
+pub struct ProxyContext {
+    pub capture: Arc<Capture>,
+    pub workloads: Arc<WorkloadStore>,
+    pub metrics: Arc<Metrics>,
+    /// The agent's own network namespace, to return to after creating a socket in a pod's.
+    pub home: Netns,
+    pub connect_timeout: Duration,
+}

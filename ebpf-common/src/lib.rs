@@ -1,0 +1,268 @@
+//! The ABI between Weft's kernel programs (`weft-ebpf`) and the agent: map names, keys and
+//! values, and the verdict numbering that kernel counters, agent metrics and flow events share.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, and has no implicit padding: as root the verifier
+//! lets a program read uninitialised stack bytes, so an implicit hole in a key silently breaks
+//! hash lookups. Holes are spelled out as `_pad` fields and always written as zero. There is no
+//! `bool`: flags are `u32`.
+#![cfg_attr(not(test), no_std)]
+
+/// Port of the agent's outbound capture listener inside each pod's network namespace.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Port of the agent's inbound plaintext capture listener inside each pod's network namespace.
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+/// HBONE (HTTP/2 CONNECT over mutual TLS). Never captured: it is the mesh's own tunnel.
+pub const HBONE_PORT: u16 = 15008;
+
+/// `SO_MARK` the agent sets on every socket it opens. The capture programs pass marked sockets
+/// through untouched, so the agent never captures itself even where a program is attached
+/// above its own cgroup. ("WF" in ASCII.)
+pub const AGENT_SOCKET_MARK: u32 = 0x5746;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Names of the maps in the object file, so the agent never spells them twice.
+pub mod maps {
+    /// `LruHashMap<u64 /* socket cookie */, OrigDst>`, written by connect4/connect6.
+    pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
+    /// `LruHashMap<TupleKey, OrigDst>`, written by sockops once the source port is known, read
+    /// and deleted by the agent when it accepts the connection.
+    pub const ORIG_DST_BY_TUPLE: &str = "ORIG_DST_BY_TUPLE";
+    /// `PerCpuArray<u64>` indexed by [`Verdict`](crate::Verdict).
+    pub const VERDICTS: &str = "VERDICTS";
+}
+
+/// Names of the programs in the object file.
+pub mod programs {
+    pub const CONNECT4: &str = "weft_connect4";
+    pub const CONNECT6: &str = "weft_connect6";
+    pub const SOCKOPS: &str = "weft_sockops";
+}
+
+/// Capacity of the original-destination maps. Each entry lives from `connect()` to the agent's
+/// `accept()` (microseconds), so this bounds the connection *burst* between two accepts, not
+/// the number of open connections. LRU eviction means an overflow loses the oldest pending
+/// entry, which the agent reports as a connection without an original destination.
+pub const ORIG_DST_MAP_ENTRIES: u32 = 65_536;
+
+/// An IP address in IPv6 form: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`) so one key type
+/// serves both families. Each `u32` holds four address bytes in network order, exactly as the
+/// kernel's `user_ip6` / `remote_ip6` fields do.
+pub type Ip6Words = [u32; 4];
+
+/// The third word of an IPv4-mapped IPv6 address (`0000:ffff` in network order).
+pub const V4_MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// `127.0.0.1` as the kernel holds it in `user_ip4` / `remote_ip4` (network order).
+pub const LOOPBACK4_WORD: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+
+/// `::1` as the kernel holds it in `user_ip6` / `remote_ip6`.
+pub const LOOPBACK6_WORDS: Ip6Words = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+
+/// An IPv4 address (network order, as in `user_ip4`) in its IPv4-mapped IPv6 form.
+pub const fn v4_mapped(ip4: u32) -> Ip6Words {
+    [0, 0, V4_MAPPED_PREFIX_WORD, ip4]
+}
+
+/// Whether `words` is an IPv4-mapped IPv6 address.
+pub const fn is_v4_mapped(words: &Ip6Words) -> bool {
+    words[0] == 0 && words[1] == 0 && words[2] == V4_MAPPED_PREFIX_WORD
+}
+
+/// Whether an IPv4 address (network order) is in `127.0.0.0/8`.
+pub const fn is_loopback4(ip4: u32) -> bool {
+    ip4.to_ne_bytes()[0] == 127
+}
+
+/// The destination a pod asked for before connect4/connect6 rewrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    pub addr: Ip6Words,
+    /// Host byte order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`]: the family the application used.
+    pub family: u16,
+}
+
+/// Identifies an accepted capture connection from the agent's side: the pod's network
+/// namespace (the same `127.0.0.1:X -> 127.0.0.1:15001` tuple repeats in every pod) and the
+/// client's address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub netns_cookie: u64,
+    pub addr: Ip6Words,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
+}
+
+/// What a capture program did with a socket. Append-only: the numbers are shared by kernel
+/// counters, agent metrics and dashboards, so a value is never renumbered or reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten to the agent's outbound listener.
+    Redirected = 0,
+    /// Not TCP: passed through.
+    PassNotTcp = 1,
+    /// Destination is loopback (the pod talking to itself): passed through.
+    PassLoopback = 2,
+    /// Destination is the HBONE port: passed through.
+    PassHbone = 3,
+    /// Socket carries the agent's mark: passed through.
+    PassAgentSocket = 4,
+    /// The original-destination map was full or refused the entry: passed through (fail open,
+    /// the connection goes direct rather than failing).
+    PassMapFull = 5,
+    /// sockops moved an original destination from the cookie map to the tuple map.
+    SockopsRecorded = 6,
+    /// sockops saw a connection to the outbound listener without a cookie entry.
+    SockopsMissing = 7,
+}
+
+impl Verdict {
+    /// Number of verdicts, the length of the `VERDICTS` array. Bump with every new variant.
+    pub const COUNT: u32 = 8;
+
+    pub const ALL: [Verdict; Self::COUNT as usize] = [
+        Verdict::Redirected,
+        Verdict::PassNotTcp,
+        Verdict::PassLoopback,
+        Verdict::PassHbone,
+        Verdict::PassAgentSocket,
+        Verdict::PassMapFull,
+        Verdict::SockopsRecorded,
+        Verdict::SockopsMissing,
+    ];
+
+    /// Label used for this verdict in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Redirected => "redirected",
+            Verdict::PassNotTcp => "pass_not_tcp",
+            Verdict::PassLoopback => "pass_loopback",
+            Verdict::PassHbone => "pass_hbone",
+            Verdict::PassAgentSocket => "pass_agent_socket",
+            Verdict::PassMapFull => "pass_map_full",
+            Verdict::SockopsRecorded => "sockops_recorded",
+            Verdict::SockopsMissing => "sockops_missing",
+        }
+    }
+}
+
+// === impl OrigDst / TupleKey (conversions for user space) ===
+
+impl OrigDst {
+    /// The destination as a socket address, in the family the application used.
+    pub fn socket_addr(&self) -> core::net::SocketAddr {
+        let ip = words_to_ip6(&self.addr);
+        match (self.family, ip.to_ipv4_mapped()) {
+            (AF_INET, Some(v4)) => core::net::SocketAddr::new(v4.into(), self.port),
+            _ => core::net::SocketAddr::new(ip.into(), self.port),
+        }
+    }
+}
+
+impl TupleKey {
+    /// The key sockops wrote for a connection the agent accepted from `peer` in the network
+    /// namespace with cookie `netns_cookie`.
+    pub fn for_peer(netns_cookie: u64, peer: core::net::SocketAddr) -> Self {
+        let addr = match peer.ip() {
+            core::net::IpAddr::V4(v4) => ip6_to_words(&v4.to_ipv6_mapped()),
+            core::net::IpAddr::V6(v6) => ip6_to_words(&v6),
+        };
+        TupleKey {
+            netns_cookie,
+            addr,
+            port: peer.port(),
+            _pad: 0,
+            _pad2: 0,
+        }
+    }
+}
+
+/// IPv6 address to the kernel's word layout (each word four bytes in network order).
+pub fn ip6_to_words(ip: &core::net::Ipv6Addr) -> Ip6Words {
+    let o = ip.octets();
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The kernel's word layout back to an IPv6 address.
+pub fn words_to_ip6(words: &Ip6Words) -> core::net::Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (chunk, w) in o.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    core::net::Ipv6Addr::from(o)
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, `#[repr(C)]`, every byte is part of a named field.
+    unsafe impl aya::Pod for super::OrigDst {}
+    // SAFETY: as above; padding is spelled out as `_pad` fields.
+    unsafe impl aya::Pod for super::TupleKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi_sizes_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<OrigDst>(), 20);
+        assert_eq!(core::mem::size_of::<TupleKey>(), 32);
+    }
+
+    #[test]
+    fn v4_destinations_round_trip_through_the_mapped_form() {
+        let ip4 = u32::from_ne_bytes([10, 78, 2, 11]);
+        let orig = OrigDst {
+            addr: v4_mapped(ip4),
+            port: 8000,
+            family: AF_INET,
+        };
+        assert!(is_v4_mapped(&orig.addr));
+        assert_eq!(orig.socket_addr().to_string(), "10.78.2.11:8000");
+        assert!(is_loopback4(LOOPBACK4_WORD));
+        assert!(!is_loopback4(ip4));
+    }
+
+    #[test]
+    fn v6_destinations_keep_their_family() {
+        let ip: core::net::Ipv6Addr = "fd78:2::11".parse().unwrap();
+        let orig = OrigDst {
+            addr: ip6_to_words(&ip),
+            port: 80,
+            family: AF_INET6,
+        };
+        assert_eq!(orig.socket_addr().to_string(), "[fd78:2::11]:80");
+        assert_eq!(ip6_to_words(&core::net::Ipv6Addr::LOCALHOST), LOOPBACK6_WORDS);
+    }
+
+    #[test]
+    fn peer_keys_match_what_sockops_writes() {
+        // sockops on an AF_INET socket writes the IPv4-mapped form of `local_ip4`.
+        let key = TupleKey::for_peer(7, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(key.addr, v4_mapped(LOOPBACK4_WORD));
+        assert_eq!(key.port, 40000);
+        let key6 = TupleKey::for_peer(7, "[::1]:40001".parse().unwrap());
+        assert_eq!(key6.addr, LOOPBACK6_WORDS);
+    }
+
+    #[test]
+    fn verdicts_are_dense_and_in_order() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as u32, i as u32, "{v:?} out of place");
+        }
+    }
+}
