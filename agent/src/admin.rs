@@ -29,7 +29,9 @@ pub struct AdminState {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} for the {what} endpoint: {source} (is another agent running on this node?)")]
+#[error(
+    "cannot listen on {addr} for the {what} endpoint: {source} (is another agent running on this node?)"
+)]
 pub struct BindError {
     pub addr: SocketAddr,
     pub what: &'static str,
@@ -130,7 +132,13 @@ fn readiness(state: &AdminState) -> Response<Body> {
     let failing: Vec<String> = pods
         .iter()
         .filter(|p| !p.captured)
-        .map(|p| format!("{}: {}", p.uid, p.error.as_deref().unwrap_or("not captured")))
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p.uid,
+                p.error.as_deref().unwrap_or("not captured")
+            )
+        })
         .collect();
     if failing.is_empty() {
         text(StatusCode::OK, "ready\n".into())

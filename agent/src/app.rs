@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, AdminState, Endpoint, SetLogLevel},
-    capture::{Capture, CaptureError},
+    capture::{Capture, CaptureError, KernelLogger},
     config::Config,
     drain,
     inpod::{Netns, NetnsError},
@@ -44,7 +44,11 @@ pub enum AppError {
     },
 }
 
-pub fn run(config: Config, set_log_level: SetLogLevel, kernel_log_level: u8) -> Result<(), AppError> {
+pub fn run(
+    config: Config,
+    set_log_level: SetLogLevel,
+    kernel_log_level: u8,
+) -> Result<(), AppError> {
     let host = preflight::check(&config.bpffs)?;
     info!(node = %config.node, cgroup2 = %host.cgroup2_mount.display(), "starting");
     let workloads = Arc::new(WorkloadStore::load(&config.workloads)?);
@@ -53,9 +57,18 @@ pub fn run(config: Config, set_log_level: SetLogLevel, kernel_log_level: u8) -> 
 
     // Bind every admin port before touching the kernel, so a second agent fails fast.
     let admin_listeners = [
-        (admin::bind(config.admin_addr, Endpoint::Admin)?, Endpoint::Admin),
-        (admin::bind(config.metrics_addr, Endpoint::Metrics)?, Endpoint::Metrics),
-        (admin::bind(config.readiness_addr, Endpoint::Readiness)?, Endpoint::Readiness),
+        (
+            admin::bind(config.admin_addr, Endpoint::Admin)?,
+            Endpoint::Admin,
+        ),
+        (
+            admin::bind(config.metrics_addr, Endpoint::Metrics)?,
+            Endpoint::Metrics,
+        ),
+        (
+            admin::bind(config.readiness_addr, Endpoint::Readiness)?,
+            Endpoint::Readiness,
+        ),
     ];
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -63,7 +76,10 @@ pub fn run(config: Config, set_log_level: SetLogLevel, kernel_log_level: u8) -> 
         .thread_name("weft-data")
         .enable_all()
         .build()
-        .map_err(|source| AppError::Runtime { what: "data-path", source })?;
+        .map_err(|source| AppError::Runtime {
+            what: "data-path",
+            source,
+        })?;
 
     runtime.block_on(async move {
         let (capture, logger) = Capture::load(kernel_log_level)?;
@@ -145,7 +161,10 @@ pub fn run(config: Config, set_log_level: SetLogLevel, kernel_log_level: u8) -> 
 /// Resolves on SIGTERM (the kubelet) or SIGINT (a terminal), naming which.
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
@@ -159,7 +178,7 @@ async fn shutdown_signal() -> &'static str {
 }
 
 /// Reads aya-log records from the kernel ring buffer into the agent's log.
-fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+fn forward_kernel_logs(logger: KernelLogger) {
     // SAFETY: the logger owns the ring buffer's fd and moves into the AsyncFd, which keeps it
     // open for as long as it is registered.
     let fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
@@ -205,7 +224,10 @@ fn spawn_admin(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| AppError::Runtime { what: "admin", source })?;
+        .map_err(|source| AppError::Runtime {
+            what: "admin",
+            source,
+        })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = thread::Builder::new()
         .name("weft-admin".into())
@@ -218,6 +240,9 @@ fn spawn_admin(
             });
             runtime.shutdown_timeout(Duration::from_millis(100));
         })
-        .map_err(|source| AppError::Runtime { what: "admin", source })?;
+        .map_err(|source| AppError::Runtime {
+            what: "admin",
+            source,
+        })?;
     Ok(AdminThread { stop, handle })
 }

@@ -14,6 +14,9 @@ use aya::{
 use parking_lot::Mutex;
 use weft_ebpf_common::{OrigDst, TupleKey, Verdict, maps, programs};
 
+/// Forwards the programs' aya-log records into the agent's log (see `app`).
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// The object `build.rs` produced with aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft"));
 
@@ -25,7 +28,10 @@ pub enum CaptureError {
         source: aya::EbpfError,
     },
     #[error("eBPF object has no {what} named {name}; the agent binary is broken, rebuild it")]
-    Missing { what: &'static str, name: &'static str },
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
     #[error("loading program {name} into the kernel failed: {source}")]
     Program {
         name: &'static str,
@@ -73,7 +79,7 @@ pub struct PodLinks {
 impl Capture {
     /// Loads and verifies the programs. `log_level` is aya-log's level (0 off .. 5 trace):
     /// statements above it are skipped in the kernel, so debug logging costs nothing unless on.
-    pub fn load(log_level: u8) -> Result<(Self, Option<aya_log::EbpfLogger<&'static dyn log::Log>>), CaptureError> {
+    pub fn load(log_level: u8) -> Result<(Self, Option<KernelLogger>), CaptureError> {
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(OBJECT)

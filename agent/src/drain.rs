@@ -22,7 +22,9 @@ impl DrainTrigger {
     /// Returns whether everything finished in time.
     pub async fn drain(self, deadline: Duration) -> bool {
         let _ = self.0.send(true);
-        tokio::time::timeout(deadline, self.0.closed()).await.is_ok()
+        tokio::time::timeout(deadline, self.0.closed())
+            .await
+            .is_ok()
     }
 }
 

@@ -66,11 +66,9 @@ impl Netns {
 
     /// Runs `f` with the current thread inside this namespace, then returns to `home`.
     pub fn run<T>(&self, home: &Netns, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
-            NetnsError::Enter {
-                path: self.path.clone(),
-                source,
-            }
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+            path: self.path.clone(),
+            source,
         })?;
         let out = f();
         setns(home.file.as_fd(), CloneFlags::CLONE_NEWNET)

@@ -1,5 +1,7 @@
 use clap::Parser as _;
-use tracing_subscriber::{EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, reload, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, reload, util::SubscriberInitExt as _,
+};
 use weft_agent::{app, config::Config};
 
 /// Without RUST_LOG: info, and aya's loader only on errors (bpf-linker 0.10's BTF makes it
@@ -8,12 +10,15 @@ const DEFAULT_LOG_FILTER: &str = "info,aya=error";
 
 fn main() {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let kernel_log_level = aya_log_level(filter.max_level_hint());
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let init = if config.log_format == "json" {
-        registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer()).try_init()
     };
@@ -42,7 +47,9 @@ fn main() {
     }
 }
 
-fn cause_of<'a>(e: Option<&'a (dyn std::error::Error + 'static)>) -> Option<&'a (dyn std::error::Error + 'static)> {
+fn cause_of<'a>(
+    e: Option<&'a (dyn std::error::Error + 'static)>,
+) -> Option<&'a (dyn std::error::Error + 'static)> {
     e.and_then(|e| e.source())
 }
 

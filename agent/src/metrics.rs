@@ -47,8 +47,7 @@ impl TcpLabels {
             source_app: src.app().to_string(),
             destination_workload: dst.map_or_else(unknown, |d| d.name.clone()),
             destination_workload_namespace: dst.map_or_else(unknown, |d| d.namespace.clone()),
-            destination_principal: dst
-                .map_or_else(unknown, |d| d.principal(DEFAULT_TRUST_DOMAIN)),
+            destination_principal: dst.map_or_else(unknown, |d| d.principal(DEFAULT_TRUST_DOMAIN)),
             destination_app: dst.map_or_else(unknown, |d| d.app().to_string()),
             destination_address: dst_addr,
             request_protocol: "tcp",

@@ -20,9 +20,7 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrolError {
-    #[error(
-        "pod {uid} is enrolled on this node but missing from the workload list; add it there"
-    )]
+    #[error("pod {uid} is enrolled on this node but missing from the workload list; add it there")]
     UnknownWorkload { uid: WorkloadUid },
     #[error("pod {uid}: {source}")]
     Netns {
@@ -39,8 +37,9 @@ pub enum EnrolError {
     #[error("pod {uid}: {source}")]
     Capture {
         uid: WorkloadUid,
+        // Boxed: aya's errors are large and this travels through every enrolment result.
         #[source]
-        source: CaptureError,
+        source: Box<CaptureError>,
     },
 }
 
@@ -112,7 +111,7 @@ pub fn enrol(
         .attach(&enrolment.cgroup)
         .map_err(|source| EnrolError::Capture {
             uid: uid.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let status = PodStatus {
         uid,

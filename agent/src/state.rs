@@ -193,7 +193,10 @@ mod tests {
         let store = WorkloadStore::new(vec![workload("a", "10.0.0.1"), workload("b", "fd00::2")]);
         assert_eq!(store.by_ip("10.0.0.1".parse().unwrap()).unwrap().name, "a");
         assert_eq!(
-            store.by_ip("::ffff:10.0.0.1".parse().unwrap()).unwrap().name,
+            store
+                .by_ip("::ffff:10.0.0.1".parse().unwrap())
+                .unwrap()
+                .name,
             "a"
         );
         assert_eq!(store.by_ip("fd00::2".parse().unwrap()).unwrap().name, "b");
@@ -217,7 +220,10 @@ mod tests {
         let path = dir.join("w.json");
         std::fs::write(&path, r#"{"workloads": [{"uid": "a"}]}"#).unwrap();
         let err = WorkloadStore::load(&path).unwrap_err().to_string();
-        assert!(err.contains("w.json") && err.contains("missing field"), "{err}");
+        assert!(
+            err.contains("w.json") && err.contains("missing field"),
+            "{err}"
+        );
         std::fs::write(
             &path,
             r#"{"workloads": [{"uid": "a", "name": "a", "namespace": "n",

@@ -246,7 +246,10 @@ mod tests {
             family: AF_INET6,
         };
         assert_eq!(orig.socket_addr().to_string(), "[fd78:2::11]:80");
-        assert_eq!(ip6_to_words(&core::net::Ipv6Addr::LOCALHOST), LOOPBACK6_WORDS);
+        assert_eq!(
+            ip6_to_words(&core::net::Ipv6Addr::LOCALHOST),
+            LOOPBACK6_WORDS
+        );
     }
 
     #[test]

@@ -11,11 +11,16 @@
 //! itself never changes the socket.
 //!
 //! Context loads: `local_port` is host order; `remote_port` holds the big-endian port in its
-//! upper 16 bits.
+//! upper 16 bits. Every field is loaded up front, unconditionally, with volatile 4-byte reads at
+//! constant offsets: left to itself LLVM sinks the IPv4 and IPv6 branches' loads into one load
+//! through a phi of two context addresses, which the verifier rejects ("dereference of
+//! modified ctx ptr"). Reading the other family's fields is allowed and harmless.
+
+use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_ops},
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
     programs::SockOpsContext,
@@ -30,34 +35,55 @@ use crate::maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE, count};
 
 #[sock_ops]
 pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+    // SAFETY: field address of the live context.
+    if load(unsafe { addr_of!((*ctx.ops).op) }) == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         on_active_established(&ctx);
     }
     1
 }
 
+/// A 4-byte context load the compiler may not merge with another.
+#[inline(always)]
+fn load(field: *const u32) -> u32 {
+    // SAFETY: `field` points into the context the kernel passed in, valid for the whole run.
+    unsafe { read_volatile(field) }
+}
+
+#[inline(always)]
+fn load6(field: *const [u32; 4]) -> Ip6Words {
+    let first = field.cast::<u32>();
+    // SAFETY: as in `load`; the four words are consecutive fields of the context.
+    unsafe {
+        [
+            load(first),
+            load(first.add(1)),
+            load(first.add(2)),
+            load(first.add(3)),
+        ]
+    }
+}
+
 #[inline(always)]
 fn on_active_established(ctx: &SockOpsContext) {
-    let remote_port = u16::from_be((ctx.remote_port() >> 16) as u16);
+    let ops: *const bpf_sock_ops = ctx.ops;
+    // SAFETY (all `addr_of!` below): field addresses of the live context, no reads.
+    let remote_port = u16::from_be((load(unsafe { addr_of!((*ops).remote_port) }) >> 16) as u16);
     if remote_port != OUTBOUND_PORT {
         return;
     }
-    let local: Ip6Words = match ctx.family() as u16 {
-        AF_INET => {
-            if ctx.remote_ip4() != LOOPBACK4_WORD {
-                return;
-            }
-            v4_mapped(ctx.local_ip4())
-        }
-        AF_INET6 => {
-            let remote = ctx.remote_ip6();
-            if remote != LOOPBACK6_WORDS && remote != v4_mapped(LOOPBACK4_WORD) {
-                return;
-            }
-            ctx.local_ip6()
+    let family = load(unsafe { addr_of!((*ops).family) }) as u16;
+    let remote_ip4 = load(unsafe { addr_of!((*ops).remote_ip4) });
+    let local_ip4 = load(unsafe { addr_of!((*ops).local_ip4) });
+    let remote_ip6 = load6(unsafe { addr_of!((*ops).remote_ip6) });
+    let local_ip6 = load6(unsafe { addr_of!((*ops).local_ip6) });
+    let local: Ip6Words = match family {
+        AF_INET if remote_ip4 == LOOPBACK4_WORD => v4_mapped(local_ip4),
+        AF_INET6 if remote_ip6 == LOOPBACK6_WORDS || remote_ip6 == v4_mapped(LOOPBACK4_WORD) => {
+            local_ip6
         }
         _ => return,
     };
+    let local_port = load(unsafe { addr_of!((*ops).local_port) }) as u16;
     // SAFETY: both helpers only read the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }).copied() else {
@@ -69,7 +95,7 @@ fn on_active_established(ctx: &SockOpsContext) {
         // SAFETY: reads the socket's network namespace, no side effects.
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         addr: local,
-        port: ctx.local_port() as u16,
+        port: local_port,
         _pad: 0,
         _pad2: 0,
     };

@@ -32,7 +32,12 @@ pub async fn bidirectional(
     let (mut upstream_r, mut upstream_w) = upstream.split();
     let mut moved = Transferred::default();
     let result = {
-        let up = one_way(&mut client_r, &mut upstream_w, received, &mut moved.received);
+        let up = one_way(
+            &mut client_r,
+            &mut upstream_w,
+            received,
+            &mut moved.received,
+        );
         let down = one_way(&mut upstream_r, &mut client_w, sent, &mut moved.sent);
         tokio::try_join!(up, down).map(|_| ())
     };

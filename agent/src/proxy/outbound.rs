@@ -164,7 +164,8 @@ impl Connection {
         if let Some(w) = &dst_workload {
             span.record("dst.workload", field::display(&w.name));
         }
-        let mut labels = TcpLabels::outbound(&self.pod.workload, dst_workload.as_deref(), dst.to_string());
+        let mut labels =
+            TcpLabels::outbound(&self.pod.workload, dst_workload.as_deref(), dst.to_string());
         metrics.opened.get_or_create(&labels).inc();
         metrics.active_connections.inc();
         let _active = scopeguard(|| {
@@ -189,7 +190,8 @@ impl Connection {
         };
         let received = metrics.received_bytes.get_or_create(&labels).clone();
         let sent = metrics.sent_bytes.get_or_create(&labels).clone();
-        let (moved, result) = copy::bidirectional(&mut client, &mut upstream, &received, &sent).await;
+        let (moved, result) =
+            copy::bidirectional(&mut client, &mut upstream, &received, &sent).await;
         metrics.closed.get_or_create(&labels).inc();
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
