@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(

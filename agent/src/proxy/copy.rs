@@ -71,3 +71,49 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback streams.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_counts_exactly_and_passes_half_close_on() {
+        // client <-> (agent_client | agent_upstream) <-> server
+        let (mut client, mut agent_client) = pair().await;
+        let (mut agent_upstream, mut server) = pair().await;
+        let received = Counter::default();
+        let sent = Counter::default();
+        let proxy = tokio::spawn({
+            let (received, sent) = (received.clone(), sent.clone());
+            async move { bidirectional(&mut agent_client, &mut agent_upstream, &received, &sent).await }
+        });
+
+        let request = vec![7u8; 300_000];
+        client.write_all(&request).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, request, "server gets every byte, then EOF");
+
+        // The other direction still works after the client's half-close.
+        server.write_all(b"response").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"response");
+
+        let (moved, result) = proxy.await.unwrap();
+        result.unwrap();
+        assert_eq!((moved.received, moved.sent), (300_000, 8));
+        assert_eq!((received.get(), sent.get()), (300_000, 8));
+    }
+}
