@@ -4,9 +4,20 @@ use tracing_subscriber::{
 };
 use weft_agent::{app, config::Config};
 
-/// Without RUST_LOG: info, and aya's loader only on errors (bpf-linker 0.10's BTF makes it
-/// warn at length about a harmless union name).
-const DEFAULT_LOG_FILTER: &str = "info,aya=error";
+/// Without RUST_LOG: info.
+const DEFAULT_LOG_FILTER: &str = "info";
+/// Appended to every filter that does not mention aya itself: aya's loader warns at length
+/// about a union name in bpf-linker 0.10's BTF, which is harmless for these program types.
+const QUIET_AYA: &str = "aya=error";
+
+/// The operator's filter with aya's loader quietened unless they asked about it.
+fn log_filter(spec: &str) -> String {
+    if spec.contains("aya") {
+        spec.to_string()
+    } else {
+        format!("{spec},{QUIET_AYA}")
+    }
+}
 
 fn main() {
     let config = Config::parse();
@@ -27,7 +38,8 @@ fn main() {
         std::process::exit(1);
     }
     let set_log_level: weft_agent::admin::SetLogLevel = Box::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
+        let filter = EnvFilter::try_new(log_filter(level))
+            .map_err(|e| format!("bad filter {level:?}: {e}"))?;
         handle.reload(filter).map_err(|e| e.to_string())
     });
     if let Err(err) = app::run(config, set_log_level, kernel_log_level) {

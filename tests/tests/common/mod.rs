@@ -1,0 +1,90 @@
+//! Helpers shared by the scenarios that run real agents.
+
+#![allow(dead_code, reason = "each test crate uses a different subset")]
+
+use std::time::{Duration, Instant};
+
+use weft_tests::scenario::TcpCounters;
+use weft_tests::testbed::{AgentConfig, Config, Testbed, TestbedGuard};
+
+/// How long counters get to show a connection: bytes may be counted when it closes.
+pub const COUNTER_WAIT: Duration = Duration::from_secs(10);
+
+/// Privileged tests fail, never skip, without root.
+pub fn require_root() {
+    assert!(
+        weft_tests::is_root(),
+        "the end-to-end tests need root (namespaces, cgroups, eBPF); run them with `cargo xtask test`"
+    );
+}
+
+/// The agent under test ($WEFT_AGENT_BIN or target/debug/weft-agent); fails if missing.
+pub fn agent() -> AgentConfig {
+    let agent = AgentConfig::from_env();
+    assert!(
+        agent.bin.is_file(),
+        "no agent binary at {}: build it (`cargo build -p weft-agent`) or set WEFT_AGENT_BIN",
+        agent.bin.display()
+    );
+    agent
+}
+
+/// A testbed with one agent per node, every agent ready.
+pub fn mesh(name: &str, nodes: u32, pods: u32) -> TestbedGuard {
+    require_root();
+    let config = Config::named(name).size(nodes, pods).agent(agent());
+    TestbedGuard::up(&config).unwrap_or_else(|e| panic!("bringing {name} up: {e}"))
+}
+
+/// The counters `node`'s agent reports as the source of `src` -> `dst` connections.
+pub fn source_counters(tb: &Testbed, node: &str, src: &str, dst: &str) -> TcpCounters {
+    let m = tb
+        .metrics(node)
+        .unwrap_or_else(|e| panic!("scraping {node}: {e}"));
+    TcpCounters::select(
+        &m,
+        &[
+            ("reporter", "source"),
+            ("source_workload", src),
+            ("destination_workload", dst),
+        ],
+    )
+}
+
+/// Polls `node`'s source counters for `src` -> `dst` until what grew since `before`
+/// satisfies `done`, and returns the growth; fails after [`COUNTER_WAIT`] with what it saw.
+pub fn wait_for_growth(
+    tb: &Testbed,
+    node: &str,
+    src: &str,
+    dst: &str,
+    before: &TcpCounters,
+    what: &str,
+    done: impl Fn(&TcpCounters) -> bool,
+) -> TcpCounters {
+    let deadline = Instant::now() + COUNTER_WAIT;
+    loop {
+        let grown = source_counters(tb, node, src, dst).since(before);
+        if done(&grown) {
+            return grown;
+        }
+        if Instant::now() >= deadline {
+            let text = tb.metrics_text(node).unwrap_or_default();
+            let istio: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("istio_tcp"))
+                .collect();
+            panic!(
+                "{node}'s agent does not show {what} for {src} -> {dst} after {COUNTER_WAIT:?}: \
+                 grew by {grown:?}; its istio_tcp samples:\n{}",
+                istio.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A connection was opened and bytes went both ways.
+pub fn one_connection_with_bytes(c: &TcpCounters) -> bool {
+    c.opened >= 1.0 && c.sent > 0.0 && c.received > 0.0
+}

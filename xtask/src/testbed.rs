@@ -1,0 +1,269 @@
+//! `cargo xtask testbed up|status|exec|down`.
+
+use std::ffi::OsString;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use weft_tests::testbed::{self, AgentConfig, Config, Testbed, cmd, topology};
+
+use crate::{run, setup};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the agent and bring a testbed up with one agent per node.
+    Up(UpArgs),
+    /// Show the nodes, agents and pods of a testbed.
+    Status(StatusArgs),
+    /// Run a command inside a pod (its network namespace and cgroup); its exit code is
+    /// passed through.
+    Exec(ExecArgs),
+    /// Take a testbed down: agents, processes, namespaces, cgroups, pins, state.
+    Down(NameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The testbed's name, prefix of everything it creates.
+    #[arg(long, default_value = topology::DEFAULT_NAME)]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = topology::DEFAULT_NODES)]
+    pub nodes: u32,
+    /// Number of pods per node.
+    #[arg(long, default_value_t = topology::DEFAULT_PODS_PER_NODE)]
+    pub pods: u32,
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Run a release build of the agent.
+    #[arg(long)]
+    pub release: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub name: NameArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// The pod, e.g. pod-1a.
+    pub pod: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(args) => up(&args),
+        Command::Status(args) => status(&args),
+        Command::Exec(args) => exec(&args),
+        Command::Down(args) => down(&args),
+    }
+}
+
+/// Set-up, agent build, `up`; prints a summary.
+pub fn up(args: &UpArgs) -> anyhow::Result<()> {
+    // Bad arguments fail before the set-up and the build, not after.
+    topology::validate_name(&args.name.name)?;
+    topology::validate_size(args.nodes, args.pods)?;
+    setup::ensure()?;
+    let bin = run::build_agent(args.release)?;
+    let config = Config::named(&args.name.name)
+        .size(args.nodes, args.pods)
+        .agent(AgentConfig::new(bin));
+    let tb = bring_up(&config)?;
+    print_summary(&tb);
+    Ok(())
+}
+
+pub fn bring_up(config: &Config) -> anyhow::Result<Testbed> {
+    println!(
+        "testbed {}: bringing up {} nodes x {} pods...",
+        config.name, config.nodes, config.pods_per_node
+    );
+    Testbed::up(config).with_context(|| format!("bringing testbed {} up failed", config.name))
+}
+
+fn print_summary(tb: &Testbed) {
+    println!(
+        "testbed {} is up: {} nodes, {} pods, every agent ready (state in {})",
+        tb.name(),
+        tb.nodes().len(),
+        tb.pods().len(),
+        tb.state_dir().display()
+    );
+    for node in tb.nodes() {
+        let pods: Vec<String> = tb
+            .pods()
+            .iter()
+            .filter(|p| p.node == node.name)
+            .map(|p| format!("{} {} {}", p.name, p.ipv4, p.ipv6))
+            .collect();
+        println!("  {} {}: {}", node.name, node.ipv4, pods.join(", "));
+    }
+    let flag = if tb.name() == topology::DEFAULT_NAME {
+        String::new()
+    } else {
+        format!(" --name {}", tb.name())
+    };
+    println!(
+        "next: cargo xtask testbed status{flag} / cargo xtask testbed exec{flag} pod-1a -- ip addr / \
+         cargo xtask testbed down{flag}"
+    );
+}
+
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let tb = Testbed::load(&args.name.name)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&status_json(&tb))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "testbed {} (state in {})",
+        tb.name(),
+        tb.state_dir().display()
+    );
+    let mut nodes = vec![row(&[
+        "NODE", "NETNS", "IP", "IPV6", "ADMIN", "METRICS", "AGENT",
+    ])];
+    for n in tb.nodes() {
+        let agent = match n.agent {
+            Some(a) if a.is_alive() => format!("pid {} running", a.pid),
+            Some(a) => format!("pid {} DEAD", a.pid),
+            None => "not started".to_owned(),
+        };
+        nodes.push(vec![
+            n.name.clone(),
+            n.netns.clone(),
+            n.ipv4.to_string(),
+            n.ipv6.to_string(),
+            n.admin_addr.to_string(),
+            n.metrics_addr.to_string(),
+            agent,
+        ]);
+    }
+    print_table(&nodes);
+    println!();
+    let mut pods = vec![row(&[
+        "POD",
+        "NAMESPACE",
+        "SERVICE ACCOUNT",
+        "LABELS",
+        "NODE",
+        "IP",
+        "IPV6",
+        "NETNS",
+        "CGROUP",
+    ])];
+    for p in tb.pods() {
+        let labels: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pods.push(vec![
+            p.name.clone(),
+            p.namespace.clone(),
+            p.service_account.clone(),
+            labels.join(","),
+            p.node.clone(),
+            p.ipv4.to_string(),
+            p.ipv6.to_string(),
+            p.netns.clone(),
+            p.cgroup.display().to_string(),
+        ]);
+    }
+    print_table(&pods);
+    Ok(())
+}
+
+fn status_json(tb: &Testbed) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = tb
+        .nodes()
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "name": n.name,
+                "netns": n.netns,
+                "ip": n.ipv4,
+                "ipv6": n.ipv6,
+                "admin_addr": n.admin_addr,
+                "metrics_addr": n.metrics_addr,
+                "readiness_addr": n.readiness_addr,
+                "agent_pid": n.agent.map(|a| a.pid),
+                "agent_alive": n.agent.is_some_and(|a| a.is_alive()),
+            })
+        })
+        .collect();
+    let pods: Vec<serde_json::Value> = tb
+        .pods()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name,
+                "uid": p.uid,
+                "namespace": p.namespace,
+                "service_account": p.service_account,
+                "labels": p.labels,
+                "node": p.node,
+                "ip": p.ipv4,
+                "ipv6": p.ipv6,
+                "netns": p.netns,
+                "cgroup": p.cgroup,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": tb.name(),
+        "state_dir": tb.state_dir(),
+        "nodes": nodes,
+        "pods": pods,
+    })
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| (*c).to_owned()).collect()
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn exec(args: &ExecArgs) -> anyhow::Result<()> {
+    testbed::require_root("running a command in a pod")?;
+    let tb = Testbed::load(&args.name.name)?;
+    let status = tb.exec_interactive(&args.pod, &args.command)?;
+    std::process::exit(cmd::exit_code(status));
+}
+
+fn down(args: &NameArg) -> anyhow::Result<()> {
+    testbed::down(&args.name)
+        .with_context(|| format!("taking testbed {} down failed", args.name))?;
+    println!("testbed {} is down", args.name);
+    Ok(())
+}
