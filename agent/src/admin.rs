@@ -4,6 +4,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
@@ -23,7 +24,7 @@ pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 pub struct AdminState {
     pub node: String,
     pub registry: Registry,
-    pub workloads: Arc<WorkloadStore>,
+    pub workloads: Arc<ArcSwap<WorkloadStore>>,
     pub pods: RwLock<Vec<PodStatus>>,
     pub set_log_level: SetLogLevel,
 }
@@ -151,7 +152,8 @@ fn readiness(state: &AdminState) -> Response<Body> {
 }
 
 fn config_dump(state: &AdminState) -> Response<Body> {
-    let mut workloads: Vec<_> = state.workloads.iter().map(|w| w.as_ref()).collect();
+    let store = state.workloads.load();
+    let mut workloads: Vec<_> = store.iter().map(|w| w.as_ref()).collect();
     workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
     let dump = json!({
         "node": state.node,

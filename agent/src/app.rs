@@ -6,6 +6,7 @@
 
 use std::{sync::Arc, thread, time::Duration};
 
+use arc_swap::ArcSwap;
 use parking_lot::RwLock;
 use prometheus_client::registry::Registry;
 use tokio::io::{Interest, unix::AsyncFd};
@@ -51,7 +52,9 @@ pub fn run(
 ) -> Result<(), AppError> {
     let host = preflight::check(&config.bpffs)?;
     info!(node = %config.node, cgroup2 = %host.cgroup2_mount.display(), "starting");
-    let workloads = Arc::new(WorkloadStore::load(&config.workloads)?);
+    let workloads = Arc::new(ArcSwap::from_pointee(WorkloadStore::load(
+        &config.workloads,
+    )?));
     let enrolments = state::load_enrolments(&config.pods)?;
     let home = Netns::current()?;
 
@@ -100,7 +103,6 @@ pub fn run(
                     .iter()
                     .map(|e| PodStatus {
                         uid: e.uid.clone(),
-                        name: String::new(),
                         netns: e.netns.clone(),
                         cgroup: e.cgroup.clone(),
                         listeners: Vec::new(),
@@ -127,7 +129,7 @@ pub fn run(
         for enrolment in &enrolments {
             match pods::enrol(enrolment, &ctx, &watcher) {
                 Ok(pod) => {
-                    info!(pod = %pod.status.name, listeners = ?pod.status.listeners, "pod captured");
+                    info!(pod = %pod.status.uid, listeners = ?pod.status.listeners, "pod captured");
                     statuses.push(pod.status.clone());
                     enrolled.push(pod);
                 }

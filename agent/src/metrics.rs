@@ -36,24 +36,48 @@ pub struct TcpLabels {
 }
 
 impl TcpLabels {
-    /// Labels of a connection from `src` to `dst` (unknown when outside the mesh).
-    pub fn outbound(src: &Workload, dst: Option<&Workload>, dst_addr: String) -> Self {
-        let unknown = || "unknown".to_string();
+    /// Labels of a connection from `src` to `dst`; either is `unknown` when the workload list
+    /// does not name it (a destination outside the mesh, or a pod not yet listed).
+    pub fn outbound(src: Option<&Workload>, dst: Option<&Workload>, dst_addr: String) -> Self {
+        let (source_workload, source_workload_namespace, source_principal, source_app) =
+            identity_labels(src);
+        let (
+            destination_workload,
+            destination_workload_namespace,
+            destination_principal,
+            destination_app,
+        ) = identity_labels(dst);
         TcpLabels {
             reporter: "source",
-            source_workload: src.name.clone(),
-            source_workload_namespace: src.namespace.clone(),
-            source_principal: src.principal(DEFAULT_TRUST_DOMAIN),
-            source_app: src.app().to_string(),
-            destination_workload: dst.map_or_else(unknown, |d| d.name.clone()),
-            destination_workload_namespace: dst.map_or_else(unknown, |d| d.namespace.clone()),
-            destination_principal: dst.map_or_else(unknown, |d| d.principal(DEFAULT_TRUST_DOMAIN)),
-            destination_app: dst.map_or_else(unknown, |d| d.app().to_string()),
+            source_workload,
+            source_workload_namespace,
+            source_principal,
+            source_app,
+            destination_workload,
+            destination_workload_namespace,
+            destination_principal,
+            destination_app,
             destination_address: dst_addr,
             request_protocol: "tcp",
             response_flags: "-",
             // Plaintext until HBONE mutual TLS carries node-to-node hops.
             connection_security_policy: "none",
+        }
+    }
+}
+
+/// Workload, namespace, principal and app of one end of a connection.
+fn identity_labels(w: Option<&Workload>) -> (String, String, String, String) {
+    match w {
+        Some(w) => (
+            w.name.clone(),
+            w.namespace.clone(),
+            w.principal(DEFAULT_TRUST_DOMAIN),
+            w.app().to_string(),
+        ),
+        None => {
+            let unknown = || "unknown".to_string();
+            (unknown(), unknown(), unknown(), unknown())
         }
     }
 }

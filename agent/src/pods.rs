@@ -71,7 +71,6 @@ impl Drop for EnrolledPod {
 #[derive(Debug, Clone, Serialize)]
 pub struct PodStatus {
     pub uid: WorkloadUid,
-    pub name: String,
     pub netns: PathBuf,
     pub cgroup: PathBuf,
     pub listeners: Vec<SocketAddr>,
@@ -88,17 +87,12 @@ pub fn enrol(
     drain: &DrainWatcher,
 ) -> Result<EnrolledPod, EnrolError> {
     let uid = enrolment.uid.clone();
-    let workload = ctx
-        .workloads
-        .by_uid(&uid)
-        .cloned()
-        .ok_or_else(|| EnrolError::UnknownWorkload { uid: uid.clone() })?;
     let netns = Netns::open(&enrolment.netns).map_err(|source| EnrolError::Netns {
         uid: uid.clone(),
         source,
     })?;
     let pod = Arc::new(Pod {
-        workload: workload.clone(),
+        uid: uid.clone(),
         netns,
     });
     let listeners =
@@ -115,7 +109,6 @@ pub fn enrol(
         })?;
     let status = PodStatus {
         uid,
-        name: workload.name.clone(),
         netns: enrolment.netns.clone(),
         cgroup: enrolment.cgroup.clone(),
         listeners: listeners.iter().filter_map(|l| l.local_addr()).collect(),
@@ -138,7 +131,6 @@ pub fn enrol(
 pub fn failed(enrolment: &Enrolment, err: &EnrolError) -> PodStatus {
     PodStatus {
         uid: enrolment.uid.clone(),
-        name: String::new(),
         netns: enrolment.netns.clone(),
         cgroup: enrolment.cgroup.clone(),
         listeners: Vec::new(),

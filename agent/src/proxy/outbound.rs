@@ -19,7 +19,7 @@ use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
     metrics::TcpLabels,
-    state::Workload,
+    state::WorkloadUid,
 };
 
 /// Pending connections per listener; a burst of new connections beyond this gets SYN-retries.
@@ -40,9 +40,11 @@ pub enum ListenerError {
     },
 }
 
-/// A pod as the data path sees it.
+/// A pod as the data path sees it. Its metadata (name, labels, service account) is looked up
+/// by uid per connection, so a pod is captured even before the workload list names it, and
+/// label changes apply to the next connection.
 pub struct Pod {
-    pub workload: Arc<Workload>,
+    pub uid: WorkloadUid,
     pub netns: Netns,
 }
 
@@ -60,7 +62,7 @@ impl OutboundListener {
         let mut listeners = vec![v4];
         match OutboundListener::bind(pod, home, (Ipv6Addr::LOCALHOST, OUTBOUND_PORT).into()) {
             Ok(v6) => listeners.push(v6),
-            Err(err) => warn!(pod = %pod.workload.name, %err, "no IPv6 capture listener"),
+            Err(err) => warn!(pod = %pod.uid, %err, "no IPv6 capture listener"),
         }
         Ok(listeners)
     }
@@ -119,7 +121,7 @@ impl OutboundListener {
                     };
                     let span = info_span!(
                         "outbound",
-                        src.workload = %pod.workload.name,
+                        src.pod = %pod.uid,
                         src.addr = %peer,
                         dst.addr = field::Empty,
                         dst.workload = field::Empty,
@@ -128,12 +130,12 @@ impl OutboundListener {
                 }
                 Err(err) => {
                     // EMFILE and friends: back off briefly rather than spin.
-                    warn!(pod = %pod.workload.name, %err, "accept failed");
+                    warn!(pod = %pod.uid, %err, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }
         }
-        debug!(pod = %pod.workload.name, "outbound listener closed");
+        debug!(pod = %pod.uid, "outbound listener closed");
     }
 }
 
@@ -158,14 +160,23 @@ impl Connection {
             return;
         };
         let dst = orig.socket_addr();
-        let dst_workload = self.ctx.workloads.by_ip(dst.ip()).cloned();
+        let (src_workload, dst_workload) = {
+            let workloads = self.ctx.workloads.load();
+            (
+                workloads.by_uid(&self.pod.uid).cloned(),
+                workloads.by_ip(dst.ip()).cloned(),
+            )
+        };
         let span = tracing::Span::current();
         span.record("dst.addr", field::display(dst));
         if let Some(w) = &dst_workload {
             span.record("dst.workload", field::display(&w.name));
         }
-        let mut labels =
-            TcpLabels::outbound(&self.pod.workload, dst_workload.as_deref(), dst.to_string());
+        let mut labels = TcpLabels::outbound(
+            src_workload.as_deref(),
+            dst_workload.as_deref(),
+            dst.to_string(),
+        );
         metrics.opened.get_or_create(&labels).inc();
         metrics.active_connections.inc();
         let _active = scopeguard(|| {
