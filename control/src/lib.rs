@@ -1,2 +1,17 @@
 //! The control plane: the mesh's certificate authority, its configuration sources (a
-//! directory of YAML documents, or Kubernetes) and the discovery server agents subscribe to.
+//! directory of YAML documents today, Kubernetes later) and the discovery server agents
+//! and gateways subscribe to.
+//!
+//! - [`config`]: the configuration model — documents, validation, compilation into wire
+//!   resources, and the watched directory source. `weftctl validate` uses it offline;
+//! - [`ca`]: the root CA, generated and persisted on first start or supplied by the
+//!   operator, and the server's own TLS certificate;
+//! - [`server`]: the gRPC server (`weft.discovery.v1.Discovery`,
+//!   `weft.identity.v1.Certificates`) and the store that versions configurations and
+//!   pushes deltas to subscribers;
+//! - [`metrics`]: Prometheus metrics on `--metrics-addr`.
+
+pub mod ca;
+pub mod config;
+pub mod metrics;
+pub mod server;

@@ -1,0 +1,225 @@
+//! Turns one complete set of parsed documents into a [`ResourceSet`]: per-document field
+//! validation, then the checks that need every document at once (duplicate names, shared
+//! IPs, which workloads a service selects, dangling route references).
+
+use std::{
+    collections::{BTreeMap, btree_map::Entry},
+    net::IpAddr,
+};
+
+use weft_proto::discovery::v1::{self as pb, ResourceType, resource::Kind as PbKind};
+
+use super::{
+    Diagnostic, Origin, ResourceSet,
+    document::{Body, Kind, ParsedDocument},
+    gateway, mesh, policy,
+    resources::resource_type,
+    route,
+    validate::Checker,
+};
+
+/// Validates and compiles `documents`. Every problem is appended to `diagnostics`; the
+/// returned set is only meaningful when none of them is an error.
+pub fn compile(documents: &[ParsedDocument], diagnostics: &mut Vec<Diagnostic>) -> ResourceSet {
+    let mut set = ResourceSet::default();
+    // Where each resource came from, to name both ends of a duplicate.
+    let mut origins: BTreeMap<(ResourceType, String), Origin> = BTreeMap::new();
+    let mut workload_names: BTreeMap<String, Origin> = BTreeMap::new();
+    let mut ips: BTreeMap<IpAddr, (String, Origin)> = BTreeMap::new();
+    let mut vips: BTreeMap<IpAddr, (String, Origin)> = BTreeMap::new();
+
+    for doc in documents {
+        let mut c = Checker::new(&doc.origin, doc.kind, diagnostics);
+        let Some(meta) = c.meta(&doc.meta) else {
+            continue;
+        };
+        let resources: Vec<(String, PbKind)> = match &doc.body {
+            Body::Workload(spec) => {
+                let w = mesh::workload(&meta, spec, &mut c);
+                match workload_names.entry(meta.key()) {
+                    Entry::Occupied(e) => c.error(
+                        "metadata.name",
+                        format!("workload {} is already defined in {}", meta.key(), e.get()),
+                    ),
+                    Entry::Vacant(e) => {
+                        e.insert(doc.origin.clone());
+                    }
+                }
+                for (i, ip) in w.ips.iter().enumerate() {
+                    let Ok(ip) = ip.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    match ips.entry(ip) {
+                        Entry::Occupied(e) => {
+                            let (other, at) = e.get();
+                            c.error(
+                                format!("spec.ips[{i}]"),
+                                format!("{ip} is already used by workload {other} ({at})"),
+                            );
+                        }
+                        Entry::Vacant(e) => {
+                            e.insert((meta.key(), doc.origin.clone()));
+                        }
+                    }
+                }
+                vec![(w.uid.clone(), PbKind::Workload(w))]
+            }
+            Body::Service(spec) => {
+                let s = mesh::service(&meta, spec, &mut c);
+                for (i, vip) in s.vips.iter().enumerate() {
+                    let Ok(vip) = vip.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    match vips.entry(vip) {
+                        Entry::Occupied(e) => {
+                            let (other, at) = e.get();
+                            c.error(
+                                format!("spec.clusterIPs[{i}]"),
+                                format!("{vip} is already the VIP of service {other} ({at})"),
+                            );
+                        }
+                        Entry::Vacant(e) => {
+                            e.insert((meta.key(), doc.origin.clone()));
+                        }
+                    }
+                }
+                vec![(meta.key(), PbKind::Service(s))]
+            }
+            Body::NetworkPolicy(spec) => policy::network_policy(&meta, spec, &mut c)
+                .into_iter()
+                .map(|(dir, p)| {
+                    (
+                        format!("networkpolicy/{}/{dir}", meta.key()),
+                        PbKind::Policy(p),
+                    )
+                })
+                .collect(),
+            Body::AuthorizationPolicy(spec) => vec![(
+                format!("authorizationpolicy/{}", meta.key()),
+                PbKind::Policy(policy::authorization_policy(&meta, spec, &mut c)),
+            )],
+            Body::PeerAuthentication(spec) => vec![(
+                format!("peerauthentication/{}", meta.key()),
+                PbKind::Policy(policy::peer_authentication(&meta, spec, &mut c)),
+            )],
+            Body::HttpRoute(spec) => vec![(
+                meta.key(),
+                PbKind::Route(route::http_route(&meta, spec, &mut c)),
+            )],
+            Body::Listener(spec) => vec![(
+                meta.key(),
+                PbKind::Listener(gateway::listener(&meta, spec, &mut c)),
+            )],
+            Body::ApiRoute(spec) => vec![(
+                meta.key(),
+                PbKind::ApiRoute(gateway::api_route(&meta, spec, &mut c)),
+            )],
+            Body::Consumer(spec) => vec![(
+                meta.key(),
+                PbKind::Consumer(gateway::consumer(&meta, spec, &mut c)),
+            )],
+            Body::Plan(spec) => {
+                vec![(meta.key(), PbKind::Plan(gateway::plan(&meta, spec, &mut c)))]
+            }
+        };
+        for (name, kind) in resources {
+            let resource = pb::Resource {
+                name: name.clone(),
+                kind: Some(kind),
+            };
+            let ty = resource_type(&resource);
+            match origins.entry((ty, name)) {
+                Entry::Occupied(e) => {
+                    c.error(
+                        "metadata.name",
+                        format!(
+                            "{} {} is already defined in {}",
+                            doc.kind.name(),
+                            meta.key(),
+                            e.get()
+                        ),
+                    );
+                    continue;
+                }
+                Entry::Vacant(e) => {
+                    e.insert(doc.origin.clone());
+                }
+            }
+            set.insert(resource);
+        }
+    }
+
+    select_workloads(&mut set);
+    check_references(documents, &set, diagnostics);
+    set
+}
+
+/// Fills in each service's `workload_uids`.
+fn select_workloads(set: &mut ResourceSet) {
+    let workloads: Vec<pb::Workload> = set
+        .of_type(ResourceType::Workload)
+        .filter_map(|r| match &r.kind {
+            Some(PbKind::Workload(w)) => Some(w.clone()),
+            _ => None,
+        })
+        .collect();
+    let services: Vec<pb::Resource> = set
+        .of_type(ResourceType::Service)
+        .map(|r| (**r).clone())
+        .collect();
+    for mut resource in services {
+        if let Some(PbKind::Service(s)) = &mut resource.kind {
+            let mut uids: Vec<String> = workloads
+                .iter()
+                .filter(|w| mesh::selects(s, w))
+                .map(|w| w.uid.clone())
+                .collect();
+            uids.sort();
+            s.workload_uids = uids;
+        }
+        set.insert(resource);
+    }
+}
+
+/// Warns about routes whose backends or parent services do not exist. Only a warning: in
+/// Kubernetes a route may name a service that is created later, and the data plane simply
+/// has no endpoint for it until then.
+fn check_references(
+    documents: &[ParsedDocument],
+    set: &ResourceSet,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    for doc in documents {
+        let Body::HttpRoute(spec) = &doc.body else {
+            continue;
+        };
+        let namespace = doc
+            .meta
+            .namespace
+            .as_deref()
+            .unwrap_or(super::validate::DEFAULT_NAMESPACE);
+        let mut c = Checker::new(&doc.origin, Kind::HttpRoute, diagnostics);
+        let exists = |ns: &Option<String>, name: &str| {
+            let key = format!("{}/{name}", ns.as_deref().unwrap_or(namespace));
+            set.get(ResourceType::Service, &key).is_some()
+        };
+        for (i, p) in spec.parent_refs.iter().enumerate() {
+            if p.kind.as_deref() == Some("Service") && !exists(&p.namespace, &p.name) {
+                c.warning(
+                    format!("spec.parentRefs[{i}].name"),
+                    format!("no Service {:?} is defined", p.name),
+                );
+            }
+        }
+        for (i, r) in spec.rules.iter().enumerate() {
+            for (j, b) in r.backend_refs.iter().enumerate() {
+                if !exists(&b.namespace, &b.name) {
+                    c.warning(
+                        format!("spec.rules[{i}].backendRefs[{j}].name"),
+                        format!("no Service {:?} is defined", b.name),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The control plane server: loads the CA and the configuration, serves discovery and
+//! certificates over TLS, and publishes configuration changes as they happen.
+
+mod discovery;
+pub mod store;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tracing::{info, warn};
+use weft_proto::{
+    discovery::v1::discovery_server::DiscoveryServer,
+    identity::v1::certificates_server::CertificatesServer,
+};
+
+pub use discovery::{CertificateService, DiscoveryService};
+pub use store::{ApplyOutcome, DEFAULT_SUBSCRIBER_QUEUE, Store};
+
+use crate::{
+    ca::{CaError, CertificateAuthority},
+    config::{Source, source::DEFAULT_DEBOUNCE},
+};
+
+/// The agent protocol's port (ARCHITECTURE §7).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:15012";
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where configuration comes from.
+    pub source: Source,
+    /// The address to serve gRPC over TLS on.
+    pub listen: SocketAddr,
+    /// Where the generated root CA is kept between starts.
+    pub state_dir: PathBuf,
+    /// Extra names and IPs for the serving certificate, besides localhost and loopback.
+    pub sans: Vec<String>,
+    /// An operator-supplied root (certificate and key, PEM), used instead of the state
+    /// directory's.
+    pub ca: Option<(PathBuf, PathBuf)>,
+    /// How long the configuration directory must be quiet before a reload.
+    pub debounce: Duration,
+    /// Changes a subscriber may fall behind by before it gets a snapshot instead.
+    pub subscriber_queue: usize,
+    /// Where to serve Prometheus `/metrics`; not served when `None`.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl ServerConfig {
+    pub fn new(source: Source, listen: SocketAddr, state_dir: PathBuf) -> Self {
+        ServerConfig {
+            source,
+            listen,
+            state_dir,
+            sans: Vec::new(),
+            ca: None,
+            debounce: DEFAULT_DEBOUNCE,
+            subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            metrics_addr: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("the configuration has {count} error(s), refusing to start:\n{errors}")]
+    InvalidConfig { count: usize, errors: String },
+    #[error("cannot listen on {addr}: {source} (is another control plane running?)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("serving failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// A control plane ready to serve: CA loaded, configuration valid, port bound.
+pub struct ControlPlane {
+    store: Arc<Store>,
+    listener: TcpListener,
+    identity: Identity,
+    ca: Arc<CertificateAuthority>,
+    source: Source,
+    debounce: Duration,
+    metrics_listener: Option<TcpListener>,
+}
+
+impl ControlPlane {
+    /// Loads the CA and the configuration and binds the port. An invalid configuration at
+    /// start is an error: serving an empty one instead would wipe every agent's state.
+    pub async fn new(config: ServerConfig) -> Result<Self, ServerError> {
+        let ca = match &config.ca {
+            Some((cert, key)) => CertificateAuthority::from_files(cert, key)?,
+            None => CertificateAuthority::load_or_generate(&config.state_dir)?,
+        };
+        let (chain, key) = ca.issue_serving(&config.sans)?;
+        let source = config.source.clone();
+        let loaded = {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || source.load())
+                .await
+                .unwrap_or_default()
+        };
+        for d in &loaded.diagnostics {
+            if !d.is_error() {
+                warn!("{d}");
+            }
+        }
+        if loaded.has_errors() {
+            let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+            return Err(ServerError::InvalidConfig {
+                count: errors.len(),
+                errors: errors.join("\n"),
+            });
+        }
+        info!(
+            files = loaded.files,
+            documents = loaded.documents,
+            resources = loaded.resources.len(),
+            "configuration loaded"
+        );
+        let store = Arc::new(Store::new(
+            loaded,
+            source.to_string(),
+            config.subscriber_queue,
+        ));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let metrics_listener = match config.metrics_addr {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+        };
+        Ok(ControlPlane {
+            metrics_listener,
+            store,
+            listener,
+            identity: Identity::from_pem(chain, key),
+            ca: Arc::new(ca),
+            source,
+            debounce: config.debounce,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound metrics address, if metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The root certificate clients verify the server with.
+    pub fn root_pem(&self) -> &str {
+        self.ca.root_pem()
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` completes, then ends every subscription (clients see their
+    /// stream end and reconnect elsewhere) and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let metrics = self.metrics_listener.map(|listener| {
+            let mut registry = Registry::default();
+            self.store.metrics().register(&mut registry);
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                Arc::new(registry),
+                self.store.clone(),
+            ))
+        });
+
+        let store = self.store.clone();
+        let mut watch_stop = stop_rx.clone();
+        let source = self.source.clone();
+        let debounce = self.debounce;
+        let watcher = tokio::spawn(async move {
+            let result = source
+                .watch(
+                    debounce,
+                    move |loaded| match store.apply(loaded) {
+                        ApplyOutcome::Applied { version } => {
+                            info!(version, "new configuration in force")
+                        }
+                        ApplyOutcome::Unchanged => info!("configuration re-read, nothing changed"),
+                        ApplyOutcome::Rejected { errors } => {
+                            warn!(
+                                errors,
+                                "configuration rejected, previous version stays in force"
+                            )
+                        }
+                    },
+                    async move {
+                        let _ = watch_stop.changed().await;
+                    },
+                )
+                .await;
+            if let Err(e) = result {
+                warn!(error = %e, "cannot watch the configuration; changes need a restart");
+            }
+        });
+
+        let tls = ServerTlsConfig::new().identity(self.identity);
+        let discovery = DiscoveryService::new(self.store.clone(), stop_rx.clone());
+        let mut serve_stop = stop_rx;
+        let server = Server::builder()
+            .tls_config(tls)
+            .map_err(ServerError::Tls)?
+            .add_service(DiscoveryServer::new(discovery))
+            .add_service(CertificatesServer::new(CertificateService))
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), async move {
+                let _ = serve_stop.changed().await;
+            });
+
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            // Keep the sender alive until here: a dropped sender also reads as "stop".
+            drop(stop_tx);
+        });
+        let result = server.await.map_err(ServerError::Serve);
+        watcher.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        info!("control plane stopped");
+        result
+    }
+}

@@ -1,0 +1,79 @@
+//! A TLS channel to the control plane for one-off calls.
+
+use std::{path::PathBuf, time::Duration};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use weft_proto::discovery::v1::discovery_client::DiscoveryClient;
+
+use crate::CtlError;
+
+/// The control plane's default address (ARCHITECTURE §7).
+pub const DEFAULT_CONTROL: &str = "https://127.0.0.1:15012";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where the control plane is and how to trust it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Control plane address, host:port or https://host:port.
+    #[arg(long, env = "WEFT_CONTROL", default_value = DEFAULT_CONTROL)]
+    pub control: String,
+    /// Root CA certificate (PEM) the control plane's certificate chains to, e.g. the
+    /// control plane's `--state-dir`/root-cert.pem.
+    #[arg(long, env = "WEFT_CA_CERT")]
+    pub ca_cert: PathBuf,
+    /// Name to verify in the control plane's certificate, when the address is not one of
+    /// its SANs.
+    #[arg(long)]
+    pub server_name: Option<String>,
+}
+
+impl ControlArgs {
+    /// The address with its scheme.
+    pub fn url(&self) -> String {
+        if self.control.contains("://") {
+            self.control.clone()
+        } else {
+            format!("https://{}", self.control)
+        }
+    }
+
+    pub async fn connect(&self) -> Result<DiscoveryClient<Channel>, CtlError> {
+        let pem = std::fs::read_to_string(&self.ca_cert).map_err(|source| CtlError::CaFile {
+            path: self.ca_cert.clone(),
+            source,
+        })?;
+        let url = self.url();
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        let endpoint = Channel::from_shared(url.clone())
+            .map_err(|_| CtlError::Address {
+                address: self.control.clone(),
+            })?
+            .tls_config(tls)
+            .map_err(|e| CtlError::Connect {
+                address: url.clone(),
+                detail: e.to_string(),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT);
+        let channel = endpoint.connect().await.map_err(|e| CtlError::Connect {
+            address: url,
+            detail: error_chain(&e),
+        })?;
+        Ok(DiscoveryClient::new(channel))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,190 @@
+//! The real `weftctl` binary: exit codes and output of validate, and status / config dump
+//! against a real control plane on loopback over TLS.
+
+use std::{path::Path, process::Command};
+
+use weft_control::{
+    config::Source,
+    server::{ControlPlane, ServerConfig},
+};
+
+const GOOD: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: web-0, namespace: shop, labels: {app: web}}
+spec: {serviceAccount: web, node: node-1, ips: [10.1.0.10]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {selector: {app: web}, clusterIP: 10.96.0.10, ports: [{port: 80}]}
+";
+
+const BAD: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  ports:
+  - {name: a, port: 80}
+  - {name: b, port: 70000}
+";
+
+fn weftctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weftctl"))
+        .args(args)
+        .env_remove("WEFT_CONTROL")
+        .env_remove("WEFT_CA_CERT")
+        .output()
+        .expect("weftctl runs");
+    (
+        out.status.code().expect("exited"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+#[test]
+fn validate_accepts_a_good_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), GOOD).unwrap();
+    let (code, out, _) = weftctl(&["validate", path(dir.path())]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        "valid: 1 file(s), 2 document(s), 2 resource(s), 0 warning(s)\n"
+    );
+}
+
+#[test]
+fn validate_rejects_bad_documents_with_file_doc_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), BAD).unwrap();
+    let (code, out, _) = weftctl(&["validate", path(dir.path())]);
+    assert_eq!(code, 1, "{out}");
+    let b = dir.path().join("b.yaml");
+    let b = b.display();
+    assert!(
+        out.contains(&format!("{b}: document 0 (0-based) (Service): metadata.name: Service shop/web is already defined in")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{b}: document 1 (0-based) (Service): spec.ports[1].port: must be 1-65535, got 70000"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("the control plane would reject this configuration\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn validate_single_files_and_missing_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.txt");
+    std::fs::write(&file, GOOD).unwrap();
+    // A file named explicitly is read whatever its extension.
+    assert_eq!(weftctl(&["validate", path(&file)]).0, 0);
+    let (code, out, _) = weftctl(&["validate", "/nonexistent/weft"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/nonexistent/weft: cannot read"), "{out}");
+    // No path at all is a usage error.
+    assert_eq!(weftctl(&["validate"]).0, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_config_dump_against_a_real_control_plane() {
+    let config = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(config.path().join("mesh.yaml"), GOOD).unwrap();
+    let cp = ControlPlane::new(ServerConfig::new(
+        Source::Directory(config.path().to_path_buf()),
+        "127.0.0.1:0".parse().unwrap(),
+        state.path().to_path_buf(),
+    ))
+    .await
+    .unwrap();
+    let control = format!("127.0.0.1:{}", cp.local_addr().unwrap().port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cp.run(async {
+        let _ = stopped.await;
+    }));
+    let ca = state.path().join("root-cert.pem");
+    let ca = path(&ca).to_string();
+
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            weftctl(&args)
+        })
+    };
+    let base = |cmd: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--control".into(),
+            control.clone(),
+            "--ca-cert".into(),
+            ca.clone(),
+        ]);
+        v
+    };
+
+    let (code, out, err) = run(base(&["status"])).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configuration version 1"), "{out}");
+    assert!(out.contains("no clients connected"), "{out}");
+
+    let (code, out, err) = run(base(&["status", "-o", "json"])).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["configVersion"], "1");
+    assert_eq!(json["lastReloadRejected"], false);
+
+    let (code, out, err) = run(base(&[
+        "config", "dump", "--node", "node-1", "--type", "workload", "-o", "json",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let snapshot = &json["snapshots"][0];
+    assert_eq!(snapshot["resourceType"], "RESOURCE_TYPE_WORKLOAD");
+    assert_eq!(snapshot["resources"][0]["workload"]["ips"][0], "10.1.0.10");
+
+    let (code, out, err) = run(base(&["config", "dump", "--node", "node-1"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("name: shop/web"), "{out}");
+
+    // A wrong CA is a clear connection error, exit 2.
+    let other = tempfile::tempdir().unwrap();
+    weft_control::ca::CertificateAuthority::load_or_generate(other.path()).unwrap();
+    let bogus_ca = path(&other.path().join("root-cert.pem")).to_string();
+    let (code, _, err) = run(vec![
+        "status".into(),
+        "--control".into(),
+        control.clone(),
+        "--ca-cert".into(),
+        bogus_ca,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot connect to the control plane"), "{err}");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

@@ -1,0 +1,306 @@
+//! HBONE data path: real TLS and HTTP/2 on loopback, real TCP upstreams.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test on any error"
+)]
+
+mod support;
+
+use std::sync::Arc;
+
+use http::{Method, Request, StatusCode};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use weft_link::hbone::{ConnectRequest, ServerOptions, TraceParent};
+
+use support::{Ca, CountingSockets, DirectHandler, Server, VALID, client, id};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tunnels_share_one_connection() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let echo = support::echo_server().await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let sockets = Arc::new(CountingSockets::default());
+    let hbone = client(&sockets);
+
+    let tunnels = (0..8).map(|i| {
+        let (hbone, tls) = (hbone.clone(), tls.clone());
+        let req = ConnectRequest::new(server.addr, id("server"), echo);
+        tokio::spawn(async move {
+            let mut tunnel = hbone.connect(&tls, req).await.unwrap();
+            let msg = format!("hello from tunnel {i}");
+            tunnel.write_all(msg.as_bytes()).await.unwrap();
+            tunnel.shutdown().await.unwrap();
+            let mut back = String::new();
+            tunnel.read_to_string(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+        })
+    });
+    for task in tunnels.collect::<Vec<_>>() {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        sockets.dialled(),
+        1,
+        "all tunnels should share one connection"
+    );
+    assert_eq!(hbone.pooled_connections(), 1);
+
+    // A later tunnel reuses the idle pooled connection too.
+    let req = ConnectRequest::new(server.addr, id("server"), echo);
+    let mut tunnel = hbone.connect(&tls, req).await.unwrap();
+    tunnel.write_all(b"again").await.unwrap();
+    let mut buf = [0; 5];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"again");
+    assert_eq!(sockets.dialled(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_connection_makes_the_pool_dial_another() {
+    let ca = Ca::new("root");
+    let options = ServerOptions {
+        max_concurrent_streams: 2,
+        ..Default::default()
+    };
+    let cert = ca.issue(&id("server"), VALID);
+    let server = Server::start_with(&ca, cert, DirectHandler::default(), None, options).await;
+    let echo = support::echo_server().await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let sockets = Arc::new(CountingSockets::default());
+    let hbone = client(&sockets);
+
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let req = ConnectRequest::new(server.addr, id("server"), echo);
+        open.push(hbone.connect(&tls, req).await.unwrap());
+    }
+    assert_eq!(
+        sockets.dialled(),
+        2,
+        "the third tunnel needs a second connection"
+    );
+    for tunnel in &mut open {
+        tunnel.write_all(b"ping").await.unwrap();
+        let mut buf = [0; 4];
+        tunnel.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+    // Once a tunnel closes, its slot is reused instead of dialling again.
+    drop(open.pop());
+    drop(open.pop());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let req = ConnectRequest::new(server.addr, id("server"), echo);
+    let _tunnel = hbone.connect(&tls, req).await.unwrap();
+    assert_eq!(sockets.dialled(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_mebibytes_arrive_intact_both_ways() {
+    const LEN: usize = 10 * 1024 * 1024;
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let echo = support::echo_server().await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let hbone = client(&Arc::new(CountingSockets::default()));
+
+    let req = ConnectRequest::new(server.addr, id("server"), echo);
+    let tunnel = hbone.connect(&tls, req).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(tunnel);
+    // A pattern that differs at every offset modulo 251, so a lost or repeated chunk shows.
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    // Write and read at once: the echo pushes back while we write, which exercises the
+    // window updates of both directions.
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(LEN);
+    r.read_to_end(&mut back).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), LEN);
+    assert!(back == data, "echoed bytes differ");
+
+    // The server reports the counts once the tunnel is over.
+    for _ in 0..50 {
+        if !server.handler.summaries.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let summaries = server.handler.summaries.lock();
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(summaries[0].bytes_from_peer, LEN as u64);
+    assert_eq!(summaries[0].bytes_to_peer, LEN as u64);
+    assert_eq!(summaries[0].peer, id("client"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_passes_through() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let upstream = support::count_then_reply_server().await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let hbone = client(&Arc::new(CountingSockets::default()));
+
+    let req = ConnectRequest::new(server.addr, id("server"), upstream);
+    let mut tunnel = hbone.connect(&tls, req).await.unwrap();
+    tunnel.write_all(&[7; 1000]).await.unwrap();
+    // END_STREAM must reach the upstream as a FIN, and its answer must still come back.
+    tunnel.shutdown().await.unwrap();
+    let mut reply = String::new();
+    tunnel.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(reply, "got 1000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_reach_the_handler() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let echo = support::echo_server().await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let hbone = client(&Arc::new(CountingSockets::default()));
+
+    let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        .parse()
+        .unwrap();
+    let mut req = ConnectRequest::new(server.addr, id("server"), echo);
+    req.traceparent = Some(tp);
+    req.baggage = Some("k8s.namespace.name=default".parse().unwrap());
+    let _tunnel = hbone.connect(&tls, req).await.unwrap();
+    // Without a traceparent, one is generated.
+    let req = ConnectRequest::new(server.addr, id("server"), echo);
+    let _tunnel2 = hbone.connect(&tls, req).await.unwrap();
+
+    let requests = server.handler.requests.lock();
+    assert_eq!(requests[0].authority, echo);
+    assert_eq!(requests[0].peer, id("client"));
+    assert_eq!(requests[0].headers["traceparent"], tp.to_string().as_str());
+    assert_eq!(requests[0].headers["baggage"], "k8s.namespace.name=default");
+    let generated = requests[1].headers["traceparent"].to_str().unwrap();
+    assert!(generated.parse::<TraceParent>().is_ok(), "{generated}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_gets_503() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let hbone = client(&Arc::new(CountingSockets::default()));
+
+    let nothing = support::closed_port().await;
+    let req = ConnectRequest::new(server.addr, id("server"), nothing);
+    let err = hbone.connect(&tls, req).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_policy_refuses_a_peer_with_401() {
+    let ca = Ca::new("root");
+    let handler = DirectHandler {
+        deny: vec!["intruder".into()],
+        ..Default::default()
+    };
+    let cert = ca.issue(&id("server"), VALID);
+    let server = Server::start_with(&ca, cert, handler, None, Default::default()).await;
+    let echo = support::echo_server().await;
+    let hbone = client(&Arc::new(CountingSockets::default()));
+
+    let tls = ca.client_tls(&id("intruder"), VALID);
+    let req = ConnectRequest::new(server.addr, id("server"), echo);
+    let err = hbone.connect(&tls, req).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED), "{err}");
+}
+
+/// Sends one raw request over mTLS + h2 and returns the response status.
+async fn raw_request(ca: &Ca, server: &Server, method: Method, authority: &str) -> StatusCode {
+    let tls = ca.client_tls(&id("client"), VALID);
+    let config = tls.config_for(&[id("server")]).unwrap();
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = ServerName::IpAddress(server.addr.ip().into());
+    let stream = TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let (send, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let uri = match method {
+        Method::CONNECT => authority.to_owned(),
+        _ => format!("https://{authority}/"),
+    };
+    let req = Request::builder().method(method).uri(uri).body(()).unwrap();
+    let (response, _stream) = send.send_request(req, false).unwrap();
+    response.await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clean_refusals() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let echo = support::echo_server().await.to_string();
+
+    let status = raw_request(&ca, &server, Method::GET, &echo).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    for authority in ["example.com:80", "127.0.0.1", "127.0.0.1:99999", "[::1]"] {
+        let status = raw_request(&ca, &server, Method::CONNECT, authority).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{authority}");
+    }
+    // The handler never saw any of them, and the server still serves.
+    assert!(server.handler.requests.lock().is_empty());
+    let status = raw_request(&ca, &server, Method::CONNECT, &echo).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_connections_leave_the_pool() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let addr = server.addr;
+    let echo = support::echo_server().await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let sockets = Arc::new(CountingSockets::default());
+    let hbone = client(&sockets);
+
+    drop(
+        hbone
+            .connect(&tls, ConnectRequest::new(addr, id("server"), echo))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(hbone.pooled_connections(), 1);
+    server.stop().await;
+    for _ in 0..100 {
+        if hbone.pooled_connections() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        hbone.pooled_connections(),
+        0,
+        "GOAWAY should retire the connection"
+    );
+
+    // A new server on the same address: the next tunnel dials afresh and works.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let cert = ca.issue(&id("server"), VALID);
+    let _server = Server::start_on(
+        listener,
+        &ca,
+        cert,
+        DirectHandler::default(),
+        None,
+        Default::default(),
+    );
+    let mut tunnel = hbone
+        .connect(&tls, ConnectRequest::new(addr, id("server"), echo))
+        .await
+        .unwrap();
+    tunnel.write_all(b"x").await.unwrap();
+    let mut buf = [0; 1];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(sockets.dialled(), 2);
+}
