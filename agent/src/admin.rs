@@ -14,6 +14,9 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tracing::{debug, warn};
 
+use weft_link::control::ConnectionState;
+use weft_proto::discovery::v1::ResourceType;
+
 use crate::{pods::PodStatus, state::WorkloadStore};
 
 type Body = Full<Bytes>;
@@ -26,6 +29,8 @@ pub struct AdminState {
     pub registry: Registry,
     pub workloads: Arc<ArcSwap<WorkloadStore>>,
     pub pods: RwLock<Vec<PodStatus>>,
+    /// The discovery stream's state.
+    pub control: ConnectionState,
     pub set_log_level: SetLogLevel,
 }
 
@@ -130,7 +135,7 @@ fn metrics(state: &AdminState) -> Response<Body> {
 
 fn readiness(state: &AdminState) -> Response<Body> {
     let pods = state.pods.read();
-    let failing: Vec<String> = pods
+    let mut failing: Vec<String> = pods
         .iter()
         .filter(|p| !p.captured)
         .map(|p| {
@@ -141,6 +146,15 @@ fn readiness(state: &AdminState) -> Response<Body> {
             )
         })
         .collect();
+    // Workloads applied once are enough: the agent keeps serving them while the control plane
+    // is away, so an outage must not make every node unready at once.
+    if state.control.version(ResourceType::Workload).is_none() {
+        let status = state.control.status();
+        failing.push(format!(
+            "no workloads from the control plane yet ({})",
+            status.last_error.as_deref().unwrap_or("connecting")
+        ));
+    }
     if failing.is_empty() {
         text(StatusCode::OK, "ready\n".into())
     } else {
@@ -155,8 +169,19 @@ fn config_dump(state: &AdminState) -> Response<Body> {
     let store = state.workloads.load();
     let mut workloads: Vec<_> = store.iter().map(|w| w.as_ref()).collect();
     workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+    let control = state.control.status();
     let dump = json!({
         "node": state.node,
+        "control": {
+            "connected": control.connected,
+            "synced": control.synced,
+            "connects": control.connects,
+            "versions": control.versions.iter().map(|(t, v)| (t.as_str_name(), v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "last_error": control.last_error,
+            "last_rejections": control.last_rejections.iter().map(|(t, (v, r))| json!({
+                "type": t.as_str_name(), "version": v, "resource": r.resource_name, "reason": r.reason,
+            })).collect::<Vec<_>>(),
+        },
         "pods": *state.pods.read(),
         "workloads": workloads,
     });

@@ -12,10 +12,14 @@ use prometheus_client::registry::Registry;
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{error, info, warn};
 
+use weft_link::control::{Client, ClientConfig};
+use weft_proto::discovery::v1::{ClientKind, ResourceType};
+
 use crate::{
     admin::{self, AdminState, Endpoint, SetLogLevel},
     capture::{Capture, CaptureError, KernelLogger},
     config::Config,
+    discovery::WorkloadHandler,
     drain,
     inpod::{Netns, NetnsError},
     metrics::{Metrics, VerdictCollector},
@@ -37,6 +41,14 @@ pub enum AppError {
     Netns(#[from] NetnsError),
     #[error(transparent)]
     Bind(#[from] admin::BindError),
+    #[error("cannot read the control plane's root certificate {path}: {source}")]
+    ControlCa {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Control(#[from] weft_link::control::ClientError),
     #[error("cannot start the {what} runtime: {source}")]
     Runtime {
         what: &'static str,
@@ -52,10 +64,9 @@ pub fn run(
 ) -> Result<(), AppError> {
     let host = preflight::check(&config.bpffs)?;
     info!(node = %config.node, cgroup2 = %host.cgroup2_mount.display(), "starting");
-    let workloads = Arc::new(ArcSwap::from_pointee(WorkloadStore::load(
-        &config.workloads,
-    )?));
     let enrolments = state::load_enrolments(&config.pods)?;
+    let workloads = Arc::new(ArcSwap::from_pointee(WorkloadStore::default()));
+    let control = control_client(&config, workloads.clone())?;
     let home = Netns::current()?;
 
     // Bind every admin port before touching the kernel, so a second agent fails fast.
@@ -112,9 +123,10 @@ pub fn run(
                     })
                     .collect(),
             ),
+            control: control.state(),
             set_log_level,
         });
-        let admin_thread = spawn_admin(admin_listeners, admin_state.clone())?;
+        let admin_thread = spawn_admin(admin_listeners, admin_state.clone(), control)?;
 
         let ctx = Arc::new(ProxyContext {
             capture,
@@ -219,9 +231,36 @@ impl AdminThread {
     }
 }
 
+/// The discovery client: workloads from the control plane into `workloads`.
+fn control_client(
+    config: &Config,
+    workloads: Arc<ArcSwap<WorkloadStore>>,
+) -> Result<Client, AppError> {
+    let ca = std::fs::read_to_string(&config.control_ca).map_err(|source| AppError::ControlCa {
+        path: config.control_ca.clone(),
+        source,
+    })?;
+    let mut client_config = ClientConfig::new(
+        config.control.clone(),
+        ca,
+        ClientKind::Agent,
+        format!("weft-agent-{}", config.node),
+        config.node.clone(),
+        vec![ResourceType::Workload],
+    );
+    client_config.client_version = env!("CARGO_PKG_VERSION").to_string();
+    let mut handler = WorkloadHandler::new(workloads);
+    Ok(Client::new(client_config, move |update| {
+        handler.apply(update)
+    })?)
+}
+
+/// Admin endpoints and the control client share one small current-thread runtime, so neither
+/// competes with the data path for its workers.
 fn spawn_admin(
     listeners: [(std::net::TcpListener, Endpoint); 3],
     state: Arc<AdminState>,
+    control: Client,
 ) -> Result<AdminThread, AppError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -238,7 +277,11 @@ fn spawn_admin(
                 for (listener, endpoint) in listeners {
                     tokio::spawn(admin::serve(listener, endpoint, state.clone()));
                 }
-                let _ = stopped.await;
+                control
+                    .run(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
             });
             runtime.shutdown_timeout(Duration::from_millis(100));
         })

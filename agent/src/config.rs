@@ -32,10 +32,13 @@ pub struct Config {
     #[arg(long, env = "WEFT_NODE")]
     pub node: String,
 
-    /// JSON file listing every workload of the mesh:
-    /// {"workloads": [{"uid", "name", "namespace", "service_account", "node", "ips", "labels"}]}.
-    #[arg(long, env = "WEFT_WORKLOADS")]
-    pub workloads: PathBuf,
+    /// Control plane address (the agent protocol, gRPC over TLS), e.g. https://10.0.0.1:15012.
+    #[arg(long, env = "WEFT_CONTROL")]
+    pub control: String,
+
+    /// PEM file with the mesh root certificate the control plane's certificate chains to.
+    #[arg(long, env = "WEFT_CONTROL_CA")]
+    pub control_ca: PathBuf,
 
     /// JSON file listing the pods on this node to capture, with their network namespace and
     /// cgroup: {"pods": [{"uid", "netns", "cgroup"}]}.
@@ -114,8 +117,10 @@ mod tests {
             "weft-agent",
             "--node",
             "n1",
-            "--workloads",
-            "w.json",
+            "--control",
+            "https://127.0.0.1:15012",
+            "--control-ca",
+            "root.pem",
             "--pods",
             "p.json",
         ])

@@ -1,6 +1,7 @@
 //! The Weft node agent: loads the eBPF capture programs, enrols this node's pods (listeners
-//! inside their network namespaces, programs on their cgroups), proxies their connections to
-//! the original destinations, and serves admin, metrics and readiness endpoints.
+//! inside their network namespaces, programs on their cgroups), learns the mesh's workloads
+//! from the control plane, proxies pod connections to their original destinations, and serves
+//! admin, metrics and readiness endpoints.
 //!
 //! One module per concern; `app` wires them together.
 
@@ -8,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod capture;
 pub mod config;
+pub mod discovery;
 pub mod drain;
 pub mod inpod;
 pub mod metrics;

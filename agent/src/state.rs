@@ -1,10 +1,10 @@
 //! What the agent knows about the mesh: every workload (to name both ends of a connection in
 //! metrics and logs) and the pods enrolled on this node (to capture their traffic).
 //!
-//! Both come from files for now: the mesh-wide workload list (`--workloads`) and this node's
-//! enrolment list (`--pods`, the node-local facts a CNI plugin would hand over: network
-//! namespace and cgroup of each pod). Files are parsed into these types at the edge; nothing
-//! deeper sees raw JSON.
+//! Workloads come from the control plane (`discovery` converts them); the enrolment list
+//! (`--pods`) holds the node-local facts a CNI plugin hands a node agent: each pod's network
+//! namespace and cgroup. Both are parsed into these types at the edge; nothing deeper sees raw
+//! protobuf or JSON.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -29,12 +29,6 @@ pub enum StateError {
         expected: &'static str,
         #[source]
         source: serde_json::Error,
-    },
-    #[error("{path}: workload {uid:?}: {problem}")]
-    Invalid {
-        path: PathBuf,
-        uid: String,
-        problem: String,
     },
 }
 
@@ -94,12 +88,6 @@ pub struct Enrolment {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WorkloadsFile {
-    workloads: Vec<Workload>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PodsFile {
     pods: Vec<Enrolment>,
 }
@@ -113,29 +101,18 @@ pub struct WorkloadStore {
 
 impl WorkloadStore {
     pub fn new(workloads: Vec<Workload>) -> Self {
+        Self::from_arcs(workloads.into_iter().map(Arc::new))
+    }
+
+    pub fn from_arcs(workloads: impl IntoIterator<Item = Arc<Workload>>) -> Self {
         let mut store = WorkloadStore::default();
         for w in workloads {
-            let w = Arc::new(w);
             for ip in &w.ips {
                 store.by_ip.insert(*ip, w.clone());
             }
             store.by_uid.insert(w.uid.clone(), w);
         }
         store
-    }
-
-    pub fn load(path: &Path) -> Result<Self, StateError> {
-        let file: WorkloadsFile = read_json(path, r#"{"workloads": [{"uid", "name", ...}]}"#)?;
-        for w in &file.workloads {
-            if w.ips.is_empty() {
-                return Err(StateError::Invalid {
-                    path: path.to_path_buf(),
-                    uid: w.uid.0.clone(),
-                    problem: "has no IP address (field `ips`)".into(),
-                });
-            }
-        }
-        Ok(WorkloadStore::new(file.workloads))
     }
 
     pub fn by_uid(&self, uid: &WorkloadUid) -> Option<&Arc<Workload>> {
@@ -214,24 +191,27 @@ mod tests {
     }
 
     #[test]
-    fn bad_files_name_the_file_and_the_problem() {
+    fn bad_enrolment_files_name_the_file_and_the_problem() {
         let dir = std::env::temp_dir().join(format!("weft-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("w.json");
-        std::fs::write(&path, r#"{"workloads": [{"uid": "a"}]}"#).unwrap();
-        let err = WorkloadStore::load(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("w.json") && err.contains("missing field"),
-            "{err}"
-        );
+        let path = dir.join("pods.json");
         std::fs::write(
             &path,
-            r#"{"workloads": [{"uid": "a", "name": "a", "namespace": "n",
-                "service_account": "s", "node": "x", "ips": []}]}"#,
+            r#"{"pods": [{"uid": "a", "netns": "/run/netns/x"}]}"#,
         )
         .unwrap();
-        let err = WorkloadStore::load(&path).unwrap_err().to_string();
-        assert!(err.contains("no IP address"), "{err}");
+        let err = load_enrolments(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("pods.json") && err.contains("missing field `cgroup`"),
+            "{err}"
+        );
+        let err = load_enrolments(&dir.join("absent.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("absent.json"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -47,10 +47,19 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo build -p weft-agent`, which also builds the eBPF programs; the binary's path.
+/// `cargo build -p weft-agent -p weft-control -p weft-ctl` (the agent's build also builds the
+/// eBPF programs); the agent binary's path, with the others beside it.
 pub fn build_agent(release: bool) -> anyhow::Result<PathBuf> {
     let mut build = cargo();
-    build.args(["build", "-p", "weft-agent"]);
+    build.args([
+        "build",
+        "-p",
+        "weft-agent",
+        "-p",
+        "weft-control",
+        "-p",
+        "weft-ctl",
+    ]);
     if release {
         build.arg("--release");
     }

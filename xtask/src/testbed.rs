@@ -1,4 +1,6 @@
-//! `cargo xtask testbed up|status|exec|down`.
+//! `cargo xtask testbed up|status|exec|apply|delete|down`.
+
+use std::path::PathBuf;
 
 use std::ffi::OsString;
 
@@ -17,6 +19,11 @@ pub enum Command {
     /// Run a command inside a pod (its network namespace and cgroup); its exit code is
     /// passed through.
     Exec(ExecArgs),
+    /// Add YAML documents to the control plane's configuration (hot reload, no restart); a
+    /// file replaces an earlier one of the same name.
+    Apply(FilesArgs),
+    /// Remove files added with `apply`, by file name.
+    Delete(FilesArgs),
     /// Take a testbed down: agents, processes, namespaces, cgroups, pins, state.
     Down(NameArg),
 }
@@ -63,11 +70,22 @@ pub struct ExecArgs {
     pub command: Vec<OsString>,
 }
 
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// YAML files (multi-document, Kubernetes-shaped).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => up(&args),
         Command::Status(args) => status(&args),
         Command::Exec(args) => exec(&args),
+        Command::Apply(args) => apply(&args),
+        Command::Delete(args) => delete(&args),
         Command::Down(args) => down(&args),
     }
 }
@@ -156,6 +174,30 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     }
     print_table(&nodes);
     println!();
+    let control = match tb.control_process() {
+        Some(p) if p.is_alive() => format!("pid {} running", p.pid),
+        Some(p) => format!("pid {} DEAD", p.pid),
+        None => "not started".to_owned(),
+    };
+    println!(
+        "control plane {} ({control}), config {} (applied: {})",
+        tb.control_url(),
+        tb.config_dir().display(),
+        if tb.applied_files().is_empty() {
+            "nothing".to_owned()
+        } else {
+            tb.applied_files().join(", ")
+        },
+    );
+    if let Some(node) = tb.nodes().first() {
+        println!(
+            "  weftctl: nsenter --net={} target/debug/weftctl status --control {} --ca-cert {}",
+            node.netns_path.display(),
+            tb.control_url(),
+            tb.control_ca().display()
+        );
+    }
+    println!();
     let mut pods = vec![row(&[
         "POD",
         "NAMESPACE",
@@ -224,6 +266,15 @@ fn status_json(tb: &Testbed) -> serde_json::Value {
     serde_json::json!({
         "name": tb.name(),
         "state_dir": tb.state_dir(),
+        "control": {
+            "address": tb.control_url(),
+            "ca_cert": tb.control_ca(),
+            "config_dir": tb.config_dir(),
+            "applied": tb.applied_files(),
+            "metrics_addr": tb.control_metrics_addr(),
+            "pid": tb.control_process().map(|p| p.pid),
+            "alive": tb.control_alive(),
+        },
         "nodes": nodes,
         "pods": pods,
     })
@@ -259,6 +310,24 @@ fn exec(args: &ExecArgs) -> anyhow::Result<()> {
     let tb = Testbed::load(&args.name.name)?;
     let status = tb.exec_interactive(&args.pod, &args.command)?;
     std::process::exit(cmd::exit_code(status));
+}
+
+fn apply(args: &FilesArgs) -> anyhow::Result<()> {
+    let tb = Testbed::load(&args.name.name)?;
+    for name in tb.apply(&args.files)? {
+        println!(
+            "applied {name} (the control plane reloads it; `weftctl validate` checks a file first)"
+        );
+    }
+    Ok(())
+}
+
+fn delete(args: &FilesArgs) -> anyhow::Result<()> {
+    let tb = Testbed::load(&args.name.name)?;
+    for name in tb.delete(&args.files)? {
+        println!("deleted {name}");
+    }
+    Ok(())
 }
 
 fn down(args: &NameArg) -> anyhow::Result<()> {

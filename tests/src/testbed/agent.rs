@@ -3,7 +3,8 @@
 //! The agent's command line is a contract with the agent crate:
 //!
 //! ```text
-//! weft-agent --node <node> --workloads <state>/workloads.json --pods <state>/<node>/pods.json \
+//! weft-agent --node <node> --control https://10.77.0.1:15012 --control-ca <state>/control/root-cert.pem \
+//!     --pods <state>/<node>/pods.json \
 //!     --admin-addr 127.0.0.1:15000 --metrics-addr 0.0.0.0:15020 --readiness-addr 0.0.0.0:15021
 //! ```
 //!
@@ -46,6 +47,9 @@ pub struct AgentConfig {
     pub rust_log: String,
     /// How long to wait for readiness after a start.
     pub ready_timeout: Duration,
+    /// Flags appended to the agent's command line (`--worker-threads 1`).
+    #[serde(default)]
+    pub extra_args: Vec<String>,
 }
 
 impl AgentConfig {
@@ -55,6 +59,7 @@ impl AgentConfig {
             bin: bin.into(),
             rust_log: std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned()),
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            extra_args: Vec::new(),
         }
     }
 
@@ -67,14 +72,22 @@ impl AgentConfig {
         Self::new(bin)
     }
 
+    /// The control plane binary: `weft-control` beside the agent's (one `cargo build`).
+    pub fn control_bin(&self) -> PathBuf {
+        self.bin.with_file_name("weft-control")
+    }
+
     pub(super) fn check(&self) -> Result<()> {
-        if self.bin.is_file() {
-            Ok(())
-        } else {
-            Err(Error::AgentMissing {
+        if !self.bin.is_file() {
+            return Err(Error::AgentMissing {
                 path: self.bin.clone(),
-            })
+            });
         }
+        let control = self.control_bin();
+        if !control.is_file() {
+            return Err(Error::ControlMissing { path: control });
+        }
+        Ok(())
     }
 }
 
@@ -99,8 +112,10 @@ impl Testbed {
         let mut args: Vec<OsString> = vec![
             "--node".into(),
             node.name.clone().into(),
-            "--workloads".into(),
-            state::workloads_file(&self.state_dir).into(),
+            "--control".into(),
+            self.control_url().into(),
+            "--control-ca".into(),
+            self.control_ca().into(),
             "--pods".into(),
             state::pods_file(&self.state_dir, &node.name).into(),
             "--admin-addr".into(),
@@ -113,6 +128,9 @@ impl Testbed {
             "--readiness-addr".into(),
             any(READINESS_PORT).into(),
         ]);
+        if let Some(agent) = &self.agent {
+            args.extend(agent.extra_args.iter().map(OsString::from));
+        }
         Ok(args)
     }
 

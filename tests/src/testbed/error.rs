@@ -90,6 +90,26 @@ pub enum Error {
     #[error("agent binary {} does not exist; build it with `cargo build -p weft-agent` or set WEFT_AGENT_BIN", path.display())]
     AgentMissing { path: PathBuf },
 
+    #[error("control plane binary {} does not exist; build it with `cargo build -p weft-control` (it is looked for next to the agent binary)", path.display())]
+    ControlMissing { path: PathBuf },
+
+    #[error("the control plane is not serving after {secs} s; its log {}:\n{tail}", log.display())]
+    ControlNotReady {
+        secs: u64,
+        log: PathBuf,
+        tail: String,
+    },
+
+    #[error("{}: {reason}", path.display())]
+    ConfigFile { path: PathBuf, reason: String },
+
+    #[error("{file} is not applied to testbed {testbed:?}; applied files: {}", if applied.is_empty() { "none".to_string() } else { applied.join(", ") })]
+    NotApplied {
+        testbed: String,
+        file: String,
+        applied: Vec<String>,
+    },
+
     #[error("testbed {testbed:?} was brought up without an agent, so there is none to start")]
     NoAgent { testbed: String },
 

@@ -16,6 +16,7 @@ use super::{Testbed, cgroup, state};
 /// A process started in a pod with [`Testbed::spawn`]; `down` kills it with the pod's cgroup.
 #[derive(Debug, Clone)]
 pub struct Background {
+    /// The pod it runs in (or the node, for [`Testbed::spawn_node`]).
     pub pod: String,
     pub process: ProcessId,
     /// Its stdout and stderr.
@@ -107,6 +108,31 @@ impl Testbed {
         let pod_cgroup = &self.pod(pod)?.cgroup;
         spawn_detached(command, &log, pod_cgroup).map(|process| Background {
             pod: pod.to_owned(),
+            process,
+            log,
+        })
+    }
+
+    /// Starts `argv` in `node`'s network namespace and the node's cgroup (beside the agent,
+    /// in no pod cgroup, so it is never captured), detached like [`Testbed::spawn`], with its
+    /// log in the node's state directory. `down` kills it with the node's cgroup. It stands
+    /// for a node-level process such as another mesh's proxy.
+    pub fn spawn_node(&self, node: &str, argv: &[&str]) -> Result<Background> {
+        let (program, args) = split_argv(argv)?;
+        let node = self.node(node)?;
+        let log = next_log(&self.state_dir.join(&node.name), program);
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .current_dir(self.state_dir.join(&node.name));
+        Placement {
+            cgroup_procs: Some(cgroup::open_procs(&node.cgroup)?),
+            netns: Some(open_netns(&node.netns_path)?),
+            new_session: false,
+        }
+        .apply(&mut command);
+        spawn_detached(command, &log, &node.cgroup).map(|process| Background {
+            pod: node.name.clone(),
             process,
             log,
         })

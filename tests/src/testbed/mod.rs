@@ -20,6 +20,7 @@ mod agent;
 mod bpffs;
 pub mod cgroup;
 pub mod cmd;
+pub mod control;
 mod error;
 mod exec;
 pub mod netns;
@@ -54,6 +55,9 @@ pub struct Config {
     pub pods_per_node: u32,
     /// The agent to run on every node; `None` brings up the network only.
     pub agent: Option<AgentConfig>,
+    /// Pods that exist (and are listed as workloads) but that no agent enrols, so their
+    /// traffic is never captured: the "no mesh" baseline of the benchmarks.
+    pub unenrolled: Vec<String>,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Config {
             nodes: topology::DEFAULT_NODES,
             pods_per_node: topology::DEFAULT_PODS_PER_NODE,
             agent: None,
+            unenrolled: Vec::new(),
         }
     }
 
@@ -85,6 +90,12 @@ impl Config {
         self.agent = Some(agent);
         self
     }
+
+    /// The same with `pods` left out of every node's enrolment file.
+    pub fn unenrolled(mut self, pods: &[&str]) -> Self {
+        self.unenrolled = pods.iter().map(|p| (*p).to_owned()).collect();
+        self
+    }
 }
 
 /// A testbed that is up. It is also the content of `state.json`.
@@ -97,6 +108,12 @@ pub struct Testbed {
     nodes: Vec<Node>,
     pods: Vec<Pod>,
     agent: Option<AgentConfig>,
+    /// Pods no agent enrols (see [`Config::unenrolled`]).
+    #[serde(default)]
+    unenrolled: Vec<String>,
+    /// The control plane process, started with the agents.
+    #[serde(default)]
+    control: Option<process::ProcessId>,
 }
 
 // === impl Testbed: lifecycle ===
@@ -138,7 +155,12 @@ impl Testbed {
             nodes,
             pods,
             agent: config.agent.clone(),
+            unenrolled: config.unenrolled.clone(),
+            control: None,
         };
+        for pod in &tb.unenrolled {
+            tb.pod(pod)?;
+        }
         std::fs::create_dir_all(&tb.state_dir).map_err(Error::io("creating", &tb.state_dir))?;
         // Saved first, so that `down` from another process finds the testbed even if the
         // rest fails.
@@ -157,8 +179,10 @@ impl Testbed {
         }
         network::build(name, &tb.nodes, &tb.pods)?;
         bpffs::ensure_mounted()?;
-        state::write_agent_inputs(&tb.state_dir, &tb.nodes, &tb.pods)?;
+        state::write_agent_inputs(&tb.state_dir, &tb.nodes, &tb.pods, &tb.unenrolled)?;
+        tb.write_control_config()?;
         if tb.agent.is_some() {
+            tb.start_control()?;
             tb.start_agents()?;
         }
         tb.save()?;
@@ -206,6 +230,11 @@ impl Testbed {
 
     pub fn pods(&self) -> &[Pod] {
         &self.pods
+    }
+
+    /// Pods that no agent enrols (their traffic is never captured).
+    pub fn unenrolled(&self) -> &[String] {
+        &self.unenrolled
     }
 
     /// `<cgroup2>/<name>`, parent of `pods/` and `nodes/`.

@@ -49,6 +49,14 @@ pub fn build(name: &str, nodes: &[Node], pods: &[Pod]) -> Result<()> {
     create_netns(&fabric, COMMON_SYSCTLS)?;
     ip_in(&fabric, &["link", "add", FABRIC_BRIDGE, "type", "bridge"])?;
     ip_in(&fabric, &["link", "set", FABRIC_BRIDGE, "up"])?;
+    // The control plane listens on the bridge itself, reachable from every node.
+    let v4 = format!("{}/24", super::control::CONTROL_IPV4);
+    let v6 = format!("{}/64", super::control::CONTROL_IPV6);
+    ip_in(&fabric, &["addr", "add", &v4, "dev", FABRIC_BRIDGE])?;
+    ip_in(
+        &fabric,
+        &["addr", "add", &v6, "dev", FABRIC_BRIDGE, "nodad"],
+    )?;
     for node in nodes {
         create_netns(&node.netns, COMMON_SYSCTLS)?;
         netns::sysctls(&node.netns_path, NODE_SYSCTLS)?;

@@ -4,13 +4,11 @@
 //!
 //! ```text
 //! /run/weft-testbed/<name>/state.json
-//! /run/weft-testbed/<name>/workloads.json       --workloads, the same for every node
 //! /run/weft-testbed/<name>/node-1/pods.json     --pods, the pods enrolled on node-1
 //! /run/weft-testbed/<name>/node-1/agent.log     the agent's stdout and stderr
 //! /run/weft-testbed/<name>/pod-1a/              working directory of pod-1a's processes
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -32,11 +30,6 @@ pub fn state_file(name: &str) -> PathBuf {
     state_dir(name).join("state.json")
 }
 
-/// The mesh-wide workload list every agent reads (`--workloads`).
-pub fn workloads_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("workloads.json")
-}
-
 /// The pods enrolled on one node (`--pods`).
 pub fn pods_file(state_dir: &Path, node: &str) -> PathBuf {
     state_dir.join(node).join("pods.json")
@@ -50,23 +43,6 @@ pub fn agent_log(state_dir: &Path, node: &str) -> PathBuf {
 /// The working directory of the processes started in one pod.
 pub fn pod_dir(state_dir: &Path, pod: &str) -> PathBuf {
     state_dir.join(pod)
-}
-
-/// `{"workloads": [...]}` as the agent's `--workloads` expects it.
-#[derive(Debug, Serialize)]
-struct WorkloadsDoc<'a> {
-    workloads: Vec<Workload<'a>>,
-}
-
-#[derive(Debug, Serialize)]
-struct Workload<'a> {
-    uid: &'a str,
-    name: &'a str,
-    namespace: &'a str,
-    service_account: &'a str,
-    node: &'a str,
-    ips: Vec<String>,
-    labels: &'a BTreeMap<String, String>,
 }
 
 /// `{"pods": [...]}` as the agent's `--pods` expects it.
@@ -98,28 +74,19 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(Error::io("renaming to", path))
 }
 
-/// Writes `workloads.json` and every node's `pods.json`.
-pub fn write_agent_inputs(state_dir: &Path, nodes: &[Node], pods: &[Pod]) -> Result<()> {
-    let workloads = WorkloadsDoc {
-        workloads: pods
-            .iter()
-            .map(|p| Workload {
-                uid: &p.uid,
-                name: &p.name,
-                namespace: &p.namespace,
-                service_account: &p.service_account,
-                node: &p.node,
-                ips: p.ips().iter().map(ToString::to_string).collect(),
-                labels: &p.labels,
-            })
-            .collect(),
-    };
-    write_json(&workloads_file(state_dir), &workloads)?;
+/// Writes every node's `pods.json` (every pod of the node but the `unenrolled` ones). The
+/// pods' metadata reaches the agents from the control plane (see `control`).
+pub fn write_agent_inputs(
+    state_dir: &Path,
+    nodes: &[Node],
+    pods: &[Pod],
+    unenrolled: &[String],
+) -> Result<()> {
     for node in nodes {
         let doc = PodsDoc {
             pods: pods
                 .iter()
-                .filter(|p| p.node == node.name)
+                .filter(|p| p.node == node.name && !unenrolled.contains(&p.name))
                 .map(|p| Enrolment {
                     uid: &p.uid,
                     netns: &p.netns_path,
@@ -154,23 +121,13 @@ mod tests {
     use crate::testbed::topology;
 
     #[test]
-    fn agent_inputs_match_the_contract() {
+    fn enrolment_files_match_the_agent_contract() {
         let dir = std::env::temp_dir().join(format!("weft-state-test-{}", std::process::id()));
         let (nodes, pods) = topology::build("weft", 2, 1, Path::new("/sys/fs/cgroup/unified"));
-        write_agent_inputs(&dir, &nodes, &pods).unwrap();
+        write_agent_inputs(&dir, &nodes, &pods, &[]).unwrap();
         let read = |p: PathBuf| -> serde_json::Value {
             serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
         };
-        let workloads = read(workloads_file(&dir));
-        assert_eq!(
-            workloads["workloads"][0],
-            serde_json::json!({
-                "uid": "weft-pod-1a", "name": "pod-1a", "namespace": "default",
-                "service_account": "default", "node": "node-1",
-                "ips": ["10.78.1.11", "fd78:1::11"], "labels": {"app": "pod-1a"}
-            })
-        );
-        assert_eq!(workloads["workloads"].as_array().unwrap().len(), 2);
         let pods2 = read(pods_file(&dir, "node-2"));
         assert_eq!(
             pods2,

@@ -1,0 +1,228 @@
+//! The agent's side of the discovery protocol: workloads arrive from the control plane as
+//! protobuf resources, are converted here (and nowhere else) into [`Workload`]s off-lock, and
+//! the resulting [`WorkloadStore`] replaces the old one in a single swap. A resource that does
+//! not convert rejects the whole version with a NACK naming it; the agent keeps serving its
+//! last good state, as it does while the control plane is unreachable.
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+use arc_swap::ArcSwap;
+use tracing::{info, warn};
+use weft_link::control::{Rejection, Update};
+use weft_proto::discovery::v1 as pb;
+
+use crate::state::{Workload, WorkloadStore, WorkloadUid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("resource is not a Workload")]
+    WrongKind,
+    #[error("field {field}: {problem}")]
+    Field {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl TryFrom<pb::Resource> for Workload {
+    type Error = ConvertError;
+
+    fn try_from(resource: pb::Resource) -> Result<Self, Self::Error> {
+        let Some(pb::resource::Kind::Workload(w)) = resource.kind else {
+            return Err(ConvertError::WrongKind);
+        };
+        let required = |field: &'static str, value: String| {
+            if value.is_empty() {
+                Err(ConvertError::Field {
+                    field,
+                    problem: "must not be empty".into(),
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        let ips = w
+            .ips
+            .iter()
+            .map(|ip| {
+                ip.parse::<IpAddr>().map_err(|e| ConvertError::Field {
+                    field: "ips",
+                    problem: format!("{ip:?}: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if ips.is_empty() {
+            return Err(ConvertError::Field {
+                field: "ips",
+                problem: "a workload needs at least one address".into(),
+            });
+        }
+        Ok(Workload {
+            uid: WorkloadUid(required("uid", w.uid)?),
+            name: required("name", w.name)?,
+            namespace: required("namespace", w.namespace)?,
+            service_account: required("service_account", w.service_account)?,
+            node: w.node,
+            ips,
+            labels: w.labels.into_iter().collect(),
+        })
+    }
+}
+
+/// Applies workload updates to the store the data path reads.
+pub struct WorkloadHandler {
+    /// Converted workloads by resource name; the data path never sees this map.
+    by_name: BTreeMap<String, Arc<Workload>>,
+    store: Arc<ArcSwap<WorkloadStore>>,
+}
+
+impl WorkloadHandler {
+    pub fn new(store: Arc<ArcSwap<WorkloadStore>>) -> Self {
+        WorkloadHandler {
+            by_name: BTreeMap::new(),
+            store,
+        }
+    }
+
+    /// Converts every resource first; applies the version only if all convert.
+    pub fn apply(&mut self, update: Update) -> Result<(), Rejection> {
+        if update.resource_type != pb::ResourceType::Workload {
+            // Subscribed to workloads only; anything else is the server's mistake.
+            return Err(Rejection::new(
+                "",
+                format!("unexpected resource type {:?}", update.resource_type),
+            ));
+        }
+        let mut converted = Vec::with_capacity(update.resources.len());
+        for resource in update.resources {
+            let name = resource.name.clone();
+            match Workload::try_from(resource) {
+                Ok(w) => converted.push((name, Arc::new(w))),
+                Err(err) => {
+                    warn!(version = update.version, resource = %name, %err, "rejecting workload update");
+                    return Err(Rejection::new(name, err.to_string()));
+                }
+            }
+        }
+        let mut next = if update.snapshot {
+            BTreeMap::new()
+        } else {
+            self.by_name.clone()
+        };
+        for name in &update.removed {
+            next.remove(name);
+        }
+        next.extend(converted);
+        self.store
+            .store(Arc::new(WorkloadStore::from_arcs(next.values().cloned())));
+        info!(
+            version = update.version,
+            snapshot = update.snapshot,
+            workloads = next.len(),
+            "workloads updated"
+        );
+        self.by_name = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(uid: &str, ip: &str, app: &str) -> pb::Resource {
+        pb::Resource {
+            name: uid.into(),
+            kind: Some(pb::resource::Kind::Workload(pb::Workload {
+                uid: uid.into(),
+                name: uid.into(),
+                namespace: "default".into(),
+                service_account: "default".into(),
+                node: "node-1".into(),
+                ips: vec![ip.into()],
+                labels: [("app".to_string(), app.to_string())].into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn update(
+        version: u64,
+        snapshot: bool,
+        resources: Vec<pb::Resource>,
+        removed: &[&str],
+    ) -> Update {
+        Update {
+            resource_type: pb::ResourceType::Workload,
+            version,
+            snapshot,
+            resources,
+            removed: removed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn snapshot_then_deltas_update_the_store() {
+        let store = Arc::new(ArcSwap::from_pointee(WorkloadStore::default()));
+        let mut h = WorkloadHandler::new(store.clone());
+        h.apply(update(
+            1,
+            true,
+            vec![
+                resource("a", "10.0.0.1", "a"),
+                resource("b", "10.0.0.2", "b"),
+            ],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(
+            store
+                .load()
+                .by_ip("10.0.0.2".parse().unwrap())
+                .unwrap()
+                .name,
+            "b"
+        );
+        h.apply(update(
+            2,
+            false,
+            vec![resource("a", "10.0.0.1", "a-v2")],
+            &["b"],
+        ))
+        .unwrap();
+        let s = store.load();
+        assert_eq!(s.by_ip("10.0.0.1".parse().unwrap()).unwrap().app(), "a-v2");
+        assert!(s.by_ip("10.0.0.2".parse().unwrap()).is_none());
+        // A new snapshot replaces everything.
+        h.apply(update(3, true, vec![resource("c", "10.0.0.3", "c")], &[]))
+            .unwrap();
+        assert!(store.load().by_ip("10.0.0.1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_bad_resource_rejects_the_version_and_keeps_the_last_good_state() {
+        let store = Arc::new(ArcSwap::from_pointee(WorkloadStore::default()));
+        let mut h = WorkloadHandler::new(store.clone());
+        h.apply(update(1, true, vec![resource("a", "10.0.0.1", "a")], &[]))
+            .unwrap();
+        let rejection = h
+            .apply(update(
+                2,
+                false,
+                vec![
+                    resource("b", "10.0.0.2", "b"),
+                    resource("bad", "10.0.0.999", "x"),
+                ],
+                &[],
+            ))
+            .unwrap_err();
+        assert_eq!(rejection.resource_name, "bad");
+        assert!(rejection.reason.contains("ips"), "{}", rejection.reason);
+        let s = store.load();
+        assert!(
+            s.by_ip("10.0.0.2".parse().unwrap()).is_none(),
+            "nothing of version 2 applied"
+        );
+        assert!(s.by_ip("10.0.0.1".parse().unwrap()).is_some());
+    }
+}
