@@ -111,3 +111,36 @@ fn node_processes_are_not_captured() {
         "only the pod's connection is counted, none of the node's four"
     );
 }
+
+#[test]
+fn kernel_program_logs_appear_in_the_agent_log() {
+    common::require_root();
+    let mut agent = common::agent();
+    // The kernel-side level is fixed when the programs load: debug must be on at start.
+    agent.rust_log = "info,weft=debug".to_owned();
+    let config = weft_tests::testbed::Config::named("weft-e2e-klog")
+        .size(2, 1)
+        .agent(agent);
+    let tb = weft_tests::testbed::TestbedGuard::up(&config).unwrap();
+    scenario::serve_http(&tb, "pod-2a").unwrap();
+    let ip = tb.pod("pod-2a").unwrap().ipv4.into();
+    scenario::curl_whoami(&tb, "pod-1a", "pod-2a", ip).unwrap();
+    let log = tb.agent_log("node-1").unwrap();
+    let deadline = std::time::Instant::now() + common::COUNTER_WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        // Written by the connect4 program through aya-log, with the program's module as target.
+        if text
+            .lines()
+            .any(|l| l.contains("weft::connect") && l.contains("port 8000 redirected to the agent"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel log line in {}",
+            log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
