@@ -44,25 +44,10 @@ fn main() {
     });
     if let Err(err) = app::run(config, set_log_level, kernel_log_level) {
         // One line: the error and its causes.
-        let mut line = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(cause) = source {
-            let cause = cause.to_string();
-            if !line.contains(&cause) {
-                line.push_str(": ");
-                line.push_str(&cause);
-            }
-            source = cause_of(source);
-        }
+        let line = weft_link::error_chain(&err);
         eprintln!("weft-agent: {line}");
         std::process::exit(1);
     }
-}
-
-fn cause_of<'a>(
-    e: Option<&'a (dyn std::error::Error + 'static)>,
-) -> Option<&'a (dyn std::error::Error + 'static)> {
-    e.and_then(|e| e.source())
 }
 
 /// aya-log's level numbering (0 off, 1 error .. 5 trace) for the most verbose level enabled.

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use weft_proto::discovery::v1::discovery_client::DiscoveryClient;
 
 use crate::CtlError;
@@ -44,36 +44,22 @@ impl ControlArgs {
             source,
         })?;
         let url = self.url();
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-        if let Some(name) = &self.server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        let endpoint = Channel::from_shared(url.clone())
-            .map_err(|_| CtlError::Address {
-                address: self.control.clone(),
-            })?
-            .tls_config(tls)
-            .map_err(|e| CtlError::Connect {
-                address: url.clone(),
-                detail: e.to_string(),
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT);
+        let endpoint =
+            weft_link::control::endpoint(&url, &pem, self.server_name.as_deref(), CONNECT_TIMEOUT)
+                .map_err(|e| match e {
+                    weft_link::control::ClientError::Address { .. } => CtlError::Address {
+                        address: self.control.clone(),
+                    },
+                    other => CtlError::Connect {
+                        address: url.clone(),
+                        detail: weft_link::error_chain(&other),
+                    },
+                })?
+                .timeout(CALL_TIMEOUT);
         let channel = endpoint.connect().await.map_err(|e| CtlError::Connect {
             address: url,
-            detail: error_chain(&e),
+            detail: weft_link::error_chain(&e),
         })?;
         Ok(DiscoveryClient::new(channel))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -9,3 +9,49 @@ pub mod control;
 pub mod hbone;
 pub mod identity;
 pub mod tls;
+
+/// An error and its causes on one line, each cause once: messages that already embed their
+/// source (`"...: {source}"`) are not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {inner}")]
+    struct Embeds {
+        #[source]
+        inner: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Hides {
+        #[source]
+        inner: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_appears_once() {
+        let io = || std::io::Error::other("disk on fire");
+        assert_eq!(
+            super::error_chain(&Embeds { inner: io() }),
+            "outer: disk on fire"
+        );
+        assert_eq!(
+            super::error_chain(&Hides { inner: io() }),
+            "outer: disk on fire"
+        );
+    }
+}

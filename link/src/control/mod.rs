@@ -252,11 +252,9 @@ impl Client {
 
     /// One connection: hello, then responses until the stream ends.
     async fn session(&mut self, received: &mut bool) -> Result<(), tonic::Status> {
-        let channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("connect: {}", error_chain(&e))))?;
+        let channel = self.endpoint.connect().await.map_err(|e| {
+            tonic::Status::unavailable(format!("connect: {}", crate::error_chain(&e)))
+        })?;
         let mut client = DiscoveryClient::new(channel);
         let (tx, rx) = mpsc::channel(ANSWER_BUFFER);
         let hello = pb::ClientHello {
@@ -345,15 +343,4 @@ fn status_message(status: &tonic::Status, address: &str) -> String {
         _ => "",
     };
     format!("{address}: {}: {}{hint}", status.code(), status.message())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
