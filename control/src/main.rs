@@ -1,27 +1,41 @@
-//! `weft-control`: serves the mesh configuration from a directory of YAML documents to
-//! agents and gateways over gRPC with TLS.
+//! `weft-control`: serves the mesh configuration, from a directory of YAML documents or a
+//! Kubernetes cluster, to agents and gateways over gRPC with TLS.
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use weft_control::{
     ca::CertificateAuthority,
-    config::Source,
+    config::{
+        Source,
+        kubernetes::{KubernetesOptions, KubernetesSource},
+    },
     server::{ControlPlane, DEFAULT_LISTEN, ServerConfig},
 };
 
 /// The Weft control plane: reads Kubernetes-shaped YAML documents (workloads, services,
 /// NetworkPolicy, AuthorizationPolicy, PeerAuthentication, HTTPRoute, gateway kinds) from a
 /// directory, watches it, and serves them to agents and gateways over gRPC with TLS.
-/// Invalid changes are rejected and the last good configuration stays in force.
+/// Invalid changes are rejected and the last good configuration stays in force. With
+/// `--source kubernetes` the same kinds are watched in a cluster instead (pods, services,
+/// endpoint slices, network policies, the Istio and Gateway API kinds and the weft.dev
+/// CRDs); there an invalid object is skipped on its own.
 #[derive(Debug, Parser)]
 #[command(name = "weft-control", version)]
 struct Args {
-    /// Directory of *.yaml / *.yml files (read recursively, watched for changes).
+    /// Where configuration comes from.
+    #[arg(long, env = "WEFT_SOURCE", value_enum, default_value_t = SourceKind::Files)]
+    source: SourceKind,
+    /// Directory of *.yaml / *.yml files (read recursively, watched for changes); required
+    /// with --source files.
     #[arg(long, env = "WEFT_CONFIG_DIR")]
-    config_dir: PathBuf,
+    config_dir: Option<PathBuf>,
+    /// With --source kubernetes: a field selector for the pods watched, e.g.
+    /// spec.nodeName=node-1. By default every pod is watched, which the control plane needs.
+    #[arg(long, env = "WEFT_POD_FIELD_SELECTOR")]
+    pod_field_selector: Option<String>,
     /// Address to serve the agent protocol on (gRPC over TLS).
     #[arg(long, env = "WEFT_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -44,6 +58,14 @@ struct Args {
     /// Print the root CA certificate clients must trust, then exit.
     #[arg(long)]
     print_root: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// A directory of YAML documents (--config-dir): standalone mode.
+    Files,
+    /// The cluster's API server, through the in-cluster configuration or KUBECONFIG.
+    Kubernetes,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,11 +94,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", ca.root_pem());
         return Ok(());
     }
-    let mut config = ServerConfig::new(
-        Source::Directory(args.config_dir),
-        args.listen,
-        args.state_dir,
-    );
+    let source = match args.source {
+        SourceKind::Files => Source::Directory(
+            args.config_dir
+                .context("--config-dir is required with --source files")?,
+        ),
+        SourceKind::Kubernetes => {
+            let options = KubernetesOptions {
+                pod_field_selector: args.pod_field_selector,
+                ..KubernetesOptions::default()
+            };
+            Source::Kubernetes(KubernetesSource::connect(options).await?)
+        }
+    };
+    let mut config = ServerConfig::new(source, args.listen, args.state_dir);
     config.sans = args.sans;
     config.ca = ca;
     config.metrics_addr = args.metrics_addr;

@@ -11,6 +11,7 @@
 mod compile;
 pub mod document;
 mod gateway;
+pub mod kubernetes;
 mod mesh;
 mod parse;
 mod policy;
@@ -33,6 +34,13 @@ pub enum Origin {
     /// A YAML file; `doc` is the document's 0-based index within the file (counting the
     /// `---`-separated documents), absent for problems with the file as a whole.
     File { path: PathBuf, doc: Option<usize> },
+    /// An object read from a Kubernetes API server.
+    Kubernetes {
+        /// The object's `kind`, e.g. `Pod`.
+        kind: String,
+        namespace: String,
+        name: String,
+    },
 }
 
 impl Origin {
@@ -54,6 +62,11 @@ impl fmt::Display for Origin {
                 write!(f, "{}: document {doc} (0-based)", path.display())
             }
             Origin::File { path, doc: None } => write!(f, "{}", path.display()),
+            Origin::Kubernetes {
+                kind,
+                namespace,
+                name,
+            } => write!(f, "{kind} {namespace}/{name}"),
         }
     }
 }

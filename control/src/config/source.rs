@@ -1,6 +1,6 @@
-//! Where configuration comes from. Today: files and directories of YAML documents, watched
-//! for changes. A Kubernetes source will be a second [`Source`] variant that produces the
-//! same [`ParsedDocument`]s from watched objects and feeds the same [`compile`].
+//! Where configuration comes from: files and directories of YAML documents, watched for
+//! changes, or a Kubernetes cluster ([`super::kubernetes`]), whose objects become the same
+//! [`ParsedDocument`]s and go through the same [`compile`].
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +10,10 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{Diagnostic, Origin, ParsedDocument, ResourceSet, compile, parse_file};
+use super::{
+    Diagnostic, Origin, ParsedDocument, ResourceSet, compile, kubernetes::KubernetesSource,
+    parse_file,
+};
 
 /// How long the directory must stay quiet before it is re-read: editors and `kubectl cp`
 /// write a file in several steps, and a ConfigMap update swaps a symlink after writing a
@@ -22,12 +25,16 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
 pub enum Source {
     /// A directory of `*.yaml` / `*.yml` files, read recursively and watched.
     Directory(PathBuf),
+    /// A Kubernetes API server, already connected and listed (see
+    /// [`KubernetesSource::connect`]).
+    Kubernetes(KubernetesSource),
 }
 
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Directory(dir) => write!(f, "directory {}", dir.display()),
+            Source::Kubernetes(k) => write!(f, "{k}"),
         }
     }
 }
@@ -139,6 +146,7 @@ impl Source {
     pub fn load(&self) -> Loaded {
         match self {
             Source::Directory(dir) => load_paths(std::slice::from_ref(dir)),
+            Source::Kubernetes(k) => k.load(),
         }
     }
 
@@ -154,7 +162,13 @@ impl Source {
     where
         F: FnMut(Loaded),
     {
-        let Source::Directory(dir) = &self;
+        let dir = match &self {
+            Source::Directory(dir) => dir,
+            Source::Kubernetes(k) => {
+                k.clone().watch(debounce, on_change, shutdown).await;
+                return Ok(());
+            }
+        };
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

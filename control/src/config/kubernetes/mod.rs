@@ -1,0 +1,25 @@
+//! The Kubernetes source (`--source kubernetes`): the kinds the file source reads, watched
+//! in a cluster with kube-rs and turned into the same documents and resources.
+//!
+//! | watched | as | becomes |
+//! |---|---|---|
+//! | `v1 Pod` | k8s-openapi type | a `Workload` (uid, service account, node, IPs, labels); pods without an IP yet, with `hostNetwork`, or finished are left out |
+//! | `v1 Service` | k8s-openapi type | a `Service` (named target ports resolved against the selected pods) |
+//! | `discovery.k8s.io/v1 EndpointSlice` | k8s-openapi type | the members of services without a selector |
+//! | `networking.k8s.io/v1 NetworkPolicy` | k8s-openapi type | `Policy` resources |
+//! | Istio `AuthorizationPolicy`, `PeerAuthentication`; Gateway API `HTTPRoute` | `DynamicObject` | `Policy`, `Route` |
+//! | `weft.dev/v1alpha1` `Workload`, `Listener`, `ApiRoute`, `Consumer`, `Plan` ([`crd`]) | `DynamicObject` | their resources |
+//!
+//! - [`translate`]: one object into one [`ParsedDocument`](super::ParsedDocument);
+//! - [`assemble`]: every object into one configuration, skipping invalid objects one by one
+//!   (the file source rejects the whole configuration instead; see that module for why);
+//! - [`watch`]: the connection and the reflectors;
+//! - [`crd`]: the `weft.dev` custom resources and the CRD YAML of `deploy/crds/`.
+
+pub mod assemble;
+pub mod crd;
+pub mod translate;
+pub mod watch;
+
+pub use assemble::{Objects, assemble};
+pub use watch::{KubernetesError, KubernetesOptions, KubernetesSource};

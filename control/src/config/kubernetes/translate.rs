@@ -1,0 +1,313 @@
+//! One Kubernetes object into one [`ParsedDocument`], the shape the file source produces,
+//! so that both transports share validation and compilation.
+//!
+//! Core kinds (Pod, Service, NetworkPolicy) arrive as k8s-openapi types; the API server has
+//! validated them, so only what Weft adds (IPs it must parse, named ports it must resolve)
+//! can fail here. Other kinds arrive as `DynamicObject`s whose `spec` is decoded into the
+//! YAML model's types, which reject unknown fields: an Istio or Gateway API field Weft does
+//! not implement (`when`, `filters`, ...) rejects the object with that field's path rather
+//! than being silently ignored, exactly as in a file.
+
+use std::sync::Arc;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Pod, Service},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta as KubeMeta, util::intstr},
+};
+use kube::core::DynamicObject;
+use serde::de::DeserializeOwned;
+
+use crate::config::{
+    Diagnostic, Origin,
+    document::{Body, IntOrString, Kind, ObjectMeta, ParsedDocument, PortProtocol},
+    mesh::{ServicePortSpec, ServiceSpec, WorkloadSpec},
+    validate::DEFAULT_NAMESPACE,
+};
+
+/// What became of one object.
+#[derive(Debug)]
+pub enum Translation {
+    /// The object is part of the configuration, as this document.
+    Document(Box<ParsedDocument>),
+    /// The object is deliberately not part of the mesh; the reason is for the debug log.
+    Skipped(String),
+    /// The object is invalid; the rest of the configuration does not depend on it.
+    Rejected(Diagnostic),
+}
+
+/// The origin diagnostics name an object by: kind, namespace and name.
+pub fn origin(kind: &str, meta: &KubeMeta) -> Origin {
+    Origin::Kubernetes {
+        kind: kind.to_string(),
+        namespace: meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+        name: meta.name.clone().unwrap_or_else(|| "<unnamed>".to_string()),
+    }
+}
+
+/// The fields of `metadata` the model uses; the rest (owner references, managed fields,
+/// finalizers, ...) is the API server's business.
+fn object_meta(meta: &KubeMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        annotations: meta.annotations.clone().unwrap_or_default(),
+        uid: meta.uid.clone(),
+        ..ObjectMeta::default()
+    }
+}
+
+fn document(origin: Origin, kind: Kind, meta: &KubeMeta, body: Body) -> Translation {
+    Translation::Document(Box::new(ParsedDocument {
+        origin,
+        kind,
+        meta: object_meta(meta),
+        body,
+    }))
+}
+
+// === Pod ===
+
+/// A pod as a `Workload`: uid, service account, node, IPs and labels.
+pub fn pod(pod: &Pod) -> Translation {
+    let origin = origin("Pod", &pod.metadata);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    if spec.host_network == Some(true) {
+        // Its sockets are the node's: there is no pod network namespace to capture in, and
+        // its IP is the node's, which many such pods share.
+        return Translation::Skipped("uses the node's network (hostNetwork)".to_string());
+    }
+    if let Some(phase @ ("Succeeded" | "Failed")) = status.phase.as_deref() {
+        // The kubelet has released its IP, which may already belong to a new pod.
+        return Translation::Skipped(format!("has finished (phase {phase})"));
+    }
+    let mut ips: Vec<String> = status
+        .pod_ips
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.ip)
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = status.pod_ip.filter(|ip| !ip.is_empty())
+    {
+        ips.push(ip);
+    }
+    if ips.is_empty() {
+        // Nothing can reach it yet; the watch sees the status update that adds the IP.
+        return Translation::Skipped("has no IP yet".to_string());
+    }
+    let body = WorkloadSpec {
+        // `serviceAccount` is the deprecated alias the API server still fills in.
+        service_account: spec.service_account_name.or(spec.service_account),
+        node: spec.node_name,
+        ips,
+        protocol: None,
+    };
+    document(origin, Kind::Workload, &pod.metadata, Body::Workload(body))
+}
+
+/// The Pod field a diagnostic of its `Workload` document is about.
+pub fn pod_path(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("spec.ips[")
+        && let Some((index, tail)) = rest.split_once(']')
+    {
+        return format!("status.podIPs[{index}].ip{tail}");
+    }
+    match path {
+        "spec.ips" => "status.podIPs".to_string(),
+        "spec.serviceAccount" => "spec.serviceAccountName".to_string(),
+        "spec.node" => "spec.nodeName".to_string(),
+        other => other.to_string(),
+    }
+}
+
+// === Service ===
+
+/// A Service. Named target ports are resolved against the container ports of the pods the
+/// service selects, as kube-proxy does per endpoint; `warnings` gets the ports that cannot
+/// be resolved yet, which are left out until a pod defines them.
+pub fn service(svc: &Service, pods: &[Arc<Pod>], warnings: &mut Vec<Diagnostic>) -> Translation {
+    let origin = origin("Service", &svc.metadata);
+    let Some(spec) = svc.spec.clone() else {
+        return Translation::Rejected(Diagnostic::error(origin, "spec", "required"));
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Translation::Skipped("is an ExternalName service, a DNS alias".to_string());
+    }
+    let namespace = svc
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(DEFAULT_NAMESPACE);
+    let selector = spec.selector.clone().unwrap_or_default();
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.unwrap_or_default().into_iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        let protocol = match p.protocol.as_deref() {
+            None | Some("TCP") => PortProtocol::Tcp,
+            Some("UDP") => PortProtocol::Udp,
+            Some("SCTP") => PortProtocol::Sctp,
+            Some(other) => {
+                return Translation::Rejected(Diagnostic::error(
+                    origin,
+                    format!("{at}.protocol"),
+                    format!("must be TCP, UDP or SCTP, got {other:?}"),
+                ));
+            }
+        };
+        let target_port = match p.target_port {
+            None => None,
+            Some(intstr::IntOrString::Int(n)) => Some(IntOrString::Int(n.into())),
+            Some(intstr::IntOrString::String(name)) if name.parse::<i64>().is_ok() => {
+                Some(IntOrString::String(name))
+            }
+            Some(intstr::IntOrString::String(name)) => {
+                match named_port(pods, namespace, &selector, &name, p.protocol.as_deref()) {
+                    Some(n) => Some(IntOrString::Int(n.into())),
+                    None => {
+                        warnings.push(Diagnostic::warning(
+                            origin.clone(),
+                            format!("{at}.targetPort"),
+                            format!(
+                                "no selected pod has a container port named {name:?}; the \
+                                 port is left out until one does"
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+            }
+        };
+        ports.push(ServicePortSpec {
+            name: p.name,
+            port: p.port.into(),
+            target_port,
+            protocol: Some(protocol),
+            app_protocol: p.app_protocol,
+            node_port: None,
+        });
+    }
+    let body = ServiceSpec {
+        selector: spec.selector,
+        ports,
+        cluster_ip: spec.cluster_ip,
+        cluster_ips: spec.cluster_ips.unwrap_or_default(),
+        // NodePort and LoadBalancer services have a cluster IP like any other, and inside
+        // the mesh that is all there is; the file source's warning about the type would be
+        // noise for every such service of a cluster.
+        service_type: None,
+        ip_families: None,
+        ip_family_policy: None,
+        session_affinity: None,
+        internal_traffic_policy: None,
+    };
+    document(origin, Kind::Service, &svc.metadata, Body::Service(body))
+}
+
+/// The number of the container port called `name` in the first selected pod (by name)
+/// that has one.
+fn named_port(
+    pods: &[Arc<Pod>],
+    namespace: &str,
+    selector: &std::collections::BTreeMap<String, String>,
+    name: &str,
+    protocol: Option<&str>,
+) -> Option<i32> {
+    if selector.is_empty() {
+        return None;
+    }
+    let protocol = protocol.unwrap_or("TCP");
+    pods.iter()
+        .filter(|p| p.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE) == namespace)
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| {
+            p.name.as_deref() == Some(name) && p.protocol.as_deref().unwrap_or("TCP") == protocol
+        })
+        .map(|p| p.container_port)
+}
+
+// === NetworkPolicy ===
+
+pub fn network_policy(np: &NetworkPolicy) -> Translation {
+    let origin = origin("NetworkPolicy", &np.metadata);
+    let value = match serde_json::to_value(&np.spec) {
+        Ok(v) => v,
+        Err(e) => {
+            return Translation::Rejected(Diagnostic::error(
+                origin,
+                "spec",
+                format!("cannot be read: {e}"),
+            ));
+        }
+    };
+    typed(
+        origin,
+        Kind::NetworkPolicy,
+        &np.metadata,
+        &value,
+        Body::NetworkPolicy,
+    )
+}
+
+// === Other kinds ===
+
+/// Any kind, from an object of its `apiVersion` and `kind` watched without a Rust type:
+/// the Istio and Gateway API kinds and Weft's own.
+pub fn dynamic(kind: Kind, obj: &DynamicObject) -> Translation {
+    let kind_name = obj.types.as_ref().map_or(kind.name(), |t| t.kind.as_str());
+    let origin = origin(kind_name, &obj.metadata);
+    let null = serde_json::Value::Null;
+    let spec = obj.data.get("spec").unwrap_or(&null);
+    let meta = &obj.metadata;
+    match kind {
+        Kind::Workload => typed(origin, kind, meta, spec, Body::Workload),
+        Kind::Service => typed(origin, kind, meta, spec, Body::Service),
+        Kind::NetworkPolicy => typed(origin, kind, meta, spec, Body::NetworkPolicy),
+        Kind::AuthorizationPolicy => typed(origin, kind, meta, spec, Body::AuthorizationPolicy),
+        Kind::PeerAuthentication => typed(origin, kind, meta, spec, Body::PeerAuthentication),
+        Kind::HttpRoute => typed(origin, kind, meta, spec, Body::HttpRoute),
+        Kind::Listener => typed(origin, kind, meta, spec, Body::Listener),
+        Kind::ApiRoute => typed(origin, kind, meta, spec, Body::ApiRoute),
+        Kind::Consumer => typed(origin, kind, meta, spec, Body::Consumer),
+        Kind::Plan => typed(origin, kind, meta, spec, Body::Plan),
+    }
+}
+
+/// Decodes `spec` into its kind's model type, naming the field of any error.
+fn typed<S: DeserializeOwned>(
+    origin: Origin,
+    kind: Kind,
+    meta: &KubeMeta,
+    spec: &serde_json::Value,
+    wrap: fn(S) -> Body,
+) -> Translation {
+    if spec.is_null() {
+        return Translation::Rejected(Diagnostic::error(origin, "spec", "required"));
+    }
+    match serde_path_to_error::deserialize::<_, S>(spec) {
+        Ok(body) => document(origin, kind, meta, wrap(body)),
+        Err(e) => {
+            // serde_path_to_error writes "." for the root.
+            let path = match e.path().to_string() {
+                p if p == "." => "spec".to_string(),
+                p => format!("spec.{p}"),
+            };
+            Translation::Rejected(Diagnostic::error(origin, path, e.into_inner().to_string()))
+        }
+    }
+}
