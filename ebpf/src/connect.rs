@@ -11,16 +11,13 @@
 //! program must return exactly 1 (allow) or 0 (EPERM).
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::bpf_sock_addr,
-    helpers::generated::bpf_get_socket_cookie,
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    EbpfContext, bindings::bpf_sock_addr, helpers::generated::bpf_get_socket_cookie,
+    macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 use aya_log_ebpf::{debug, warn};
 use weft_ebpf_common::{
-    AF_INET, AF_INET6, AGENT_SOCKET_MARK, HBONE_PORT, Ip6Words, LOOPBACK4_WORD,
-    LOOPBACK6_WORDS, OUTBOUND_PORT, OrigDst, Verdict, is_loopback4, is_v4_mapped, v4_mapped,
+    AF_INET, AF_INET6, AGENT_SOCKET_MARK, HBONE_PORT, Ip6Words, LOOPBACK4_WORD, LOOPBACK6_WORDS,
+    OUTBOUND_PORT, OrigDst, Verdict, is_loopback4, is_v4_mapped, v4_mapped,
 };
 
 use crate::maps::{ORIG_DST_BY_COOKIE, count};
@@ -110,7 +107,10 @@ fn redirect(
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig = OrigDst { addr, port, family };
     if ORIG_DST_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
-        warn!(ctx, "weft: orig-dst map refused cookie {}; connection not captured", cookie);
+        warn!(
+            ctx,
+            "weft: orig-dst map refused cookie {}; connection not captured", cookie
+        );
         return Verdict::PassMapFull;
     }
     if v6_socket {
@@ -127,6 +127,9 @@ fn redirect(
         sa.user_ip4 = LOOPBACK4_WORD;
     }
     sa.user_port = u32::from(OUTBOUND_PORT.to_be());
-    debug!(ctx, "weft: cookie {} port {} redirected to the agent", cookie, port);
+    debug!(
+        ctx,
+        "weft: cookie {} port {} redirected to the agent", cookie, port
+    );
     Verdict::Redirected
 }

@@ -27,8 +27,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use weft_ebpf_common::{
-    AF_INET, AF_INET6, Ip6Words, LOOPBACK4_WORD, LOOPBACK6_WORDS, OUTBOUND_PORT, TupleKey,
-    Verdict, v4_mapped,
+    AF_INET, AF_INET6, Ip6Words, LOOPBACK4_WORD, LOOPBACK6_WORDS, OUTBOUND_PORT, TupleKey, Verdict,
+    v4_mapped,
 };
 
 use crate::maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE, count};

@@ -9,6 +9,7 @@
 //! installed: `cargo xtask` uses it to install that toolchain. It therefore never depends
 //! on `weft-agent`; it runs the agent binary it is given.
 
+pub mod bench;
 pub mod http;
 pub mod prom;
 pub mod scenario;

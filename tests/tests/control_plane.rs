@@ -2,6 +2,11 @@
 //! without a restart, a bad document changes nothing, and a control plane restart while pods
 //! send traffic fails no connection (agents keep their last good state and resynchronise).
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions; a failure is a test failure"
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};

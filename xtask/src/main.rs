@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo xtask test                                   set up, build, unit + end-to-end tests
+//! cargo xtask bench [--quick] [--scenario NAME...] [--out DIR]   benchmarks and report
 //! cargo xtask demo                                   a mesh with traffic, left running
 //! cargo xtask testbed up [--nodes N] [--pods M] [--name NAME] [--release]
 //! cargo xtask testbed status [--json] [--name NAME]
@@ -12,6 +13,7 @@
 //! cargo xtask setup                                  only install what is missing
 //! ```
 
+mod bench;
 mod demo;
 mod run;
 mod setup;
@@ -40,6 +42,9 @@ enum Command {
     Setup,
     /// Build everything, run the unit tests, then the privileged end-to-end tests.
     Test(test::Args),
+    /// Benchmark weft against no mesh and other proxies; writes report.md, results.json
+    /// and charts.
+    Bench(bench::Args),
     /// Bring a mesh up, send traffic through it, show what the agents saw, leave it up.
     Demo,
     /// Manage a local testbed: nodes and pods as network namespaces, one agent per node.
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Setup => setup::command(),
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
         Command::Testbed(command) => testbed::run(command),
     };

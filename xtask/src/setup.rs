@@ -11,8 +11,22 @@ use crate::run::run;
 
 /// Debian packages the testbed and the tests run: `ip`, curl, the test HTTP server, `ps`
 /// and `ping`; `setpriv` and `unshare` (util-linux) and `sha256sum` (coreutils) are
-/// essential packages, always there.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "curl", "python3", "procps", "iputils-ping"];
+/// essential packages, always there. Then what `cargo xtask bench` runs (its quick run is
+/// part of `cargo xtask test`): iperf3, nginx (server, and with its stream module a peer
+/// proxy), haproxy, openssl for the peers' certificates, and a TTF font for chart labels.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "curl",
+    "python3",
+    "procps",
+    "iputils-ping",
+    "iperf3",
+    "nginx",
+    "libnginx-mod-stream",
+    "haproxy",
+    "openssl",
+    "fonts-dejavu-core",
+];
 
 /// The bpf-linker the eBPF build needs: 0.11+ wants a system LLVM that Debian 12 lacks.
 const BPF_LINKER_VERSION: &str = "0.10.0";

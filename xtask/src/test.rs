@@ -1,19 +1,23 @@
 //! `cargo xtask test`: set-up, build, unit tests, then the privileged end-to-end tests
-//! (`tests/tests/*.rs` of weft-tests) one at a time against the freshly built agent.
+//! (`tests/tests/*.rs` of weft-tests) one at a time against the freshly built agent, and
+//! last a quick run of the benchmark harness (`cargo xtask bench --quick`).
 
 use anyhow::bail;
 use clap::Args as ClapArgs;
 use weft_tests::testbed::netns;
 
 use crate::run::{self, cargo};
-use crate::setup;
+use crate::{bench, setup};
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Skip the build-wide unit tests and run only the end-to-end tests.
     #[arg(long)]
     pub e2e_only: bool,
-    /// Only run end-to-end tests whose name contains this.
+    /// Skip the benchmark harness's smoke run that ends the tests.
+    #[arg(long)]
+    pub no_bench: bool,
+    /// Only run end-to-end tests whose name contains this (skips the benchmark smoke run).
     pub filter: Option<String>,
 }
 
@@ -72,7 +76,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     println!("end-to-end tests left no weft network namespace behind");
-    result
+    result?;
+
+    // Last, a quick benchmark run with the debug builds at hand: it checks that the harness
+    // still produces every figure, never how fast anything is. A filtered run is someone
+    // iterating on a few tests, so it is skipped there.
+    if args.filter.is_none() && !args.no_bench {
+        println!("benchmark harness smoke run (cargo xtask bench --quick --debug-build)");
+        bench::run(&bench::Args {
+            quick: true,
+            debug_build: true,
+            out: Some(run::target_dir().join("bench").join("smoke")),
+            ..bench::Args::default()
+        })?;
+    }
+    Ok(())
 }
 
 /// Named network namespaces whose name starts with "weft".

@@ -1,0 +1,121 @@
+//! Reading what a process tree costs (CPU time, resident memory) from `/proc`, and pinning a
+//! process tree to one CPU.
+
+use std::collections::BTreeSet;
+
+use nix::sched::CpuSet;
+use nix::unistd::Pid;
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`sysconf(_SC_CLK_TCK)`).
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// `pid` and all its descendants that exist now.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p) {
+            continue;
+        }
+        for tid in threads(p) {
+            let path = format!("/proc/{p}/task/{tid}/children");
+            if let Ok(text) = std::fs::read_to_string(path) {
+                todo.extend(
+                    text.split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    seen.into_iter()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect()
+}
+
+fn threads(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// User plus system CPU seconds of one process (all its threads), from `/proc/<pid>/stat`.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain anything.
+    let mut fields = text[text.rfind(')')? + 1..].split_whitespace();
+    // utime and stime are fields 14 and 15; the first field after ')' is field 3.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks())
+}
+
+/// CPU seconds of every process in the trees of `pids`.
+pub fn cpu_secs_of(pids: &[u32]) -> f64 {
+    pids.iter()
+        .flat_map(|p| tree(*p))
+        .filter_map(cpu_secs)
+        .sum()
+}
+
+/// `VmRSS` and `VmHWM` (peak) of one process, in KiB, from `/proc/<pid>/status`.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Current and peak resident memory summed over the trees of `pids`, in MiB.
+pub fn memory_mib_of(pids: &[u32]) -> (f64, f64) {
+    let (rss, hwm) = pids
+        .iter()
+        .flat_map(|p| tree(*p))
+        .filter_map(memory_kib)
+        .fold((0, 0), |(r, h), (r1, h1)| (r + r1, h + h1));
+    (rss as f64 / 1024.0, hwm as f64 / 1024.0)
+}
+
+/// Pins every thread of every process in the tree of `pid` to `cpu`. New threads inherit
+/// the mask of the thread that creates them, so pinning a running process is enough.
+pub fn pin_tree(pid: u32, cpu: usize) -> nix::Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    for p in tree(pid) {
+        for tid in threads(p) {
+            let tid = Pid::from_raw(i32::try_from(tid).unwrap_or(i32::MAX));
+            match nix::sched::sched_setaffinity(tid, &set) {
+                // A thread that exited meanwhile has nothing left to pin.
+                Ok(()) | Err(nix::Error::ESRCH) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        assert!(tree(me).contains(&me));
+        assert!(cpu_secs(me).is_some());
+        let (rss, hwm) = memory_kib(me).unwrap();
+        assert!(rss > 0 && hwm >= rss);
+    }
+}
