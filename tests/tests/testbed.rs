@@ -187,6 +187,10 @@ fn an_agent_that_dies_or_never_gets_ready_fails_up_and_leaves_nothing() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
     };
+    // The control plane is real: `up` starts it beside the agent before the agents.
+    let control = AgentConfig::from_env().control_bin();
+    let _ = std::fs::remove_file(dir.join("weft-control"));
+    std::os::unix::fs::symlink(&control, dir.join("weft-control")).unwrap();
     let dies = write_script("dies", "echo 'cannot load eBPF: out of luck' >&2; exit 3");
     let hangs = write_script("hangs", "exec sleep 600");
 
