@@ -89,6 +89,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             out: Some(run::target_dir().join("bench").join("smoke")),
             ..bench::Args::default()
         })?;
+        println!(
+            "control-plane scale benchmark smoke run (cargo xtask bench --control-scale --quick)"
+        );
+        bench::control_scale::run(&run::target_dir().join("bench").join("smoke"), true, false)?;
     }
     Ok(())
 }

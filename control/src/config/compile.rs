@@ -3,6 +3,7 @@
 //! IPs, which workloads a service selects, dangling route references).
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, btree_map::Entry},
     net::IpAddr,
 };
@@ -20,7 +21,13 @@ use super::{
 
 /// Validates and compiles `documents`. Every problem is appended to `diagnostics`; the
 /// returned set is only meaningful when none of them is an error.
-pub fn compile(documents: &[ParsedDocument], diagnostics: &mut Vec<Diagnostic>) -> ResourceSet {
+///
+/// Generic over how documents are held, so that a reload can pass documents cached from an
+/// earlier parse (`Arc<ParsedDocument>`) without copying them.
+pub fn compile<D: Borrow<ParsedDocument>>(
+    documents: &[D],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> ResourceSet {
     let mut set = ResourceSet::default();
     // Where each resource came from, to name both ends of a duplicate.
     let mut origins: BTreeMap<(ResourceType, String), Origin> = BTreeMap::new();
@@ -29,6 +36,7 @@ pub fn compile(documents: &[ParsedDocument], diagnostics: &mut Vec<Diagnostic>) 
     let mut vips: BTreeMap<IpAddr, (String, Origin)> = BTreeMap::new();
 
     for doc in documents {
+        let doc = doc.borrow();
         let mut c = Checker::new(&doc.origin, doc.kind, diagnostics);
         let Some(meta) = c.meta(&doc.meta) else {
             continue;
@@ -154,25 +162,35 @@ pub fn compile(documents: &[ParsedDocument], diagnostics: &mut Vec<Diagnostic>) 
     set
 }
 
-/// Fills in each service's `workload_uids`.
+/// Fills in each service's `workload_uids`. A service selects only workloads of its own
+/// namespace, so workloads are grouped by namespace first: each service is matched against
+/// its namespace's workloads, not the whole mesh (services x workloads grows quadratically
+/// and dominated reloads of large meshes).
 fn select_workloads(set: &mut ResourceSet) {
-    let workloads: Vec<pb::Workload> = set
-        .of_type(ResourceType::Workload)
-        .filter_map(|r| match &r.kind {
-            Some(PbKind::Workload(w)) => Some(w.clone()),
-            _ => None,
-        })
-        .collect();
+    let mut by_namespace: BTreeMap<String, Vec<std::sync::Arc<pb::Resource>>> = BTreeMap::new();
+    for r in set.of_type(ResourceType::Workload) {
+        if let Some(PbKind::Workload(w)) = &r.kind {
+            by_namespace
+                .entry(w.namespace.clone())
+                .or_default()
+                .push(r.clone());
+        }
+    }
     let services: Vec<pb::Resource> = set
         .of_type(ResourceType::Service)
         .map(|r| (**r).clone())
         .collect();
     for mut resource in services {
         if let Some(PbKind::Service(s)) = &mut resource.kind {
-            let mut uids: Vec<String> = workloads
+            let candidates = by_namespace
+                .get(&s.namespace)
+                .map_or(&[][..], Vec::as_slice);
+            let mut uids: Vec<String> = candidates
                 .iter()
-                .filter(|w| mesh::selects(s, w))
-                .map(|w| w.uid.clone())
+                .filter_map(|r| match &r.kind {
+                    Some(PbKind::Workload(w)) if mesh::selects(s, w) => Some(w.uid.clone()),
+                    _ => None,
+                })
                 .collect();
             uids.sort();
             s.workload_uids = uids;
@@ -184,12 +202,13 @@ fn select_workloads(set: &mut ResourceSet) {
 /// Warns about routes whose backends or parent services do not exist. Only a warning: in
 /// Kubernetes a route may name a service that is created later, and the data plane simply
 /// has no endpoint for it until then.
-fn check_references(
-    documents: &[ParsedDocument],
+fn check_references<D: Borrow<ParsedDocument>>(
+    documents: &[D],
     set: &ResourceSet,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
     for doc in documents {
+        let doc = doc.borrow();
         let Body::HttpRoute(spec) = &doc.body else {
             continue;
         };

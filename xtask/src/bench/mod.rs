@@ -4,6 +4,7 @@
 //! [`weft_tests::bench`]; this module owns the command line, the build and the charts.
 
 mod chart;
+pub mod control_scale;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -47,6 +48,10 @@ pub struct Args {
     /// Use debug builds (for the smoke test in `cargo xtask test`, which has them already).
     #[arg(long)]
     pub debug_build: bool,
+    /// Run the control-plane scale benchmark (1000 subscribers, 10,000 workloads, 2,000
+    /// services; with --quick a small size) instead of the data-path scenarios.
+    #[arg(long)]
+    pub control_scale: bool,
     /// Run this weft-agent binary instead of building one (another commit's build, to
     /// compare two agents on one machine); weft-control must be beside it.
     #[arg(long, value_name = "PATH")]
@@ -55,6 +60,14 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    if args.control_scale {
+        let out = args.out.clone().unwrap_or_else(|| {
+            target_dir()
+                .join("bench")
+                .join(utc_stamp().replace([':', '-'], ""))
+        });
+        return control_scale::run(&out, args.quick, !args.debug_build);
+    }
     let mut plan = plan(args)?;
     setup::ensure()?;
     let release = !args.debug_build;
