@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::http::{self, Progress};
+use crate::http;
 use crate::{Common, Tally};
 
 /// After an error a connection waits this long before it tries again, so that a dead server
@@ -116,23 +116,8 @@ async fn exchange(
     loop {
         let n = s.read(&mut chunk).await.context("reading the response")?;
         buf.extend_from_slice(&chunk[..n]);
-        match http::parse(buf).map_err(anyhow::Error::msg)? {
-            Progress::Head { status, .. } if status != 200 => anyhow::bail!("HTTP status {status}"),
-            Progress::Head {
-                total: Some(total), ..
-            } if buf.len() >= total && !common.close => return Ok(()),
-            // With `Connection: close` the response ends when the server closes: reading to
-            // the end leaves TIME_WAIT with the server, not with the generator's ports.
-            Progress::Head { total, .. } if n == 0 => {
-                return match total {
-                    Some(t) if buf.len() < t => {
-                        anyhow::bail!("connection closed after {} of {t} bytes", buf.len())
-                    }
-                    _ => Ok(()),
-                };
-            }
-            Progress::NeedHead if n == 0 => anyhow::bail!("connection closed before a response"),
-            _ => {}
+        if http::response_done(buf, n == 0, common.close)? {
+            return Ok(());
         }
     }
 }

@@ -52,6 +52,28 @@ pub fn parse(buf: &[u8]) -> Result<Progress, String> {
     Ok(Progress::Head { status, total })
 }
 
+/// Whether the response in `buf` is complete, after a read that returned `eof` (0 bytes).
+/// Keep-alive responses end at their length; with `Connection: close` (`close`) a response
+/// ends when the server closes, so the generator reads to the end and TIME_WAIT stays with
+/// the server, not with the generator's ports. A non-200 status, or a close before the whole
+/// response, is an error.
+pub fn response_done(buf: &[u8], eof: bool, close: bool) -> anyhow::Result<bool> {
+    match parse(buf).map_err(anyhow::Error::msg)? {
+        Progress::Head { status, .. } if status != 200 => anyhow::bail!("HTTP status {status}"),
+        Progress::Head {
+            total: Some(total), ..
+        } if buf.len() >= total && !close => Ok(true),
+        Progress::Head { total, .. } if eof => match total {
+            Some(t) if buf.len() < t => {
+                anyhow::bail!("connection closed after {} of {t} bytes", buf.len())
+            }
+            _ => Ok(true),
+        },
+        Progress::NeedHead if eof => anyhow::bail!("connection closed before a response"),
+        _ => Ok(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

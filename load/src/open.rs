@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::http::{self, Progress};
+use crate::http;
 use crate::{Common, Tally};
 
 /// A response that takes longer than this counts as an error (and its latency is recorded
@@ -129,21 +129,8 @@ fn exchange(
     loop {
         let n = s.read(&mut chunk).context("reading the response")?;
         buf.extend_from_slice(&chunk[..n]);
-        match http::parse(buf).map_err(anyhow::Error::msg)? {
-            Progress::Head { status, .. } if status != 200 => anyhow::bail!("HTTP status {status}"),
-            Progress::Head {
-                total: Some(total), ..
-            } if buf.len() >= total && !common.close => return Ok(()),
-            Progress::Head { total, .. } if n == 0 => {
-                return match total {
-                    Some(t) if buf.len() < t => {
-                        anyhow::bail!("connection closed after {} of {t} bytes", buf.len())
-                    }
-                    _ => Ok(()),
-                };
-            }
-            Progress::NeedHead if n == 0 => anyhow::bail!("connection closed before a response"),
-            _ => {}
+        if http::response_done(buf, n == 0, common.close)? {
+            return Ok(());
         }
     }
 }
