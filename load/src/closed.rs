@@ -65,22 +65,9 @@ async fn connection(common: Common, measure_from: Instant, end: Instant) -> anyh
         )
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("no response within {RESPONSE_TIMEOUT:?}")));
-        match result {
-            Ok(()) if measured => {
-                tally.requests += 1;
-                let us = sent_at.elapsed().as_micros();
-                tally
-                    .hist
-                    .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
-            }
-            Ok(()) => {}
-            Err(e) => {
-                stream = None;
-                if measured {
-                    tally.error(format!("{e:#}"));
-                }
-                tokio::time::sleep(ERROR_BACKOFF).await;
-            }
+        if tally.record(result, sent_at.into_std(), measured) {
+            stream = None;
+            tokio::time::sleep(ERROR_BACKOFF).await;
         }
         if common.close {
             stream = None;

@@ -108,6 +108,34 @@ impl Tally {
         })
     }
 
+    /// Books one request's outcome: a latency measured from `since` when it succeeded, an
+    /// error otherwise. Warm-up requests (`measured` false) are not counted. Returns whether
+    /// it failed, so the caller drops its connection.
+    pub fn record(
+        &mut self,
+        outcome: anyhow::Result<()>,
+        since: std::time::Instant,
+        measured: bool,
+    ) -> bool {
+        match outcome {
+            Ok(()) => {
+                if measured {
+                    self.requests += 1;
+                    let us = since.elapsed().as_micros();
+                    self.hist
+                        .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
+                }
+                false
+            }
+            Err(e) => {
+                if measured {
+                    self.error(format!("{e:#}"));
+                }
+                true
+            }
+        }
+    }
+
     pub fn error(&mut self, e: impl std::fmt::Display) {
         self.errors += 1;
         if self.first_error.is_none() {

@@ -70,28 +70,18 @@ fn connection(
             std::thread::sleep(due - now);
         }
         let measured = due >= measure_from;
-        match exchange(
+        let outcome = exchange(
             common,
             &request,
             &mut stream,
             &mut buf,
             &mut tally,
             measured,
-        ) {
-            Ok(()) if measured => {
-                tally.requests += 1;
-                let us = due.elapsed().as_micros();
-                tally
-                    .hist
-                    .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
-            }
-            Ok(()) => {}
-            Err(e) => {
-                stream = None;
-                if measured {
-                    tally.error(format!("{e:#}"));
-                }
-            }
+        );
+        // Latency counts from the intended send time, not the actual one (no coordinated
+        // omission).
+        if tally.record(outcome, due, measured) {
+            stream = None;
         }
         if common.close {
             stream = None;

@@ -173,7 +173,9 @@ impl KubernetesSource {
     pub async fn connect(options: KubernetesOptions) -> Result<Self, KubernetesError> {
         let config = kube::Config::infer()
             .await
-            .map_err(|e| KubernetesError::NoConfig { reason: chain(&e) })?;
+            .map_err(|e| KubernetesError::NoConfig {
+                reason: weft_link::error_chain(&e),
+            })?;
         Self::connect_with(config, options).await
     }
 
@@ -187,7 +189,8 @@ impl KubernetesSource {
             server: server.clone(),
             reason,
         };
-        let client = Client::try_from(config).map_err(|e| unreachable(chain(&e)))?;
+        let client =
+            Client::try_from(config).map_err(|e| unreachable(weft_link::error_chain(&e)))?;
         let version = tokio::time::timeout(options.connect_timeout, client.apiserver_version())
             .await
             .map_err(|_| {
@@ -196,7 +199,7 @@ impl KubernetesSource {
                     options.connect_timeout.as_secs()
                 ))
             })?
-            .map_err(|e| unreachable(chain(&e)))?;
+            .map_err(|e| unreachable(weft_link::error_chain(&e)))?;
         info!(
             server,
             version = version.git_version,
@@ -445,7 +448,7 @@ where
                     shared.changed.notify_one();
                 }
                 Err(e) => {
-                    let reason = chain(&e);
+                    let reason = weft_link::error_chain(&e);
                     warn!(kind, error = reason, "watch failed; retrying with backoff");
                     shared.errors.lock().insert(kind, reason);
                 }
@@ -478,7 +481,7 @@ async fn discover(
                 kind = kind.name(),
                 group,
                 version,
-                error = chain(&e),
+                error = weft_link::error_chain(&e),
                 "not served"
             ),
         }
@@ -488,19 +491,4 @@ async fn discover(
         group, "not served by this cluster (CRD not installed?); not watched"
     );
     None
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }
