@@ -5,6 +5,7 @@
 //! - [`identity`], [`tls`], [`hbone`]: SPIFFE identities, rustls configurations and
 //!   verifiers, and the HBONE tunnel.
 
+pub mod certs;
 pub mod control;
 pub mod hbone;
 pub mod identity;
