@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use weft_link::control::ConnectionState;
 use weft_proto::discovery::v1::ResourceType;
 
-use crate::{pods::PodStatus, state::WorkloadStore};
+use crate::{identity::Identities, pods::PodStatus, policy::PolicyIndex, state::WorkloadStore};
 
 type Body = Full<Bytes>;
 /// Changes the log filter; returns the error to show the operator.
@@ -28,6 +28,8 @@ pub struct AdminState {
     pub node: String,
     pub registry: Registry,
     pub workloads: Arc<ArcSwap<WorkloadStore>>,
+    pub policies: Arc<ArcSwap<PolicyIndex>>,
+    pub identities: Arc<Identities>,
     pub pods: RwLock<Vec<PodStatus>>,
     /// The discovery stream's state.
     pub control: ConnectionState,
@@ -109,11 +111,13 @@ fn route(endpoint: Endpoint, state: &AdminState, req: Request<Incoming>) -> Resp
         (Endpoint::Metrics, &Method::GET, "/metrics") => metrics(state),
         (Endpoint::Readiness, &Method::GET, "/healthz/ready") => readiness(state),
         (Endpoint::Admin, &Method::GET, "/config_dump") => config_dump(state),
+        (Endpoint::Admin, &Method::GET, "/certs") => json_response(&certs(state)),
         (Endpoint::Admin, &Method::GET, "/healthz/ready") => readiness(state),
         (Endpoint::Admin, _, "/logging") => logging(state, req.uri().query()),
         (Endpoint::Admin, &Method::GET, "/") => text(
             StatusCode::OK,
-            "GET /config_dump\nGET /healthz/ready\nPOST /logging?level=<filter>\n".into(),
+            "GET /config_dump\nGET /certs\nGET /healthz/ready\nPOST /logging?level=<filter>\n"
+                .into(),
         ),
         _ => text(StatusCode::NOT_FOUND, format!("no such endpoint: {path}\n")),
     }
@@ -184,8 +188,20 @@ fn config_dump(state: &AdminState) -> Response<Body> {
         },
         "pods": *state.pods.read(),
         "workloads": workloads,
+        "policies": state.policies.load().len(),
+        "certificates": certs(state),
     });
-    match serde_json::to_string_pretty(&dump) {
+    json_response(&dump)
+}
+
+/// The certificates of this node's identities and their renewal state.
+fn certs(state: &AdminState) -> serde_json::Value {
+    let statuses = state.identities.statuses();
+    serde_json::Value::Array(statuses.iter().map(cert_json).collect())
+}
+
+fn json_response(dump: &serde_json::Value) -> Response<Body> {
+    match serde_json::to_string_pretty(dump) {
         Ok(body) => Response::builder()
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body + "\n")))
@@ -217,4 +233,18 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp
+}
+
+fn cert_json(status: &weft_link::certs::CertStatus) -> serde_json::Value {
+    let unix = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    json!({
+        "identity": status.identity.as_str(),
+        "state": status.phase.as_str(),
+        "not_before_unix": unix(status.not_before),
+        "not_after_unix": unix(status.not_after),
+        "next_renewal_unix": unix(status.next_renewal),
+    })
 }

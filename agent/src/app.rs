@@ -4,7 +4,7 @@
 //! Two runtimes, as in ztunnel: a multi-thread one for the data path and a current-thread one,
 //! on its own thread, for admin, metrics and readiness.
 
-use std::{sync::Arc, thread, time::Duration};
+use std::{collections::HashMap, sync::Arc, thread, time::Duration};
 
 use arc_swap::ArcSwap;
 use parking_lot::RwLock;
@@ -12,7 +12,12 @@ use prometheus_client::registry::Registry;
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{error, info, warn};
 
-use weft_link::control::{Client, ClientConfig};
+use weft_link::{
+    certs::{CertManager, CertManagerOptions},
+    control::{CaClient, CaClientConfig, Client, ClientConfig, Rejection, Update},
+    identity::TrustDomain,
+    tls::TrustBundle,
+};
 use weft_proto::discovery::v1::{ClientKind, ResourceType};
 
 use crate::{
@@ -21,9 +26,11 @@ use crate::{
     config::Config,
     discovery::WorkloadHandler,
     drain,
+    identity::Identities,
     inpod::{Netns, NetnsError},
     metrics::{Metrics, VerdictCollector},
     pods::{self, PodStatus},
+    policy::{PolicyHandler, PolicyIndex},
     preflight::{self, PreflightError},
     proxy::ProxyContext,
     state::{self, StateError, WorkloadStore},
@@ -47,6 +54,20 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--trust-domain {value:?}: {source}")]
+    TrustDomain {
+        value: String,
+        #[source]
+        source: weft_link::identity::IdentityError,
+    },
+    #[error("{path}: not a usable mesh root for mutual TLS: {source}")]
+    TrustBundle {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<weft_link::tls::TlsError>,
+    },
+    #[error(transparent)]
+    NodeCredential(#[from] crate::config::NodeCredentialError),
     #[error(transparent)]
     Control(#[from] weft_link::control::ClientError),
     #[error("cannot start the {what} runtime: {source}")]
@@ -65,8 +86,34 @@ pub fn run(
     let host = preflight::check(&config.bpffs)?;
     info!(node = %config.node, cgroup2 = %host.cgroup2_mount.display(), "starting");
     let enrolments = state::load_enrolments(&config.pods)?;
+    let trust_domain: TrustDomain =
+        config
+            .trust_domain
+            .parse()
+            .map_err(|source| AppError::TrustDomain {
+                value: config.trust_domain.clone(),
+                source,
+            })?;
+    let bundle = trust_bundle(&config, &trust_domain)?;
     let workloads = Arc::new(ArcSwap::from_pointee(WorkloadStore::default()));
-    let control = control_client(&config, workloads.clone())?;
+    let policies = Arc::new(ArcSwap::from_pointee(PolicyIndex::default()));
+    let identities = Arc::new(Identities::new(
+        CertManager::new(
+            Arc::new(ca_client(&config)?),
+            CertManagerOptions {
+                ttl: config.cert_ttl,
+                ..CertManagerOptions::default()
+            },
+        ),
+        bundle,
+    ));
+    let control = control_client(
+        &config,
+        &trust_domain,
+        workloads.clone(),
+        policies.clone(),
+        identities.clone(),
+    )?;
     let home = Netns::current()?;
 
     // Bind every admin port before touching the kernel, so a second agent fails fast.
@@ -109,6 +156,8 @@ pub fn run(
             node: config.node.clone(),
             registry,
             workloads: workloads.clone(),
+            policies: policies.clone(),
+            identities: identities.clone(),
             pods: RwLock::new(
                 enrolments
                     .iter()
@@ -117,6 +166,7 @@ pub fn run(
                         netns: e.netns.clone(),
                         cgroup: e.cgroup.clone(),
                         listeners: Vec::new(),
+                        ips: Vec::new(),
                         netns_cookie: 0,
                         captured: false,
                         error: Some("enrolling".into()),
@@ -130,7 +180,12 @@ pub fn run(
 
         let ctx = Arc::new(ProxyContext {
             capture,
+            node: config.node.clone(),
+            trust_domain,
             workloads,
+            policies,
+            identities,
+            pods: RwLock::new(HashMap::new()),
             metrics: metrics.clone(),
             home,
             connect_timeout: config.connect_timeout,
@@ -231,10 +286,29 @@ impl AdminThread {
     }
 }
 
-/// The discovery client: workloads from the control plane into `workloads`.
+/// The mesh root from `--control-ca`: the CA that signs the control plane's certificate signs
+/// every workload certificate too, so it is also the trust bundle of mutual TLS.
+fn trust_bundle(config: &Config, td: &TrustDomain) -> Result<Arc<TrustBundle>, AppError> {
+    let pem = std::fs::read(&config.control_ca).map_err(|source| AppError::ControlCa {
+        path: config.control_ca.clone(),
+        source,
+    })?;
+    TrustBundle::from_pem(td.clone(), &pem)
+        .map(Arc::new)
+        .map_err(|source| AppError::TrustBundle {
+            path: config.control_ca.clone(),
+            source: Box::new(source),
+        })
+}
+
+/// The discovery client: workloads and policies from the control plane; every workload
+/// change also updates which identities this node holds certificates for.
 fn control_client(
     config: &Config,
+    trust_domain: &TrustDomain,
     workloads: Arc<ArcSwap<WorkloadStore>>,
+    policies: Arc<ArcSwap<PolicyIndex>>,
+    identities: Arc<Identities>,
 ) -> Result<Client, AppError> {
     let ca = std::fs::read_to_string(&config.control_ca).map_err(|source| AppError::ControlCa {
         path: config.control_ca.clone(),
@@ -246,13 +320,60 @@ fn control_client(
         ClientKind::Agent,
         format!("weft-agent-{}", config.node),
         config.node.clone(),
-        vec![ResourceType::Workload],
+        vec![ResourceType::Workload, ResourceType::Policy],
     );
     client_config.client_version = env!("CARGO_PKG_VERSION").to_string();
-    let mut handler = WorkloadHandler::new(workloads);
-    Ok(Client::new(client_config, move |update| {
-        handler.apply(update)
-    })?)
+    // The node credential binds the subscription to this node (the control plane refuses a
+    // hello for another node) and is what the CA client authenticates with.
+    client_config.identity = Some(config.node_identity()?);
+    let node = config.node.clone();
+    let td = trust_domain.clone();
+    let store = workloads.clone();
+    let mut workload_handler = WorkloadHandler::new(workloads);
+    let mut policy_handler = PolicyHandler::new(policies);
+    Ok(Client::new(
+        client_config,
+        move |update: Update| match update.resource_type {
+            ResourceType::Workload => {
+                workload_handler.apply(update)?;
+                identities.sync(
+                    store
+                        .load()
+                        .iter()
+                        .filter(|w| w.node == node)
+                        .filter_map(|w| {
+                            weft_link::identity::SpiffeId::new(
+                                td.clone(),
+                                &w.namespace,
+                                &w.service_account,
+                            )
+                            .ok()
+                        }),
+                );
+                Ok(())
+            }
+            ResourceType::Policy => policy_handler.apply(update),
+            other => Err(Rejection::new(
+                "",
+                format!("unexpected resource type {other:?}"),
+            )),
+        },
+    )?)
+}
+
+/// The CA client the certificate manager renews workload certificates through: the control
+/// plane's address and root, and this node's credential, without which the CA signs nothing.
+/// It connects on the first request.
+pub fn ca_client(config: &Config) -> Result<CaClient, AppError> {
+    let ca = std::fs::read_to_string(&config.control_ca).map_err(|source| AppError::ControlCa {
+        path: config.control_ca.clone(),
+        source,
+    })?;
+    Ok(CaClient::new(CaClientConfig::new(
+        config.control.clone(),
+        ca,
+        config.node_identity()?,
+    ))?)
 }
 
 /// Admin endpoints and the control client share one small current-thread runtime, so neither

@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use weft_link::control::ClientIdentity;
+
 /// Admin API (config dump, log level): localhost only, it can change the agent's behaviour.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
 /// Prometheus scrape endpoint, reachable from the node network.
@@ -39,6 +41,26 @@ pub struct Config {
     /// PEM file with the mesh root certificate the control plane's certificate chains to.
     #[arg(long, env = "WEFT_CONTROL_CA")]
     pub control_ca: PathBuf,
+
+    /// PEM file with this node's credential: the client certificate
+    /// (spiffe://<trust-domain>/node/<node>) the agent presents to the control plane, which
+    /// signs workload certificates only for this node's workloads. Issue one with
+    /// `weft-control node-credential --node <node>`.
+    #[arg(long, env = "WEFT_NODE_CERT")]
+    pub node_cert: PathBuf,
+
+    /// PEM file with the private key of --node-cert.
+    #[arg(long, env = "WEFT_NODE_KEY")]
+    pub node_key: PathBuf,
+
+    /// SPIFFE trust domain of the mesh: identities are spiffe://<trust-domain>/ns/<ns>/sa/<sa>.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = crate::metrics::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// Requested lifetime of workload certificates (e.g. 1h, 24h); the CA may shorten it.
+    /// Unset: the CA's default. Certificates are renewed at half-life.
+    #[arg(long, env = "WEFT_CERT_TTL", value_parser = parse_duration)]
+    pub cert_ttl: Option<Duration>,
 
     /// JSON file listing the pods on this node to capture, with their network namespace and
     /// cgroup: {"pods": [{"uid", "netns", "cgroup"}]}.
@@ -78,7 +100,40 @@ pub struct Config {
     pub log_format: String,
 }
 
-/// Parses `500ms`, `5s`, `2m`.
+/// A file of the node credential that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot read the node {what} {}: {source} (issue a node credential with \
+     `weft-control node-credential --node <node>`)",
+    path.display()
+)]
+pub struct NodeCredentialError {
+    /// "certificate (--node-cert)" or "key (--node-key)".
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Config {
+    /// The node credential the agent authenticates to the control plane with, read from
+    /// --node-cert and --node-key. Its content is checked when the TLS settings are built.
+    pub fn node_identity(&self) -> Result<ClientIdentity, NodeCredentialError> {
+        let read = |what, path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|source| NodeCredentialError {
+                what,
+                path: path.clone(),
+                source,
+            })
+        };
+        Ok(ClientIdentity::new(
+            read("certificate (--node-cert)", &self.node_cert)?,
+            read("key (--node-key)", &self.node_key)?,
+        ))
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m`, `24h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -92,7 +147,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
     }
 }
 
@@ -107,7 +163,8 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("ms").is_err());
     }
 
@@ -121,11 +178,62 @@ mod tests {
             "https://127.0.0.1:15012",
             "--control-ca",
             "root.pem",
+            "--node-cert",
+            "node-cert.pem",
+            "--node-key",
+            "node-key.pem",
             "--pods",
             "p.json",
         ])
         .unwrap();
         assert_eq!(c.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
         assert_eq!(c.drain_deadline, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_node_credential_is_required_and_read_with_its_path_in_errors() {
+        let base = [
+            "weft-agent",
+            "--node",
+            "n1",
+            "--control",
+            "https://127.0.0.1:15012",
+            "--control-ca",
+            "root.pem",
+            "--pods",
+            "p.json",
+        ];
+        let err = Config::try_parse_from(base).unwrap_err().to_string();
+        assert!(
+            err.contains("--node-cert") && err.contains("--node-key"),
+            "{err}"
+        );
+
+        // No tempfile dependency in this crate: a directory of this process's own.
+        let dir = std::env::temp_dir().join(format!("weft-agent-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("node-cert.pem");
+        std::fs::write(&cert, "CERT").unwrap();
+        let key = dir.join("missing-key.pem");
+        let _ = std::fs::remove_file(&key);
+        let mut args = base.map(std::ffi::OsString::from).to_vec();
+        args.extend(["--node-cert".into(), cert.clone().into()]);
+        args.extend(["--node-key".into(), key.clone().into()]);
+        let c = Config::try_parse_from(args).unwrap();
+        let err = c.node_identity().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "cannot read the node key (--node-key) {}",
+                key.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&key, "KEY").unwrap();
+        let identity = c.node_identity().unwrap();
+        assert_eq!(
+            (identity.cert_pem.as_str(), identity.key_pem.as_str()),
+            ("CERT", "KEY")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

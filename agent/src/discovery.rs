@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use weft_link::control::{Rejection, Update};
 use weft_proto::discovery::v1 as pb;
 
-use crate::state::{Workload, WorkloadStore, WorkloadUid};
+use crate::state::{TunnelProtocol, Workload, WorkloadStore, WorkloadUid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -65,6 +65,18 @@ impl TryFrom<pb::Resource> for Workload {
             node: w.node,
             ips,
             labels: w.labels.into_iter().collect(),
+            protocol: match pb::TunnelProtocol::try_from(w.protocol) {
+                Ok(pb::TunnelProtocol::Tcp) => TunnelProtocol::Tcp,
+                Ok(pb::TunnelProtocol::Hbone | pb::TunnelProtocol::Unspecified) => {
+                    TunnelProtocol::Hbone
+                }
+                Err(_) => {
+                    return Err(ConvertError::Field {
+                        field: "protocol",
+                        problem: format!("unknown tunnel protocol {}", w.protocol),
+                    });
+                }
+            },
         })
     }
 }

@@ -12,7 +12,7 @@ use prometheus_client::{
 
 use crate::{capture::Capture, state::Workload};
 
-/// Trust domain used in principals until identity is issued by the control plane.
+/// The trust domain of metric principals when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 /// Labels of Istio's `istio_tcp_*` metrics (the subset that a node proxy can know).
@@ -60,10 +60,45 @@ impl TcpLabels {
             destination_address: dst_addr,
             request_protocol: "tcp",
             response_flags: "-",
-            // Plaintext until HBONE mutual TLS carries node-to-node hops.
+            // HBONE sets "mutual_tls".
             connection_security_policy: "none",
         }
     }
+}
+
+impl TcpLabels {
+    /// Labels of a connection arriving at `dst` (Istio's `reporter="destination"`).
+    /// `src_principal` is the identity the peer proved; `None` for plaintext.
+    pub fn inbound(
+        src: Option<&Workload>,
+        src_principal: Option<&str>,
+        dst: Option<&Workload>,
+        dst_addr: String,
+        security: &'static str,
+    ) -> Self {
+        let mut labels = Self::outbound(src, dst, dst_addr);
+        labels.reporter = "destination";
+        labels.source_principal = src_principal.unwrap_or("unknown").to_string();
+        labels.connection_security_policy = security;
+        labels
+    }
+}
+
+/// Why the agent refused a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub reason: &'static str,
+}
+
+impl DenialLabels {
+    /// An authorization policy denied it.
+    pub const AUTHORIZATION: DenialLabels = DenialLabels {
+        reason: "authorization_policy",
+    };
+    /// Plaintext to a workload whose PeerAuthentication is STRICT.
+    pub const STRICT_MTLS: DenialLabels = DenialLabels {
+        reason: "peer_authentication_strict",
+    };
 }
 
 /// Workload, namespace, principal and app of one end of a connection.
@@ -93,6 +128,8 @@ pub struct Metrics {
     pub no_orig_dst: Counter,
     pub active_connections: Gauge,
     pub enrolled_pods: Gauge,
+    /// Connections refused by policy, by reason.
+    pub denials: Family<DenialLabels, Counter>,
 }
 
 impl Metrics {
@@ -105,6 +142,7 @@ impl Metrics {
             no_orig_dst: Counter::default(),
             active_connections: Gauge::default(),
             enrolled_pods: Gauge::default(),
+            denials: Family::default(),
         };
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register(
@@ -144,6 +182,11 @@ impl Metrics {
             "enrolled_pods",
             "Pods on this node whose traffic is captured",
             m.enrolled_pods.clone(),
+        );
+        weft.register(
+            "connections_denied",
+            "Connections refused by authorization policy or STRICT peer authentication",
+            m.denials.clone(),
         );
         m
     }

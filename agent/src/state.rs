@@ -55,6 +55,20 @@ pub struct Workload {
     pub ips: Vec<IpAddr>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// How other nodes reach it.
+    #[serde(default)]
+    pub protocol: TunnelProtocol,
+}
+
+/// How traffic to a workload crosses nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TunnelProtocol {
+    /// HTTP/2 CONNECT over mutual TLS to its port 15008: an agent captures it.
+    #[default]
+    Hbone,
+    /// Plain TCP to its own port: no agent captures it.
+    Tcp,
 }
 
 impl Workload {
@@ -162,6 +176,7 @@ mod tests {
             node: "node-1".into(),
             ips: vec![ip.parse().unwrap()],
             labels: [("app".to_string(), uid.to_string())].into(),
+            protocol: TunnelProtocol::Hbone,
         }
     }
 

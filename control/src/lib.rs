@@ -5,7 +5,10 @@
 //! - [`config`]: the configuration model — documents, validation, compilation into wire
 //!   resources, and the watched directory source. `weftctl validate` uses it offline;
 //! - [`ca`]: the root CA, generated and persisted on first start or supplied by the
-//!   operator, and the server's own TLS certificate;
+//!   operator; it issues the server's own TLS certificate, node credentials and workload
+//!   certificates;
+//! - [`node`]: node credentials, the client certificates that scope what an agent may ask
+//!   the CA and the discovery server for;
 //! - [`server`]: the gRPC server (`weft.discovery.v1.Discovery`,
 //!   `weft.identity.v1.Certificates`) and the store that versions configurations and
 //!   pushes deltas to subscribers;
@@ -13,5 +16,7 @@
 
 pub mod ca;
 pub mod config;
+pub mod duration;
 pub mod metrics;
+pub mod node;
 pub mod server;

@@ -1,19 +1,22 @@
 //! `weft-control`: serves the mesh configuration, from a directory of YAML documents or a
 //! Kubernetes cluster, to agents and gateways over gRPC with TLS.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use weft_control::{
-    ca::CertificateAuthority,
+    ca::{CertificateAuthority, rfc3339},
     config::{
         Source,
         kubernetes::{KubernetesOptions, KubernetesSource},
     },
-    server::{ControlPlane, DEFAULT_LISTEN, ServerConfig},
+    duration::parse_duration,
+    node::{NodeName, write_node_credential},
+    server::{ControlPlane, DEFAULT_LISTEN, ServerConfig, check_cert_ttl},
 };
+use weft_link::identity::TrustDomain;
 
 /// The Weft control plane: reads Kubernetes-shaped YAML documents (workloads, services,
 /// NetworkPolicy, AuthorizationPolicy, PeerAuthentication, HTTPRoute, gateway kinds) from a
@@ -22,9 +25,21 @@ use weft_control::{
 /// `--source kubernetes` the same kinds are watched in a cluster instead (pods, services,
 /// endpoint slices, network policies, the Istio and Gateway API kinds and the weft.dev
 /// CRDs); there an invalid object is skipped on its own.
+///
+/// `weft-control node-credential` issues the client certificate an agent authenticates
+/// with instead (see its --help).
 #[derive(Debug, Parser)]
-#[command(name = "weft-control", version)]
+#[command(
+    name = "weft-control",
+    version,
+    // Serving takes the top-level flags; a subcommand takes its own. Its presence lifts the
+    // server's required flags (--state-dir), which is why that one is an Option below.
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Where configuration comes from.
     #[arg(long, env = "WEFT_SOURCE", value_enum, default_value_t = SourceKind::Files)]
     source: SourceKind,
@@ -40,8 +55,8 @@ struct Args {
     #[arg(long, env = "WEFT_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Directory for persistent state: the generated root CA (root-cert.pem, root-key.pem).
-    #[arg(long, env = "WEFT_STATE_DIR")]
-    state_dir: PathBuf,
+    #[arg(long, env = "WEFT_STATE_DIR", required = true)]
+    state_dir: Option<PathBuf>,
     /// Extra IP address or DNS name for the server certificate (repeatable); localhost,
     /// 127.0.0.1 and ::1 are always included. Give the addresses agents connect to.
     #[arg(long = "san")]
@@ -58,6 +73,57 @@ struct Args {
     /// Print the root CA certificate clients must trust, then exit.
     #[arg(long)]
     print_root: bool,
+    /// The mesh's trust domain: the CA signs spiffe://<trust-domain>/ns/<ns>/sa/<sa> and
+    /// accepts node credentials spiffe://<trust-domain>/node/<node>.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = weft_link::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: TrustDomain,
+    /// The longest lifetime of a workload certificate the CA issues (e.g. 24h, 1h, 90s);
+    /// shorter requests are honoured. At least 1m.
+    #[arg(long, env = "WEFT_CERT_TTL", default_value = "24h", value_parser = parse_cert_ttl)]
+    cert_ttl: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Issue the client certificate a node's agent authenticates with (--node-cert/--node-key).
+    ///
+    /// A node credential is spiffe://<trust-domain>/node/<node>, for client authentication
+    /// only; the CA signs only the identities of that node's workloads for its holder, and a
+    /// discovery subscriber presenting it may only subscribe as that node. Writes node-cert.pem,
+    /// node-key.pem (mode 0600) and root-cert.pem into --out-dir. Uses the root in
+    /// --state-dir (generating one there if there is none yet, as the server does) or the
+    /// operator's --ca-cert/--ca-key.
+    NodeCredential(NodeCredentialArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeCredentialArgs {
+    /// The control plane's state directory, holding the root CA.
+    #[arg(long, env = "WEFT_STATE_DIR", required_unless_present = "ca_cert")]
+    state_dir: Option<PathBuf>,
+    /// Operator-supplied root CA certificate (PEM), instead of the state directory's.
+    #[arg(long, requires = "ca_key", env = "WEFT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Private key (PEM) of --ca-cert.
+    #[arg(long, requires = "ca_cert", env = "WEFT_CA_KEY")]
+    ca_key: Option<PathBuf>,
+    /// The node's name, as workloads name it (their `node`, Kubernetes' spec.nodeName).
+    #[arg(long)]
+    node: NodeName,
+    /// Directory to write node-cert.pem, node-key.pem and root-cert.pem into (created if
+    /// missing).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// The mesh's trust domain; must be the control plane's --trust-domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = weft_link::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: TrustDomain,
+    /// How long the credential is valid (e.g. 365d, 30d, 12h).
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    ttl: Duration,
+}
+
+fn parse_cert_ttl(s: &str) -> Result<Duration, String> {
+    check_cert_ttl(parse_duration(s)?).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,11 +151,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::NodeCredential(args)) = args.command {
+        return node_credential(args);
+    }
+    let state_dir = args.state_dir.context("--state-dir is required to serve")?;
     let ca = args.ca_cert.clone().zip(args.ca_key.clone());
     if args.print_root {
         let ca = match &ca {
             Some((cert, key)) => CertificateAuthority::from_files(cert, key)?,
-            None => CertificateAuthority::load_or_generate(&args.state_dir)?,
+            None => CertificateAuthority::load_or_generate(&state_dir)?,
         };
         print!("{}", ca.root_pem());
         return Ok(());
@@ -107,10 +177,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Source::Kubernetes(KubernetesSource::connect(options).await?)
         }
     };
-    let mut config = ServerConfig::new(source, args.listen, args.state_dir);
+    let mut config = ServerConfig::new(source, args.listen, state_dir);
     config.sans = args.sans;
     config.ca = ca;
     config.metrics_addr = args.metrics_addr;
+    config.trust_domain = args.trust_domain;
+    config.cert_ttl = args.cert_ttl;
     let server = ControlPlane::new(config).await?;
     tracing::info!(addr = %server.local_addr()?, "serving the agent protocol");
     server
@@ -119,6 +191,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tracing::info!("shutting down");
         })
         .await?;
+    Ok(())
+}
+
+fn node_credential(args: NodeCredentialArgs) -> anyhow::Result<()> {
+    let ca = match (&args.ca_cert, &args.ca_key, &args.state_dir) {
+        (Some(cert), Some(key), _) => CertificateAuthority::from_files(cert, key)?,
+        (_, _, Some(dir)) => CertificateAuthority::load_or_generate(dir)?,
+        _ => anyhow::bail!("give --state-dir, or --ca-cert and --ca-key"),
+    };
+    let files =
+        write_node_credential(&ca, &args.trust_domain, &args.node, args.ttl, &args.out_dir)?;
+    println!(
+        "issued {} (valid until {}):\n  {}\n  {}\n  {}",
+        files.spiffe_id,
+        rfc3339(files.issued.not_after),
+        files.cert.display(),
+        files.key.display(),
+        files.root.display()
+    );
     Ok(())
 }
 
@@ -135,5 +226,81 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_flags_parse_as_before() {
+        let args = Args::try_parse_from(["weft-control", "--config-dir", "c", "--state-dir", "s"])
+            .unwrap();
+        assert!(args.command.is_none());
+        assert_eq!(args.state_dir, Some(PathBuf::from("s")));
+        assert_eq!(args.cert_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(args.trust_domain.as_str(), "cluster.local");
+        // --state-dir stays required when serving.
+        let err = Args::try_parse_from(["weft-control", "--config-dir", "c"]).unwrap_err();
+        assert!(err.to_string().contains("--state-dir"), "{err}");
+    }
+
+    #[test]
+    fn cert_ttl_accepts_a_minute_and_refuses_less() {
+        let parse = |ttl: &str| {
+            Args::try_parse_from(["weft-control", "--state-dir", "s", "--cert-ttl", ttl])
+        };
+        assert_eq!(parse("1m").unwrap().cert_ttl, Duration::from_secs(60));
+        assert_eq!(parse("90s").unwrap().cert_ttl, Duration::from_secs(90));
+        let err = parse("59s").unwrap_err().to_string();
+        assert!(err.contains("at least 1m"), "{err}");
+        let err = parse("10").unwrap_err().to_string();
+        assert!(err.contains("no unit"), "{err}");
+    }
+
+    #[test]
+    fn node_credential_parses_and_validates_the_node() {
+        let args = Args::try_parse_from([
+            "weft-control",
+            "node-credential",
+            "--state-dir",
+            "s",
+            "--node",
+            "node-1",
+            "--out-dir",
+            "o",
+        ])
+        .unwrap();
+        let Some(Command::NodeCredential(nc)) = args.command else {
+            panic!("no subcommand: {args:?}");
+        };
+        assert_eq!(nc.node.as_str(), "node-1");
+        assert_eq!(nc.ttl, Duration::from_secs(365 * 24 * 3600));
+        let err = Args::try_parse_from([
+            "weft-control",
+            "node-credential",
+            "--state-dir",
+            "s",
+            "--node",
+            "Node_1",
+            "--out-dir",
+            "o",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("node name \"Node_1\" is invalid"), "{err}");
+        // Without a root to use.
+        let err = Args::try_parse_from([
+            "weft-control",
+            "node-credential",
+            "--node",
+            "n",
+            "--out-dir",
+            "o",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--state-dir"), "{err}");
     }
 }

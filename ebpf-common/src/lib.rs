@@ -31,6 +31,9 @@ pub mod maps {
     pub const ORIG_DST_BY_TUPLE: &str = "ORIG_DST_BY_TUPLE";
     /// `PerCpuArray<u64>` indexed by [`Verdict`](crate::Verdict).
     pub const VERDICTS: &str = "VERDICTS";
+    /// `SockHash<InboundKey>`: the agent's inbound plaintext listener (port 15006, inside the
+    /// pod's network namespace) by pod IP, written by the agent, read by sk_lookup.
+    pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
 }
 
 /// Names of the programs in the object file.
@@ -38,6 +41,8 @@ pub mod programs {
     pub const CONNECT4: &str = "weft_connect4";
     pub const CONNECT6: &str = "weft_connect6";
     pub const SOCKOPS: &str = "weft_sockops";
+    /// `sk_lookup`, attached to each enrolled pod's network namespace.
+    pub const INBOUND_LOOKUP: &str = "weft_inbound_lookup";
 }
 
 /// Capacity of the original-destination maps. Each entry lives from `connect()` to the agent's
@@ -122,11 +127,27 @@ pub enum Verdict {
     SockopsRecorded = 6,
     /// sockops saw a connection to the outbound listener without a cookie entry.
     SockopsMissing = 7,
+    /// sk_lookup assigned a connection arriving at a pod to the agent's inbound plaintext
+    /// listener (15006).
+    InboundSteered = 8,
+    /// sk_lookup: the connection comes from inside the pod itself (the agent talking to the
+    /// application over loopback, or the pod to its own address): passed.
+    InboundPassLocal = 9,
+    /// sk_lookup: the local port is one of the mesh's own (15001, 15006, 15008): passed.
+    InboundPassMeshPort = 10,
+    /// sk_lookup: no inbound listener for the destination address (pod not enrolled, or an
+    /// address that is not the pod's): passed.
+    InboundPassNoListener = 11,
+    /// sk_lookup: not TCP: passed.
+    InboundPassNotTcp = 12,
+    /// sk_lookup: `bpf_sk_assign` refused the listener (wrong family, not listening, another
+    /// program already chose a socket): passed, fail open.
+    InboundAssignFailed = 13,
 }
 
 impl Verdict {
     /// Number of verdicts, the length of the `VERDICTS` array. Bump with every new variant.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 14;
 
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Redirected,
@@ -137,6 +158,12 @@ impl Verdict {
         Verdict::PassMapFull,
         Verdict::SockopsRecorded,
         Verdict::SockopsMissing,
+        Verdict::InboundSteered,
+        Verdict::InboundPassLocal,
+        Verdict::InboundPassMeshPort,
+        Verdict::InboundPassNoListener,
+        Verdict::InboundPassNotTcp,
+        Verdict::InboundAssignFailed,
     ];
 
     /// Label used for this verdict in metrics.
@@ -150,6 +177,12 @@ impl Verdict {
             Verdict::PassMapFull => "pass_map_full",
             Verdict::SockopsRecorded => "sockops_recorded",
             Verdict::SockopsMissing => "sockops_missing",
+            Verdict::InboundSteered => "inbound_steered",
+            Verdict::InboundPassLocal => "inbound_pass_local",
+            Verdict::InboundPassMeshPort => "inbound_pass_mesh_port",
+            Verdict::InboundPassNoListener => "inbound_pass_no_listener",
+            Verdict::InboundPassNotTcp => "inbound_pass_not_tcp",
+            Verdict::InboundAssignFailed => "inbound_assign_failed",
         }
     }
 }
@@ -205,12 +238,42 @@ pub fn words_to_ip6(words: &Ip6Words) -> core::net::Ipv6Addr {
     core::net::Ipv6Addr::from(o)
 }
 
+/// Capacity of the inbound listener map: one entry per pod IP on this node. Kubernetes nodes
+/// run at most a few hundred pods (110 by default), each with at most one IPv4 and one IPv6
+/// address, so this leaves an order of magnitude of headroom at about 100 bytes an entry.
+pub const INBOUND_LISTENER_ENTRIES: u32 = 4_096;
+
+/// Key of the inbound listener map: a pod's IP address (the packet's local, i.e. destination,
+/// address as sk_lookup sees it), IPv4 in its IPv4-mapped form like [`TupleKey`].
+///
+/// Pod IPs are unique on a node, so the address alone is enough; sk_lookup only runs for
+/// addresses local to the namespace it is attached to, so a lookup in one pod's namespace can
+/// only match that pod's own addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InboundKey {
+    pub addr: Ip6Words,
+}
+
+impl InboundKey {
+    /// The key for a pod IP.
+    pub fn for_ip(ip: core::net::IpAddr) -> Self {
+        let addr = match ip {
+            core::net::IpAddr::V4(v4) => ip6_to_words(&v4.to_ipv6_mapped()),
+            core::net::IpAddr::V6(v6) => ip6_to_words(&v6),
+        };
+        InboundKey { addr }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, every byte is part of a named field.
     unsafe impl aya::Pod for super::OrigDst {}
     // SAFETY: as above; padding is spelled out as `_pad` fields.
     unsafe impl aya::Pod for super::TupleKey {}
+    // SAFETY: as above; four u32 words, no padding.
+    unsafe impl aya::Pod for super::InboundKey {}
 }
 
 #[cfg(test)]
@@ -221,6 +284,7 @@ mod tests {
     fn abi_sizes_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<OrigDst>(), 20);
         assert_eq!(core::mem::size_of::<TupleKey>(), 32);
+        assert_eq!(core::mem::size_of::<InboundKey>(), 16);
     }
 
     #[test]
@@ -259,6 +323,15 @@ mod tests {
         assert_eq!(key.addr, v4_mapped(LOOPBACK4_WORD));
         assert_eq!(key.port, 40000);
         let key6 = TupleKey::for_peer(7, "[::1]:40001".parse().unwrap());
+        assert_eq!(key6.addr, LOOPBACK6_WORDS);
+    }
+
+    #[test]
+    fn inbound_keys_match_what_sk_lookup_reads() {
+        // sk_lookup builds the IPv4 key from `local_ip4` (network order) with `v4_mapped`.
+        let key = InboundKey::for_ip("10.78.2.11".parse().unwrap());
+        assert_eq!(key.addr, v4_mapped(u32::from_ne_bytes([10, 78, 2, 11])));
+        let key6 = InboundKey::for_ip("::1".parse().unwrap());
         assert_eq!(key6.addr, LOOPBACK6_WORDS);
     }
 

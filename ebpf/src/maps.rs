@@ -3,9 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{LruHashMap, PerCpuArray, SockHash},
 };
-use weft_ebpf_common::{ORIG_DST_MAP_ENTRIES, OrigDst, TupleKey, Verdict};
+use weft_ebpf_common::{
+    INBOUND_LISTENER_ENTRIES, InboundKey, ORIG_DST_MAP_ENTRIES, OrigDst, TupleKey, Verdict,
+};
 
 /// Original destination by socket cookie, from `connect()` until sockops learns the source port.
 #[map(name = "ORIG_DST_BY_COOKIE")]
@@ -16,6 +18,13 @@ pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst> =
 #[map(name = "ORIG_DST_BY_TUPLE")]
 pub static ORIG_DST_BY_TUPLE: LruHashMap<TupleKey, OrigDst> =
     LruHashMap::with_max_entries(ORIG_DST_MAP_ENTRIES, 0);
+
+/// The agent's inbound plaintext listener (15006, inside the pod's network namespace) by pod
+/// IP, for sk_lookup. Written by the agent when it enrols a pod; a closed listener leaves the
+/// map by itself (the kernel unlinks sockets from socket maps when they close).
+#[map(name = "INBOUND_LISTENERS")]
+pub static INBOUND_LISTENERS: SockHash<InboundKey> =
+    SockHash::with_max_entries(INBOUND_LISTENER_ENTRIES, 0);
 
 /// One counter per verdict, per CPU, so counting never contends.
 #[map(name = "VERDICTS")]

@@ -9,8 +9,8 @@ use anyhow::{Context as _, bail};
 
 use crate::run::run;
 
-/// Debian packages the testbed and the tests run: `ip`, curl, the test HTTP server, `ps`
-/// and `ping`; `setpriv` and `unshare` (util-linux) and `sha256sum` (coreutils) are
+/// Debian packages the testbed and the tests run: `ip`, curl, the test HTTP server, `ps`,
+/// `ping` and tcpdump (the mutual-TLS test captures the link between nodes); `setpriv` and `unshare` (util-linux) and `sha256sum` (coreutils) are
 /// essential packages, always there. Then what `cargo xtask bench` runs (its quick run is
 /// part of `cargo xtask test`): iperf3, nginx (server, and with its stream module a peer
 /// proxy), haproxy, openssl for the peers' certificates, and a TTF font for chart labels.
@@ -20,6 +20,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
     "procps",
     "iputils-ping",
+    "tcpdump",
     "iperf3",
     "nginx",
     "libnginx-mod-stream",

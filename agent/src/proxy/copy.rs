@@ -3,7 +3,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 
@@ -28,8 +28,40 @@ pub async fn bidirectional(
     received: &Counter,
     sent: &Counter,
 ) -> (Transferred, std::io::Result<()>) {
-    let (mut client_r, mut client_w) = client.split();
-    let (mut upstream_r, mut upstream_w) = upstream.split();
+    let (client_r, client_w) = client.split();
+    let (upstream_r, upstream_w) = upstream.split();
+    halves(client_r, client_w, upstream_r, upstream_w, received, sent).await
+}
+
+/// Like [`bidirectional`], to any byte stream (an HBONE tunnel).
+pub async fn bidirectional_stream<S>(
+    client: &mut TcpStream,
+    upstream: S,
+    received: &Counter,
+    sent: &Counter,
+) -> (Transferred, std::io::Result<()>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (client_r, client_w) = client.split();
+    let (upstream_r, upstream_w) = tokio::io::split(upstream);
+    halves(client_r, client_w, upstream_r, upstream_w, received, sent).await
+}
+
+async fn halves<CR, CW, UR, UW>(
+    mut client_r: CR,
+    mut client_w: CW,
+    mut upstream_r: UR,
+    mut upstream_w: UW,
+    received: &Counter,
+    sent: &Counter,
+) -> (Transferred, std::io::Result<()>)
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
     let mut moved = Transferred::default();
     let result = {
         let up = one_way(
@@ -52,8 +84,8 @@ async fn one_way<R, W>(
     total: &mut u64,
 ) -> std::io::Result<()>
 where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; INITIAL_BUFFER];
     loop {

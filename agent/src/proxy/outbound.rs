@@ -1,7 +1,14 @@
 //! The outbound listener (`127.0.0.1:15001` and `[::1]:15001` inside each enrolled pod's
 //! network namespace). connect4/connect6 send the pod's outbound TCP connections here; the
-//! original destination comes from the tuple map that sockops filled, and the agent connects
-//! to it from inside the same pod namespace, so the packets leave with the pod's own address.
+//! original destination comes from the tuple map that sockops filled. Then, by destination:
+//!
+//! - a mesh workload on another node: an HBONE tunnel (mutual TLS, HTTP/2 CONNECT) to its
+//!   port 15008, dialled from inside the source pod so it leaves with the pod's address;
+//! - a mesh workload enrolled on this node: inbound policy is checked with the source's
+//!   identity, which the agent knows, and the agent connects from inside the destination
+//!   pod's namespace, as its inbound side would after a tunnel;
+//! - anything else (outside the mesh, or a workload no agent captures): plain TCP from
+//!   inside the source pod.
 
 use std::{
     io,
@@ -10,16 +17,19 @@ use std::{
     time::Instant,
 };
 
+use http::HeaderValue;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{Instrument, debug, field, info, info_span, warn};
-use weft_ebpf_common::{OUTBOUND_PORT, TupleKey};
+use weft_ebpf_common::{HBONE_PORT, OUTBOUND_PORT, TupleKey};
+use weft_link::hbone::{ConnectRequest, HboneClient, SocketFactory, TraceParent};
 
-use super::{ProxyContext, copy};
+use super::{ProxyContext, address_like, connect_hint, copy, scopeguard};
 use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
     metrics::TcpLabels,
-    state::WorkloadUid,
+    policy::{Source, Verdict},
+    state::{TunnelProtocol, Workload, WorkloadUid},
 };
 
 /// Pending connections per listener; a burst of new connections beyond this gets SYN-retries.
@@ -46,6 +56,31 @@ pub enum ListenerError {
 pub struct Pod {
     pub uid: WorkloadUid,
     pub netns: Netns,
+    /// Tunnels from this pod, dialled from inside its namespace; pooled per (source
+    /// identity, destination identity, destination address).
+    pub hbone: HboneClient,
+}
+
+/// Creates HBONE sockets inside a pod's network namespace.
+pub struct PodSockets {
+    pub netns: Netns,
+    pub home: Netns,
+}
+
+impl std::fmt::Debug for PodSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PodSockets({})", self.netns.path().display())
+    }
+}
+
+impl SocketFactory for PodSockets {
+    fn new_tcp(&self, dst: SocketAddr) -> io::Result<TcpSocket> {
+        let socket = self
+            .netns
+            .run(&self.home, || agent_socket(&dst))
+            .map_err(io::Error::other)??;
+        Ok(TcpSocket::from_std_stream(socket.into()))
+    }
 }
 
 /// One bound outbound listener inside a pod.
@@ -146,6 +181,16 @@ struct Connection {
     _drain: DrainWatcher,
 }
 
+/// How a connection reaches its destination.
+enum Route {
+    /// Plain TCP from the source pod: not a mesh workload, or one no agent captures.
+    Direct,
+    /// The destination pod is enrolled on this node.
+    SameNode(Arc<Pod>, Arc<Workload>),
+    /// An HBONE tunnel to the destination's agent.
+    Hbone(Arc<Workload>),
+}
+
 impl Connection {
     async fn serve(self, mut client: TcpStream) {
         let started = Instant::now();
@@ -172,37 +217,74 @@ impl Connection {
         if let Some(w) = &dst_workload {
             span.record("dst.workload", field::display(&w.name));
         }
+        let route = match dst_workload.clone() {
+            Some(w) if w.protocol == TunnelProtocol::Hbone && w.node == self.ctx.node => {
+                match self.ctx.pods.read().get(&w.uid).cloned() {
+                    Some(pod) => Route::SameNode(pod, w),
+                    // Listed on this node but not enrolled here: nothing captures it.
+                    None => Route::Direct,
+                }
+            }
+            Some(w) if w.protocol == TunnelProtocol::Hbone => Route::Hbone(w),
+            _ => Route::Direct,
+        };
         let mut labels = TcpLabels::outbound(
             src_workload.as_deref(),
             dst_workload.as_deref(),
             dst.to_string(),
         );
+        if matches!(route, Route::Hbone(_)) {
+            labels.connection_security_policy = "mutual_tls";
+        }
         metrics.opened.get_or_create(&labels).inc();
         metrics.active_connections.inc();
         let _active = scopeguard(|| {
             metrics.active_connections.dec();
         });
-
-        let mut upstream = match self.connect(dst).await {
-            Ok(upstream) => upstream,
-            Err(err) => {
-                labels.response_flags = "UF";
-                metrics.closed.get_or_create(&labels).inc();
-                let hint = match err.kind() {
-                    io::ErrorKind::ConnectionRefused => "nothing listens on that port",
-                    io::ErrorKind::TimedOut => {
-                        "no answer: is the destination up and routable from the pod?"
-                    }
-                    _ => "the destination is unreachable from the pod",
-                };
-                warn!(error = %err, hint, "connecting to the original destination failed");
-                return;
-            }
-        };
         let received = metrics.received_bytes.get_or_create(&labels).clone();
         let sent = metrics.sent_bytes.get_or_create(&labels).clone();
-        let (moved, result) =
-            copy::bidirectional(&mut client, &mut upstream, &received, &sent).await;
+
+        let (moved, result) = match route {
+            Route::Direct | Route::SameNode(..) => {
+                let upstream = match &route {
+                    Route::SameNode(pod, w) => {
+                        self.same_node(pod, w, src_workload.as_deref(), dst).await
+                    }
+                    _ => self
+                        .ctx
+                        .connect_from(&self.pod.netns, dst)
+                        .await
+                        .map_err(|err| (err, "UF")),
+                };
+                let mut upstream = match upstream {
+                    Ok(upstream) => upstream,
+                    Err((err, flags)) => {
+                        labels.response_flags = flags;
+                        metrics.closed.get_or_create(&labels).inc();
+                        if flags == "UF" {
+                            warn!(error = %err, hint = connect_hint(&err), "connecting to the original destination failed");
+                        }
+                        return;
+                    }
+                };
+                copy::bidirectional(&mut client, &mut upstream, &received, &sent).await
+            }
+            Route::Hbone(dst_workload) => {
+                let tunnel = match self
+                    .tunnel(src_workload.as_deref(), &dst_workload, dst)
+                    .await
+                {
+                    Ok(tunnel) => tunnel,
+                    Err(err) => {
+                        labels.response_flags = "UF";
+                        metrics.closed.get_or_create(&labels).inc();
+                        warn!(error = %err, "opening an HBONE tunnel failed");
+                        return;
+                    }
+                };
+                copy::bidirectional_stream(&mut client, tunnel, &received, &sent).await
+            }
+        };
         metrics.closed.get_or_create(&labels).inc();
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
@@ -210,41 +292,106 @@ impl Connection {
                 bytes_sent = moved.sent,
                 bytes_received = moved.received,
                 duration_ms,
+                security = labels.connection_security_policy,
                 "connection complete"
             ),
             Err(err) => info!(
                 bytes_sent = moved.sent,
                 bytes_received = moved.received,
                 duration_ms,
+                security = labels.connection_security_policy,
                 error = %err,
                 "connection ended with an error"
             ),
         }
     }
 
-    /// Connects to `dst` from inside the source pod's network namespace.
-    async fn connect(&self, dst: SocketAddr) -> io::Result<TcpStream> {
-        let socket = self
-            .pod
-            .netns
-            .run(&self.ctx.home, || agent_socket(&dst))
-            .map_err(io::Error::other)??;
-        let socket = TcpSocket::from_std_stream(socket.into());
-        tokio::time::timeout(self.ctx.connect_timeout, socket.connect(dst))
+    /// Delivers to a pod on this node: inbound policy with the source's identity, then a
+    /// connection from inside the destination pod (over its loopback, which `sk_lookup`
+    /// leaves alone).
+    async fn same_node(
+        &self,
+        dst_pod: &Pod,
+        dst_workload: &Workload,
+        src_workload: Option<&Workload>,
+        dst: SocketAddr,
+    ) -> Result<TcpStream, (io::Error, &'static str)> {
+        let identity = src_workload.and_then(|w| self.ctx.identity_of(w));
+        let src_ip = src_workload
+            .and_then(|w| address_like(w, dst.ip()))
+            .unwrap_or(dst.ip());
+        let source = Source {
+            identity: identity.as_ref(),
+            ip: src_ip,
+            workload: src_workload,
+        };
+        let verdict = self
+            .ctx
+            .policies
+            .load()
+            .authorize_inbound(&source, dst_workload, dst.port());
+        if let Verdict::Deny(reason) = verdict {
+            info!(
+                src.identity = identity.as_ref().map(field::display),
+                %reason,
+                "connection denied by policy"
+            );
+            self.ctx
+                .metrics
+                .denials
+                .get_or_create(&crate::metrics::DenialLabels::AUTHORIZATION)
+                .inc();
+            return Err((io::Error::other(reason), "UAEX"));
+        }
+        self.ctx
+            .connect_from(&dst_pod.netns, dst)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+            .map_err(|err| (err, "UF"))
+    }
+
+    /// Opens an HBONE tunnel to `dst` through the destination pod's port 15008.
+    async fn tunnel(
+        &self,
+        src_workload: Option<&Workload>,
+        dst_workload: &Workload,
+        dst: SocketAddr,
+    ) -> Result<weft_link::hbone::HboneStream, String> {
+        let src_workload = src_workload.ok_or_else(|| {
+            "the source pod is not in the workload list yet, so it has no identity to present"
+                .to_string()
+        })?;
+        let src_id = self
+            .ctx
+            .identity_of(src_workload)
+            .ok_or_else(|| format!("workload {} has no valid identity", src_workload.name))?;
+        let dst_id = self
+            .ctx
+            .identity_of(dst_workload)
+            .ok_or_else(|| format!("workload {} has no valid identity", dst_workload.name))?;
+        let tls = self
+            .ctx
+            .identities
+            .client_tls(&src_id, self.ctx.connect_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut request = ConnectRequest::new(SocketAddr::new(dst.ip(), HBONE_PORT), dst_id, dst);
+        request.traceparent = Some(TraceParent::generate());
+        request.baggage = baggage(src_workload);
+        self.pod
+            .hbone
+            .connect(&tls, request)
+            .await
+            .map_err(|e| weft_link::error_chain(&e))
     }
 }
 
-/// Runs `f` when dropped (on every exit path of a connection).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
+/// W3C baggage naming the source, as ztunnel sends it.
+fn baggage(w: &Workload) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "k8s.namespace.name={},k8s.pod.name={},service.name={}",
+        w.namespace,
+        w.name,
+        w.app()
+    ))
+    .ok()
 }

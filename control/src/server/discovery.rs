@@ -1,4 +1,4 @@
-//! The gRPC services: `Discovery` (Subscribe, Status, ConfigDump) and `Certificates`.
+//! The `weft.discovery.v1.Discovery` service: Subscribe, Status, ConfigDump.
 
 use std::{sync::Arc, time::Duration};
 
@@ -6,18 +6,19 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
-use weft_proto::{
-    discovery::v1::{
-        self as pb, ClientKind, ResourceType, discovery_server::Discovery,
-        subscribe_request::Message,
-    },
-    identity::v1 as identity,
+use weft_link::identity::TrustDomain;
+use weft_proto::discovery::v1::{
+    self as pb, ClientKind, ResourceType, discovery_server::Discovery, subscribe_request::Message,
 };
 
-use super::store::{self, Store, Subscription, now_ms};
+use super::{
+    certificates::caller_node,
+    store::{self, Store, Subscription, now_ms},
+};
 use crate::{
     config::{ALL_TYPES, ResourceSet},
     metrics::Metrics,
+    node::NotANode,
 };
 
 /// How long a new stream may take to send its hello; a client that opens a stream and says
@@ -32,11 +33,21 @@ const OUTBOUND_BUFFER: usize = 4;
 pub struct DiscoveryService {
     store: Arc<Store>,
     shutdown: watch::Receiver<bool>,
+    /// The trust domain of node credentials.
+    trust_domain: TrustDomain,
 }
 
 impl DiscoveryService {
-    pub fn new(store: Arc<Store>, shutdown: watch::Receiver<bool>) -> Self {
-        DiscoveryService { store, shutdown }
+    pub fn new(
+        store: Arc<Store>,
+        shutdown: watch::Receiver<bool>,
+        trust_domain: TrustDomain,
+    ) -> Self {
+        DiscoveryService {
+            store,
+            shutdown,
+            trust_domain,
+        }
     }
 }
 
@@ -52,9 +63,17 @@ impl Discovery for DiscoveryService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        // Client authentication seam: once agents present node credentials over mTLS, the
-        // verified peer identity is read here (`request.peer_certs()`) and `hello.node` must
-        // match it. Until then every TLS client is trusted with what it claims.
+        // A client with a node credential may only speak for its own node. Clients without
+        // one (weftctl, or an agent not yet given a credential) are trusted with what they
+        // claim, as the configuration they read is not secret; the CA is what needs the node.
+        let credential = match caller_node(&request, &self.trust_domain) {
+            Ok(node) => Some(node),
+            Err(NotANode::NoCertificate) => None,
+            Err(reason) => {
+                debug!(%peer, %reason, "client certificate is not a node credential");
+                None
+            }
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -68,6 +87,15 @@ impl Discovery for DiscoveryService {
             }
         };
         check_hello(&hello)?;
+        if let Some(node) = &credential
+            && hello.node != node.as_str()
+        {
+            warn!(%peer, credential = %node, claimed = %hello.node, "refused a subscriber claiming another node");
+            return Err(Status::permission_denied(format!(
+                "ClientHello.node is {:?} but the client's node credential is for node {node};                  a node may only subscribe as itself",
+                hello.node
+            )));
+        }
         let sub = self.store.subscribe(hello.clone(), peer.clone());
         let span = info_span!(
             "subscriber",
@@ -292,23 +320,5 @@ async fn read_answers(
             Some(Message::Hello(_)) => warn!("ignoring a second ClientHello on the stream"),
             None => {}
         }
-    }
-}
-
-/// The `weft.identity.v1.Certificates` service. Signing needs node identity to enforce
-/// that an agent only obtains certificates for its own node's workloads, so until that
-/// exists the service answers UNIMPLEMENTED rather than sign for anyone.
-#[derive(Debug, Clone, Default)]
-pub struct CertificateService;
-
-#[tonic::async_trait]
-impl identity::certificates_server::Certificates for CertificateService {
-    async fn sign(
-        &self,
-        _request: Request<identity::SignRequest>,
-    ) -> Result<Response<identity::SignResponse>, Status> {
-        Err(Status::unimplemented(
-            "certificate signing is not served yet: it needs node identity to scope requests",
-        ))
     }
 }

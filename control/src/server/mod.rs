@@ -1,6 +1,7 @@
 //! The control plane server: loads the CA and the configuration, serves discovery and
 //! certificates over TLS, and publishes configuration changes as they happen.
 
+mod certificates;
 mod discovery;
 pub mod store;
 
@@ -8,23 +9,31 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tracing::{info, warn};
+use weft_link::identity::TrustDomain;
 use weft_proto::{
     discovery::v1::discovery_server::DiscoveryServer,
     identity::v1::certificates_server::CertificatesServer,
 };
 
-pub use discovery::{CertificateService, DiscoveryService};
+pub use certificates::{CertificateService, DEFAULT_WORKLOAD_TTL};
+pub use discovery::DiscoveryService;
 pub use store::{ApplyOutcome, DEFAULT_SUBSCRIBER_QUEUE, Store};
 
 use crate::{
     ca::{CaError, CertificateAuthority},
     config::{Source, source::DEFAULT_DEBOUNCE},
+    duration::format_duration,
 };
 
 /// The agent protocol's port (ARCHITECTURE §7).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:15012";
+/// The longest a workload certificate may live: 24 h, as in Istio; agents renew at half-life.
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The shortest `--cert-ttl`: below a minute, agents would spend their time renewing, and the
+/// CA's backdating of a few minutes would be most of a certificate's life.
+pub const MIN_CERT_TTL: Duration = Duration::from_secs(60);
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -46,6 +55,11 @@ pub struct ServerConfig {
     pub subscriber_queue: usize,
     /// Where to serve Prometheus `/metrics`; not served when `None`.
     pub metrics_addr: Option<SocketAddr>,
+    /// The mesh's trust domain: workload identities the CA signs and node credentials it
+    /// accepts are of this domain.
+    pub trust_domain: TrustDomain,
+    /// The longest lifetime of an issued workload certificate; at least [`MIN_CERT_TTL`].
+    pub cert_ttl: Duration,
 }
 
 impl ServerConfig {
@@ -59,14 +73,31 @@ impl ServerConfig {
             debounce: DEFAULT_DEBOUNCE,
             subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
             metrics_addr: None,
+            trust_domain: TrustDomain::default(),
+            cert_ttl: DEFAULT_CERT_TTL,
         }
     }
+}
+
+/// Checks a `--cert-ttl`: at least [`MIN_CERT_TTL`].
+pub fn check_cert_ttl(ttl: Duration) -> Result<Duration, ServerError> {
+    if ttl < MIN_CERT_TTL {
+        return Err(ServerError::CertTtl {
+            ttl: format_duration(ttl),
+        });
+    }
+    Ok(ttl)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error(
+        "the workload certificate lifetime (--cert-ttl) is {ttl}; it must be at least 1m, or \
+         agents would do little but renew"
+    )]
+    CertTtl { ttl: String },
     #[error("the configuration has {count} error(s), refusing to start:\n{errors}")]
     InvalidConfig { count: usize, errors: String },
     #[error("cannot listen on {addr}: {source} (is another control plane running?)")]
@@ -90,12 +121,15 @@ pub struct ControlPlane {
     source: Source,
     debounce: Duration,
     metrics_listener: Option<TcpListener>,
+    trust_domain: TrustDomain,
+    cert_ttl: Duration,
 }
 
 impl ControlPlane {
     /// Loads the CA and the configuration and binds the port. An invalid configuration at
     /// start is an error: serving an empty one instead would wipe every agent's state.
     pub async fn new(config: ServerConfig) -> Result<Self, ServerError> {
+        let cert_ttl = check_cert_ttl(config.cert_ttl)?;
         let ca = match &config.ca {
             Some((cert, key)) => CertificateAuthority::from_files(cert, key)?,
             None => CertificateAuthority::load_or_generate(&config.state_dir)?,
@@ -154,6 +188,8 @@ impl ControlPlane {
             ca: Arc::new(ca),
             source,
             debounce: config.debounce,
+            trust_domain: config.trust_domain,
+            cert_ttl,
         })
     }
 
@@ -226,14 +262,30 @@ impl ControlPlane {
             }
         });
 
-        let tls = ServerTlsConfig::new().identity(self.identity);
-        let discovery = DiscoveryService::new(self.store.clone(), stop_rx.clone());
+        // Client certificates are asked for and verified against the mesh root, but not
+        // required: weftctl and the Status/ConfigDump calls work without one; Sign refuses a
+        // caller without a node credential, and Subscribe scopes a caller that has one.
+        let tls = ServerTlsConfig::new()
+            .identity(self.identity)
+            .client_ca_root(Certificate::from_pem(self.ca.root_pem()))
+            .client_auth_optional(true);
+        let discovery = DiscoveryService::new(
+            self.store.clone(),
+            stop_rx.clone(),
+            self.trust_domain.clone(),
+        );
+        let certificates = CertificateService::new(
+            self.ca.clone(),
+            self.store.clone(),
+            self.trust_domain.clone(),
+            self.cert_ttl,
+        );
         let mut serve_stop = stop_rx;
         let server = Server::builder()
             .tls_config(tls)
             .map_err(ServerError::Tls)?
             .add_service(DiscoveryServer::new(discovery))
-            .add_service(CertificatesServer::new(CertificateService))
+            .add_service(CertificatesServer::new(certificates))
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), async move {
                 let _ = serve_stop.changed().await;
             });

@@ -143,6 +143,18 @@ impl Store {
         (inner.version, inner.resources.clone())
     }
 
+    /// Whether a workload of `namespace`/`service_account` (one SPIFFE identity) is scheduled
+    /// on `node` in the configuration in force: the CA's node-scoping rule. A linear scan,
+    /// off the lock: certificates are requested once per identity and renewal, not per
+    /// connection.
+    pub fn identity_on_node(&self, node: &str, namespace: &str, service_account: &str) -> bool {
+        let (_, resources) = self.current();
+        resources.of_type(ResourceType::Workload).any(|r| {
+            matches!(&r.kind, Some(pb::resource::Kind::Workload(w))
+                if w.node == node && w.namespace == namespace && w.service_account == service_account)
+        })
+    }
+
     /// Publishes a newly read configuration, unless it has errors (then the one in force
     /// stays and nobody sees a change) or equals the one in force.
     pub fn apply(&self, loaded: Loaded) -> ApplyOutcome {

@@ -109,3 +109,38 @@ fn a_subscriber_that_falls_behind_is_marked_for_a_snapshot_without_blocking() {
     store.apply(workloads(&refs));
     assert_eq!(slow.queue.try_recv().unwrap().version, 7);
 }
+
+#[test]
+fn identity_on_node_matches_namespace_service_account_and_node() {
+    let mut resources = ResourceSet::default();
+    for (name, ns, sa, node) in [
+        ("web-0", "shop", "web", "node-a"),
+        ("db-0", "shop", "db", "node-b"),
+    ] {
+        resources.insert(pb::Resource {
+            name: format!("{ns}/{name}"),
+            kind: Some(pb::resource::Kind::Workload(pb::Workload {
+                uid: name.into(),
+                name: name.into(),
+                namespace: ns.into(),
+                service_account: sa.into(),
+                node: node.into(),
+                ..Default::default()
+            })),
+        });
+    }
+    let store = Store::new(
+        Loaded {
+            resources,
+            ..Default::default()
+        },
+        "test".into(),
+        4,
+    );
+    assert!(store.identity_on_node("node-a", "shop", "web"));
+    assert!(store.identity_on_node("node-b", "shop", "db"));
+    assert!(!store.identity_on_node("node-a", "shop", "db"));
+    assert!(!store.identity_on_node("node-b", "shop", "web"));
+    assert!(!store.identity_on_node("node-a", "other", "web"));
+    assert!(!store.identity_on_node("", "shop", "web"));
+}

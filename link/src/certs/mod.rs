@@ -7,6 +7,14 @@ use std::time::Duration;
 
 use crate::identity::SpiffeId;
 
+mod manager;
+
+pub use manager::{
+    CertError, CertManager, CertManagerOptions, CertPhase, CertState, CertStatus,
+    DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_RENEWAL_FRACTION,
+    DEFAULT_REQUEST_TIMEOUT, IdentityCerts,
+};
+
 /// One certificate request to the mesh CA.
 #[derive(Debug, Clone)]
 pub struct SignRequest {

@@ -17,8 +17,13 @@
 //!
 //! [`ConnectionState`] exposes whether the stream is up and which version of each type was
 //! last applied, for readiness and metrics.
+//!
+//! An agent presents its node credential ([`ClientConfig::identity`]); the control plane then
+//! accepts a hello only for that node. [`CaClient`] asks the control plane's CA for workload
+//! certificates over the same TLS settings, and needs the node credential to be answered.
 
 mod backoff;
+mod sign;
 mod state;
 mod typed;
 
@@ -26,7 +31,7 @@ use std::{future::Future, time::Duration};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
 use weft_proto::discovery::v1::{
     self as pb, ClientKind, ResourceType, discovery_client::DiscoveryClient,
@@ -34,6 +39,7 @@ use weft_proto::discovery::v1::{
 };
 
 pub use backoff::{Backoff, DEFAULT_INITIAL, DEFAULT_MAX};
+pub use sign::{CaClient, CaClientConfig, DEFAULT_SIGN_TIMEOUT};
 pub use state::{ConnectionState, ConnectionStatus};
 pub use typed::{Objects, TypedStore};
 
@@ -91,6 +97,33 @@ where
     }
 }
 
+/// The client certificate and key (PEM) a client authenticates to the control plane with: a
+/// node credential (`weft-control node-credential`), which the CA needs before it signs and
+/// which binds a discovery subscription to its node.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// The certificate, leaf first (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+}
+
+impl ClientIdentity {
+    pub fn new(cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        ClientIdentity {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    // The key stays out of logs and debug dumps.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").finish_non_exhaustive()
+    }
+}
+
 /// Who the client is and where it connects.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -100,6 +133,8 @@ pub struct ClientConfig {
     pub ca_cert_pem: String,
     /// The name to verify in the server certificate; the address's host when `None`.
     pub server_name: Option<String>,
+    /// The client certificate to present (a node credential); none when `None`.
+    pub identity: Option<ClientIdentity>,
     pub kind: ClientKind,
     /// This client's name (e.g. the agent's pod name).
     pub name: String,
@@ -127,6 +162,7 @@ impl ClientConfig {
             address: address.into(),
             ca_cert_pem: ca_cert_pem.into(),
             server_name: None,
+            identity: None,
             kind,
             name: name.into(),
             node: node.into(),
@@ -147,7 +183,9 @@ pub enum ClientError {
         #[source]
         source: tonic::codegen::http::uri::InvalidUri,
     },
-    #[error("invalid TLS settings for {address}: {source} (is the CA file PEM?)")]
+    #[error(
+        "invalid TLS settings for {address}: {source} (are the CA file and the node credential PEM?)"
+    )]
     Tls {
         address: String,
         #[source]
@@ -165,6 +203,17 @@ pub fn endpoint(
     server_name: Option<&str>,
     connect_timeout: Duration,
 ) -> Result<Endpoint, ClientError> {
+    endpoint_with_identity(address, ca_cert_pem, server_name, None, connect_timeout)
+}
+
+/// [`endpoint`] that also presents a client certificate, if one is given.
+pub fn endpoint_with_identity(
+    address: &str,
+    ca_cert_pem: &str,
+    server_name: Option<&str>,
+    identity: Option<&ClientIdentity>,
+    connect_timeout: Duration,
+) -> Result<Endpoint, ClientError> {
     let endpoint = Channel::from_shared(address.to_string()).map_err(|e| ClientError::Address {
         address: address.to_string(),
         source: e,
@@ -172,6 +221,9 @@ pub fn endpoint(
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_cert_pem));
     if let Some(name) = server_name {
         tls = tls.domain_name(name);
+    }
+    if let Some(identity) = identity {
+        tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
     }
     Ok(endpoint
         .tls_config(tls)
@@ -199,10 +251,11 @@ impl Client {
         if config.resource_types.is_empty() {
             return Err(ClientError::NoTypes);
         }
-        let endpoint = endpoint(
+        let endpoint = endpoint_with_identity(
             &config.address,
             &config.ca_cert_pem,
             config.server_name.as_deref(),
+            config.identity.as_ref(),
             config.connect_timeout,
         )?;
         Ok(Client {
@@ -340,6 +393,9 @@ fn status_message(status: &tonic::Status, address: &str) -> String {
             " (is the control plane running and reachable, and does its certificate match the CA file and address?)"
         }
         tonic::Code::InvalidArgument => " (the control plane refused this client's hello)",
+        tonic::Code::PermissionDenied => {
+            " (the node credential (--node-cert) is for another node than this client's --node)"
+        }
         _ => "",
     };
     format!("{address}: {}: {}{hint}", status.code(), status.message())

@@ -174,7 +174,12 @@ impl HboneClient {
         req: ConnectRequest,
     ) -> Result<HboneStream, HboneError> {
         let request = build_request(&req)?;
-        let key = PoolKey::new(tls.identity().clone(), req.expected.clone(), req.dst);
+        let key = PoolKey::new(
+            tls.identity().clone(),
+            req.expected.clone(),
+            req.dst,
+            tls.certificate().not_after(),
+        );
         // A pooled connection can die between checkout and use, and a server may refuse a
         // stream it has no room for (REFUSED_STREAM, RFC 9113 §8.7: safe to retry). One retry
         // on a fresh connection hides both; a fresh connection failing is the real answer.

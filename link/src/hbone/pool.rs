@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -27,13 +27,27 @@ pub(crate) struct PoolKey {
     /// Sorted and deduplicated, so the same set always makes the same key.
     pub(crate) expected: Vec<SpiffeId>,
     pub(crate) dst: SocketAddr,
+    /// The end of validity of the client certificate the connection was made with: after a
+    /// rotation, new tunnels go on new connections that present the new certificate, while
+    /// tunnels on the old ones run on until they close.
+    pub(crate) cert_not_after: SystemTime,
 }
 
 impl PoolKey {
-    pub(crate) fn new(src: SpiffeId, mut expected: Vec<SpiffeId>, dst: SocketAddr) -> Self {
+    pub(crate) fn new(
+        src: SpiffeId,
+        mut expected: Vec<SpiffeId>,
+        dst: SocketAddr,
+        cert_not_after: SystemTime,
+    ) -> Self {
         expected.sort();
         expected.dedup();
-        Self { src, expected, dst }
+        Self {
+            src,
+            expected,
+            dst,
+            cert_not_after,
+        }
     }
 }
 

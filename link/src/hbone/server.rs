@@ -101,6 +101,8 @@ impl Refusal {
 #[derive(Debug)]
 pub struct TunnelSummary {
     pub peer: SpiffeId,
+    /// The client's TCP address.
+    pub remote: SocketAddr,
     pub authority: SocketAddr,
     pub bytes_from_peer: u64,
     pub bytes_to_peer: u64,
@@ -325,6 +327,7 @@ async fn serve_stream<H: ConnectHandler>(
         let outcome = relay(HboneStream::new(send, body, None), upstream).await;
         let summary = TunnelSummary {
             peer,
+            remote,
             authority,
             bytes_from_peer: outcome.a_to_b,
             bytes_to_peer: outcome.b_to_a,

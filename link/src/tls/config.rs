@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use rustls::client::Resumption;
-use rustls::server::NoServerSessionStorage;
+use rustls::server::{NoServerSessionStorage, ResolvesServerCert};
 use rustls::{ClientConfig, CommonState, ServerConfig};
 
 use super::verify::{self, SpiffeClientVerifier, SpiffeServerVerifier};
@@ -22,6 +22,17 @@ static VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS1
 /// and long-lived, so resumption would save little.
 pub fn server_config(
     cert: Arc<CertResolver>,
+    bundle: Arc<TrustBundle>,
+    policy: Option<Arc<dyn PeerPolicy>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(cert, bundle, policy)
+}
+
+/// Like [`server_config`], with any certificate resolver: a listener whose identity is looked
+/// up per handshake (a pod's, which may change or not be issued yet) uses its own. A resolver
+/// that returns `None` fails the handshake.
+pub fn server_config_with(
+    cert: Arc<dyn ResolvesServerCert>,
     bundle: Arc<TrustBundle>,
     policy: Option<Arc<dyn PeerPolicy>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
@@ -56,6 +67,11 @@ impl ClientTls {
     /// The identity this client presents.
     pub fn identity(&self) -> &SpiffeId {
         self.cert.identity()
+    }
+
+    /// The certificate new handshakes present now.
+    pub fn certificate(&self) -> Arc<super::Certificate> {
+        self.cert.current()
     }
 
     /// A config that accepts a server only if it proves one of the `expected` identities.

@@ -169,6 +169,7 @@ impl ConnectHandler for DirectHandler {
     fn on_close(&self, summary: &TunnelSummary) {
         self.summaries.lock().push(TunnelSummary {
             peer: summary.peer.clone(),
+            remote: summary.remote,
             authority: summary.authority,
             bytes_from_peer: summary.bytes_from_peer,
             bytes_to_peer: summary.bytes_to_peer,

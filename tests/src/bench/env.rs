@@ -17,7 +17,7 @@ use crate::testbed::{Background, Testbed, netns, state};
 /// How long a server or proxy gets to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// The pods that serve: cross-node and same-node destinations.
-pub const SERVER_PODS: [&str; 2] = ["pod-2a", "pod-1b"];
+pub const SERVER_PODS: [&str; 4] = ["pod-2a", "pod-1b", "pod-2c", "pod-1d"];
 
 /// Socket settings written in every namespace of the testbed, so that the connection-churn
 /// scenario cannot starve the next one of ports or accept-queue space.

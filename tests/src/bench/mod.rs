@@ -26,16 +26,17 @@ use serde::{Deserialize, Serialize};
 
 /// The benchmark testbed's name: its own, so it never disturbs a developer's "weft".
 pub const TESTBED_NAME: &str = "weft-bench";
-/// Two nodes of three pods: pod-1a (enrolled client), pod-1b (same-node server), pod-1c (an
-/// un-enrolled client, for the baselines and the other proxies), pod-2a (cross-node server).
+/// Two nodes of four pods. Weft: pod-1a (enrolled client) to pod-1b (same-node server) and
+/// pod-2a (cross-node server), all enrolled. Baselines and the other proxies: pod-1c (an
+/// un-enrolled client) to pod-1d (same-node) and pod-2c (cross-node), un-enrolled servers, so
+/// that no agent (nor its inbound steering) is on the baseline path.
 pub const NODES: u32 = 2;
-pub const PODS_PER_NODE: u32 = 3;
+pub const PODS_PER_NODE: u32 = 4;
 /// The pods no agent enrols (see [`crate::testbed::Config::unenrolled`]).
-pub const UNENROLLED: &[&str] = &["pod-1c", "pod-2c"];
+pub const UNENROLLED: &[&str] = &["pod-1c", "pod-1d", "pod-2c", "pod-2d"];
 
-/// How the weft cross-node path is labelled. Today the agent forwards in plaintext; when
-/// HBONE (mutual TLS between agents) lands, change this label, nothing else.
-pub const WEFT_CROSS_LABEL: &str = "weft cross-node (plaintext, no HBONE yet)";
+/// How the weft cross-node path is labelled.
+pub const WEFT_CROSS_LABEL: &str = "weft cross-node (HBONE mTLS)";
 
 /// The benchmark HTTP server's port (nginx in the server pods).
 pub const HTTP_PORT: u16 = 8080;
@@ -141,7 +142,9 @@ pub const NODE1_POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 78, 1, 1);
 pub const NODE2_FABRIC: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 12);
 /// The server pods' addresses (see the testbed's address plan).
 pub const POD_1B: Ipv4Addr = Ipv4Addr::new(10, 78, 1, 12);
+pub const POD_1D: Ipv4Addr = Ipv4Addr::new(10, 78, 1, 14);
 pub const POD_2A: Ipv4Addr = Ipv4Addr::new(10, 78, 2, 11);
+pub const POD_2C: Ipv4Addr = Ipv4Addr::new(10, 78, 2, 13);
 
 impl Target {
     fn new(id: &str, label: &str, client: &str, server: &str, via: Via, baseline: &str) -> Self {
@@ -162,7 +165,7 @@ impl Target {
                 "direct",
                 "direct cross-node (no mesh)",
                 "pod-1c",
-                "pod-2a",
+                "pod-2c",
                 Via::Direct,
                 "direct",
             ),
@@ -170,7 +173,7 @@ impl Target {
                 "direct-same",
                 "direct same-node (no mesh)",
                 "pod-1c",
-                "pod-1b",
+                "pod-1d",
                 Via::Direct,
                 "direct-same",
             ),
@@ -196,7 +199,7 @@ impl Target {
                 peer.name(),
                 &format!("{} mTLS tunnel (TLS 1.3, 2 proxies)", peer.name()),
                 "pod-1c",
-                "pod-2a",
+                "pod-2c",
                 Via::Peer(peer),
                 "direct",
             ));
@@ -206,10 +209,11 @@ impl Target {
 
     /// The server pod's address.
     pub fn server_ip(&self) -> Ipv4Addr {
-        if self.server == "pod-1b" {
-            POD_1B
-        } else {
-            POD_2A
+        match self.server.as_str() {
+            "pod-1b" => POD_1B,
+            "pod-1d" => POD_1D,
+            "pod-2c" => POD_2C,
+            _ => POD_2A,
         }
     }
 

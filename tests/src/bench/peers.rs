@@ -198,7 +198,7 @@ pub fn haproxy_conf(side: Side, tls: &Path) -> String {
             }
             Side::Server => {
                 let (_, _, pem) = files(tls, SERVER_NAME);
-                let app = SocketAddr::from((super::POD_2A, service.port()));
+                let app = SocketAddr::from((super::POD_2C, service.port()));
                 (
                     format!("bind {listen} ssl crt {pem} ca-file {ca} verify required"),
                     format!("server app {app}"),
@@ -234,7 +234,7 @@ pub fn nginx_conf(side: Side, tls: &Path, dir: &Path) -> String {
             }
             Side::Server => {
                 let (crt, key, _) = files(tls, SERVER_NAME);
-                let app = SocketAddr::from((super::POD_2A, service.port()));
+                let app = SocketAddr::from((super::POD_2C, service.port()));
                 format!(
                     "listen {listen} ssl backlog=8192;\n    ssl_protocols TLSv1.3;\n    \
                      ssl_certificate {crt};\n    ssl_certificate_key {key};\n    \

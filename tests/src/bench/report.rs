@@ -340,10 +340,14 @@ fn method(md: &mut String, p: &Plan) {
          drift favours a target.\n\
          - Clients run in pods: un-enrolled pod-1c for the baselines and the other proxies, \
          enrolled pod-1a for weft. Servers: nginx (1 worker, access log off) serving 1 KiB, and \
-         iperf3, in pod-2a (cross-node) and pod-1b (same-node).\n\
+         iperf3, in enrolled pod-2a (cross-node) and pod-1b (same-node) for weft, and in \
+         un-enrolled pod-2c and pod-1d for the baselines and the other proxies (the same \
+         software, configuration and CPU).\n\
          - haproxy and nginx run as a TCP tunnel with TLS 1.3 mutual authentication: one instance \
          in node-1's namespace, one in node-2's, one thread or worker each. The weft cross-node \
-         path is one agent hop in plaintext today; compare accordingly.\n\
+         path is the same shape: the source node's agent opens an HBONE tunnel (HTTP/2 CONNECT \
+         over TLS 1.3 mutual auth, ECDSA P-256 SPIFFE certificates) to the destination node's \
+         agent, which connects to the server.\n\
          - Layouts: \"all on CPU 0\" pins load generator, proxies and server to CPU 0 (a \
          cross-CPU wake-up costs milliseconds at the tail on this class of VM); \"proxy on CPU 1\" \
          gives the proxies their own CPU for saturation figures.\n\

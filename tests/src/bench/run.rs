@@ -46,9 +46,19 @@ pub struct Tools {
 pub fn path_pids(tb: &Testbed, env: &Env, target: &Target) -> Result<Vec<u32>> {
     Ok(match target.via {
         Via::Direct => Vec::new(),
+        // Both agents on the path: the client's and, across nodes, the server's (which
+        // terminates the tunnel), as both proxies of a peer pair are charged.
         Via::Weft => {
-            let node = &tb.pod(&target.client)?.node;
-            tb.node(node)?.agent.map(|a| a.pid).into_iter().collect()
+            let mut nodes = vec![tb.pod(&target.client)?.node.clone()];
+            let server_node = tb.pod(&target.server)?.node.clone();
+            if !nodes.contains(&server_node) {
+                nodes.push(server_node);
+            }
+            let mut pids = Vec::new();
+            for node in &nodes {
+                pids.extend(tb.node(node)?.agent.map(|a| a.pid));
+            }
+            pids
         }
         Via::Peer(peer) => env.peer_pids(peer),
     })

@@ -4,9 +4,13 @@
 //!
 //! ```text
 //! weft-agent --node <node> --control https://10.77.0.1:15012 --control-ca <state>/control/root-cert.pem \
+//!     --node-cert <state>/<node>/node-cert.pem --node-key <state>/<node>/node-key.pem \
 //!     --pods <state>/<node>/pods.json \
 //!     --admin-addr 127.0.0.1:15000 --metrics-addr 0.0.0.0:15020 --readiness-addr 0.0.0.0:15021
 //! ```
+//!
+//! The node credential (`--node-cert`, `--node-key`) is issued by `start_control` with
+//! `weft-control node-credential` (see `control`).
 //!
 //! It runs in the node's network namespace and the node's cgroup (never a pod's, or it would
 //! capture itself), detached, with stdout and stderr in `<state>/<node>/agent.log`.
@@ -50,6 +54,10 @@ pub struct AgentConfig {
     /// Flags appended to the agent's command line (`--worker-threads 1`).
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// Flags appended to the control plane's command line (`--cert-ttl 1m`). A
+    /// `--trust-domain` here also applies to the node credentials the testbed issues.
+    #[serde(default)]
+    pub control_extra_args: Vec<String>,
 }
 
 impl AgentConfig {
@@ -60,6 +68,7 @@ impl AgentConfig {
             rust_log: std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned()),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             extra_args: Vec::new(),
+            control_extra_args: Vec::new(),
         }
     }
 
@@ -70,6 +79,13 @@ impl AgentConfig {
             .map(PathBuf::from)
             .unwrap_or_else(default_agent_bin);
         Self::new(bin)
+    }
+
+    /// The same with `args` appended to the control plane's command line (`--cert-ttl 1m`).
+    pub fn control_args(mut self, args: &[&str]) -> Self {
+        self.control_extra_args
+            .extend(args.iter().map(|a| (*a).to_owned()));
+        self
     }
 
     /// The control plane binary: `weft-control` beside the agent's (one `cargo build`).
@@ -116,6 +132,10 @@ impl Testbed {
             self.control_url().into(),
             "--control-ca".into(),
             self.control_ca().into(),
+            "--node-cert".into(),
+            super::control::node_cert(&self.state_dir, &node.name).into(),
+            "--node-key".into(),
+            super::control::node_key(&self.state_dir, &node.name).into(),
             "--pods".into(),
             state::pods_file(&self.state_dir, &node.name).into(),
             "--admin-addr".into(),

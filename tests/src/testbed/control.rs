@@ -7,7 +7,14 @@
 //! /run/weft-testbed/<name>/config/            --config-dir (pods.yaml + applied files)
 //! /run/weft-testbed/<name>/control/           --state-dir (root-cert.pem, root-key.pem)
 //! /run/weft-testbed/<name>/control/control.log
+//! /run/weft-testbed/<name>/<node>/node-cert.pem  the node credential, --node-cert
+//! /run/weft-testbed/<name>/<node>/node-key.pem   its key (0600), --node-key
 //! ```
+//!
+//! Once the control plane serves (and so has generated its root), `start_control` issues
+//! every node's credential with `weft-control node-credential`, as an operator would at
+//! bootstrap; the agents present it to the control plane, whose CA signs only the
+//! identities of the presenting node's workloads.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
@@ -16,10 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::cmd;
 use super::error::{Error, Result};
 use super::exec::spawn_detached;
 use super::process::{Placement, open_netns};
-use super::{Pod, Testbed, cgroup, netns, state, topology};
+use super::{Config, Pod, Testbed, cgroup, netns, state, topology};
 
 /// The control plane's address on the fabric bridge.
 pub const CONTROL_IPV4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -36,6 +44,9 @@ const CONTROL_STOP_GRACE: Duration = Duration::from_secs(10);
 pub const PODS_FILE: &str = "pods.yaml";
 /// The root certificate's file name in the control plane's state directory.
 const ROOT_CERT_FILE: &str = "root-cert.pem";
+/// What `weft-control node-credential` writes into a node's directory.
+const NODE_CERT_FILE: &str = "node-cert.pem";
+const NODE_KEY_FILE: &str = "node-key.pem";
 
 pub fn config_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("config")
@@ -49,13 +60,39 @@ pub fn control_log(state_dir: &Path) -> PathBuf {
     control_dir(state_dir).join("control.log")
 }
 
+/// A node's credential certificate (the agent's `--node-cert`).
+pub fn node_cert(state_dir: &Path, node: &str) -> PathBuf {
+    state_dir.join(node).join(NODE_CERT_FILE)
+}
+
+/// A node's credential key (the agent's `--node-key`).
+pub fn node_key(state_dir: &Path, node: &str) -> PathBuf {
+    state_dir.join(node).join(NODE_KEY_FILE)
+}
+
+/// The value of `--trust-domain` in extra control-plane flags, so node credentials are
+/// issued for the trust domain the control plane serves.
+fn trust_domain_flag(args: &[String]) -> Option<&str> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--trust-domain" {
+            return args.next().map(String::as_str);
+        }
+        if let Some(value) = arg.strip_prefix("--trust-domain=") {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// The control plane's cgroup, beside the nodes' and pods'.
 pub fn control_cgroup(cgroup_root: &Path) -> PathBuf {
     cgroup_root.join("control")
 }
 
-/// The pods as `weft.dev/v1alpha1 Workload` documents.
-pub fn workload_documents(pods: &[Pod]) -> String {
+/// The pods as `weft.dev/v1alpha1 Workload` documents. Pods no agent enrols are reached
+/// over plain TCP (`protocol: TCP`); the others over HBONE.
+pub fn workload_documents(pods: &[Pod], unenrolled: &[String]) -> String {
     let mut out = String::from("# Written by the testbed: one Workload per pod.\n");
     for pod in pods {
         let labels: Vec<String> = pod
@@ -67,7 +104,7 @@ pub fn workload_documents(pods: &[Pod]) -> String {
         out.push_str(&format!(
             "---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {}\n  \
              namespace: {}\n  uid: {}\n  labels: {{{}}}\nspec:\n  serviceAccount: {}\n  \
-             node: {}\n  ips: [{}]\n",
+             node: {}\n  ips: [{}]\n  protocol: {}\n",
             pod.name,
             pod.namespace,
             pod.uid,
@@ -75,9 +112,27 @@ pub fn workload_documents(pods: &[Pod]) -> String {
             pod.service_account,
             pod.node,
             ips.join(", "),
+            if unenrolled.contains(&pod.name) {
+                "TCP"
+            } else {
+                "HBONE"
+            },
         ));
     }
     out
+}
+
+impl Config {
+    /// The same with `args` appended to the control plane's command line, e.g.
+    /// `["--cert-ttl", "1m"]`. They travel with the agent configuration (the control plane
+    /// runs only with agents), so set [`Config::agent`] first; without an agent they have no
+    /// effect.
+    pub fn control_args(mut self, args: &[&str]) -> Self {
+        if let Some(agent) = self.agent.take() {
+            self.agent = Some(agent.control_args(args));
+        }
+        self
+    }
 }
 
 impl Testbed {
@@ -108,7 +163,10 @@ impl Testbed {
     pub(super) fn write_control_config(&self) -> Result<()> {
         let dir = self.config_dir();
         std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
-        write_atomic(&dir.join(PODS_FILE), &workload_documents(&self.pods))
+        write_atomic(
+            &dir.join(PODS_FILE),
+            &workload_documents(&self.pods, &self.unenrolled),
+        )
     }
 
     /// Starts the control plane and waits until it accepts connections.
@@ -133,6 +191,7 @@ impl Testbed {
             .args(["--listen", &listen.to_string()])
             .args(["--san", &CONTROL_IPV4.to_string()])
             .args(["--metrics-addr", &self.control_metrics_addr().to_string()])
+            .args(&agent.control_extra_args)
             .env("RUST_LOG", &agent.rust_log)
             .env("NO_COLOR", "1")
             .current_dir(&dir);
@@ -145,7 +204,31 @@ impl Testbed {
         let log = control_log(&self.state_dir);
         self.control = Some(spawn_detached(command, &log, &cg)?);
         self.save()?;
-        self.wait_control(listen, &log)
+        self.wait_control(listen, &log)?;
+        self.issue_node_credentials()
+    }
+
+    /// Writes every node's credential (`<state>/<node>/node-cert.pem`, `node-key.pem`) with
+    /// `weft-control node-credential`, from the root the control plane uses.
+    fn issue_node_credentials(&self) -> Result<()> {
+        let agent = self.agent.as_ref().ok_or_else(|| Error::NoAgent {
+            testbed: self.name.clone(),
+        })?;
+        for node in &self.nodes {
+            let mut command = Command::new(agent.control_bin());
+            command
+                .arg("node-credential")
+                .arg("--state-dir")
+                .arg(control_dir(&self.state_dir))
+                .args(["--node", &node.name])
+                .arg("--out-dir")
+                .arg(self.state_dir.join(&node.name));
+            if let Some(td) = trust_domain_flag(&agent.control_extra_args) {
+                command.args(["--trust-domain", td]);
+            }
+            cmd::run(&mut command)?;
+        }
+        Ok(())
     }
 
     fn wait_control(&self, listen: SocketAddr, log: &Path) -> Result<()> {
@@ -284,6 +367,20 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_trust_domain_in_extra_flags() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(trust_domain_flag(&args(&["--cert-ttl", "1m"])), None);
+        assert_eq!(
+            trust_domain_flag(&args(&["--cert-ttl", "1m", "--trust-domain", "td.test"])),
+            Some("td.test")
+        );
+        assert_eq!(
+            trust_domain_flag(&args(&["--trust-domain=td.test"])),
+            Some("td.test")
+        );
+    }
 
     #[test]
     fn yaml_files_only() {

@@ -1,0 +1,451 @@
+//! The inbound side of each enrolled pod, inside its network namespace:
+//!
+//! - `:15008`, HBONE: mutual TLS 1.3 with the pod's own certificate, the peer's SPIFFE ID
+//!   verified against the trust bundle, one HTTP/2 CONNECT per connection; the authority
+//!   must be an address of this pod;
+//! - `:15006`, plaintext: connections from outside the mesh that `sk_lookup` steered here.
+//!   PeerAuthentication STRICT refuses them; PERMISSIVE lets them through to policy.
+//!
+//! Both check inbound authorization, then connect to the application from inside the pod
+//! over its loopback (`sk_lookup` passes loopback traffic, so this is never steered again).
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use http::StatusCode;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, field, info, info_span, warn};
+use weft_ebpf_common::{HBONE_PORT, INBOUND_PLAINTEXT_PORT};
+use weft_link::{
+    hbone::{ConnectHandler, HboneServer, InboundConnect, Refusal, TunnelSummary},
+    tls::{TrustBundle, server_config_with},
+};
+
+use super::{ProxyContext, connect_hint, copy, outbound::Pod, scopeguard};
+use crate::{
+    drain::DrainWatcher,
+    inpod::{Netns, agent_socket},
+    metrics::{DenialLabels, TcpLabels},
+    policy::{PeerAuthMode, Source, Verdict},
+    proxy::outbound::ListenerError,
+};
+
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds `addr` inside the pod's namespace with the agent's socket options.
+fn bind_in_pod(
+    pod: &Pod,
+    home: &Netns,
+    addr: SocketAddr,
+    dual_stack: bool,
+) -> Result<TcpListener, ListenerError> {
+    let bind_err = |source| ListenerError::Bind {
+        addr,
+        netns: pod.netns.path().display().to_string(),
+        source,
+    };
+    let socket = pod
+        .netns
+        .run(home, || -> io::Result<socket2::Socket> {
+            let socket = agent_socket(&addr)?;
+            socket.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(!dual_stack)?;
+            }
+            socket.bind(&addr.into())?;
+            socket.listen(LISTEN_BACKLOG)?;
+            Ok(socket)
+        })?
+        .map_err(bind_err)?;
+    TcpListener::from_std(socket.into()).map_err(bind_err)
+}
+
+// === HBONE (:15008) ===
+
+/// The HBONE listeners of a pod: IPv4 and, when the pod has IPv6, IPv6.
+pub fn bind_hbone(pod: &Pod, home: &Netns) -> Result<Vec<TcpListener>, ListenerError> {
+    let v4 = bind_in_pod(pod, home, (Ipv4Addr::UNSPECIFIED, HBONE_PORT).into(), false)?;
+    let mut listeners = vec![v4];
+    match bind_in_pod(pod, home, (Ipv6Addr::UNSPECIFIED, HBONE_PORT).into(), false) {
+        Ok(v6) => listeners.push(v6),
+        Err(err) => warn!(pod = %pod.uid, %err, "no IPv6 HBONE listener"),
+    }
+    Ok(listeners)
+}
+
+/// Serves HBONE on `listener` until the drain starts.
+pub async fn run_hbone(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    pod: Arc<Pod>,
+    bundle: Arc<TrustBundle>,
+    mut drain: DrainWatcher,
+) {
+    let resolver = Arc::new(PodCertificate {
+        ctx: ctx.clone(),
+        pod: pod.clone(),
+    });
+    let tls = match server_config_with(resolver, bundle, None) {
+        Ok(tls) => tls,
+        Err(err) => {
+            warn!(pod = %pod.uid, %err, "cannot build the HBONE TLS config; inbound mTLS is off for this pod");
+            return;
+        }
+    };
+    let handler = Arc::new(HboneInbound {
+        ctx,
+        pod: pod.clone(),
+    });
+    HboneServer::new(listener, tls, handler)
+        .run(async move { drain.signalled().await })
+        .await;
+    debug!(pod = %pod.uid, "HBONE listener closed");
+}
+
+/// Presents the pod's current certificate: looked up per handshake, so a pod whose identity
+/// is not issued yet fails the handshake (the client retries) and renewals apply at once.
+struct PodCertificate {
+    ctx: Arc<ProxyContext>,
+    pod: Arc<Pod>,
+}
+
+impl std::fmt::Debug for PodCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PodCertificate({})", self.pod.uid)
+    }
+}
+
+impl ResolvesServerCert for PodCertificate {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let workloads = self.ctx.workloads.load();
+        let id = self.ctx.identity_of(workloads.by_uid(&self.pod.uid)?)?;
+        let resolver = self.ctx.identities.resolver(&id);
+        if resolver.is_none() {
+            debug!(pod = %self.pod.uid, identity = %id, "no certificate yet for an inbound handshake");
+        }
+        resolver?.resolve(hello)
+    }
+}
+
+struct HboneInbound {
+    ctx: Arc<ProxyContext>,
+    pod: Arc<Pod>,
+}
+
+impl HboneInbound {
+    fn labels(&self, peer: &str, remote: SocketAddr, authority: SocketAddr) -> TcpLabels {
+        let workloads = self.ctx.workloads.load();
+        TcpLabels::inbound(
+            workloads.by_ip(remote.ip()).map(Arc::as_ref),
+            Some(peer),
+            workloads.by_uid(&self.pod.uid).map(Arc::as_ref),
+            authority.to_string(),
+            "mutual_tls",
+        )
+    }
+}
+
+/// The connection to the application, counted as active for as long as it exists: also when
+/// a tunnel is cut without a close report (its connection died).
+pub struct Upstream {
+    stream: TcpStream,
+    ctx: Arc<ProxyContext>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.ctx.metrics.active_connections.dec();
+    }
+}
+
+impl tokio::io::AsyncRead for Upstream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Upstream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl ConnectHandler for HboneInbound {
+    type Upstream = Upstream;
+
+    async fn connect(&self, req: InboundConnect) -> Result<Upstream, Refusal> {
+        let metrics = &self.ctx.metrics;
+        let (dst, src_workload) = {
+            let workloads = self.ctx.workloads.load();
+            (
+                workloads.by_uid(&self.pod.uid).cloned(),
+                workloads.by_ip(req.remote.ip()).cloned(),
+            )
+        };
+        let Some(dst) = dst else {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("pod {} is not in the workload list yet", self.pod.uid),
+            ));
+        };
+        let target = req.authority.ip().to_canonical();
+        if !dst.ips.iter().any(|ip| ip.to_canonical() == target) {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "authority {} is not an address of pod {} ({:?})",
+                    req.authority, dst.name, dst.ips
+                ),
+            ));
+        }
+        let mut labels = TcpLabels::inbound(
+            src_workload.as_deref(),
+            Some(req.peer.as_str()),
+            Some(&dst),
+            req.authority.to_string(),
+            "mutual_tls",
+        );
+        let source = Source {
+            identity: Some(&req.peer),
+            ip: req.remote.ip(),
+            workload: src_workload.as_deref(),
+        };
+        let verdict =
+            self.ctx
+                .policies
+                .load()
+                .authorize_inbound(&source, &dst, req.authority.port());
+        if let Verdict::Deny(reason) = verdict {
+            labels.response_flags = "UAEX";
+            metrics.closed.get_or_create(&labels).inc();
+            metrics
+                .denials
+                .get_or_create(&DenialLabels::AUTHORIZATION)
+                .inc();
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, reason));
+        }
+        match self.ctx.connect_from(&self.pod.netns, req.authority).await {
+            Ok(stream) => {
+                metrics.opened.get_or_create(&labels).inc();
+                metrics.active_connections.inc();
+                Ok(Upstream {
+                    stream,
+                    ctx: self.ctx.clone(),
+                })
+            }
+            Err(err) => {
+                labels.response_flags = "UF";
+                metrics.closed.get_or_create(&labels).inc();
+                Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "connecting to {} in the pod: {err} ({})",
+                        req.authority,
+                        connect_hint(&err)
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn on_close(&self, summary: &TunnelSummary) {
+        let metrics = &self.ctx.metrics;
+        let labels = self.labels(summary.peer.as_str(), summary.remote, summary.authority);
+        metrics.closed.get_or_create(&labels).inc();
+        metrics
+            .received_bytes
+            .get_or_create(&labels)
+            .inc_by(summary.bytes_from_peer);
+        metrics
+            .sent_bytes
+            .get_or_create(&labels)
+            .inc_by(summary.bytes_to_peer);
+    }
+}
+
+// === plaintext (:15006) ===
+
+/// The plaintext listener: one dual-stack socket, so `sk_lookup` can hand it IPv4 and IPv6
+/// connections alike.
+pub fn bind_plaintext(pod: &Pod, home: &Netns) -> Result<TcpListener, ListenerError> {
+    bind_in_pod(
+        pod,
+        home,
+        (Ipv6Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT).into(),
+        true,
+    )
+    .or_else(|err| {
+        warn!(pod = %pod.uid, %err, "no dual-stack plaintext listener; trying IPv4 only");
+        bind_in_pod(
+            pod,
+            home,
+            (Ipv4Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT).into(),
+            false,
+        )
+    })
+}
+
+/// Accepts steered plaintext until the drain starts.
+pub async fn run_plaintext(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    pod: Arc<Pod>,
+    mut drain: DrainWatcher,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = drain.signalled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let span = info_span!(
+                    "inbound_plaintext",
+                    dst.pod = %pod.uid,
+                    src.addr = %peer,
+                    dst.addr = field::Empty,
+                );
+                let serve = serve_plaintext(ctx.clone(), pod.clone(), stream, peer, drain.clone());
+                tokio::spawn(serve.instrument(span));
+            }
+            Err(err) => {
+                warn!(pod = %pod.uid, %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+    debug!(pod = %pod.uid, "plaintext listener closed");
+}
+
+async fn serve_plaintext(
+    ctx: Arc<ProxyContext>,
+    pod: Arc<Pod>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    _drain: DrainWatcher,
+) {
+    let started = Instant::now();
+    let metrics = &ctx.metrics;
+    // sk_lookup keeps the packet's destination: the accepted socket's local address is the
+    // address and port the client dialled.
+    let dst = match client.local_addr() {
+        Ok(addr) => SocketAddr::new(addr.ip().to_canonical(), addr.port()),
+        Err(err) => {
+            debug!(%err, "the connection closed before it was served");
+            return;
+        }
+    };
+    tracing::Span::current().record("dst.addr", field::display(dst));
+    let (dst_workload, src_workload) = {
+        let workloads = ctx.workloads.load();
+        (
+            workloads.by_uid(&pod.uid).cloned(),
+            workloads.by_ip(peer.ip()).cloned(),
+        )
+    };
+    let Some(dst_workload) = dst_workload else {
+        warn!("plaintext for a pod not in the workload list yet; refusing it");
+        reset(client);
+        return;
+    };
+    let mut labels = TcpLabels::inbound(
+        src_workload.as_deref(),
+        None,
+        Some(&dst_workload),
+        dst.to_string(),
+        "none",
+    );
+    let policies = ctx.policies.load();
+    if policies.peer_auth_mode(&dst_workload, dst.port()) == PeerAuthMode::Strict {
+        info!("plaintext refused: PeerAuthentication is STRICT for this workload and port");
+        labels.response_flags = "UAEX";
+        metrics.closed.get_or_create(&labels).inc();
+        metrics
+            .denials
+            .get_or_create(&DenialLabels::STRICT_MTLS)
+            .inc();
+        reset(client);
+        return;
+    }
+    let source = Source {
+        identity: None,
+        ip: peer.ip(),
+        workload: src_workload.as_deref(),
+    };
+    if let Verdict::Deny(reason) = policies.authorize_inbound(&source, &dst_workload, dst.port()) {
+        info!(%reason, "plaintext denied by policy");
+        labels.response_flags = "UAEX";
+        metrics.closed.get_or_create(&labels).inc();
+        metrics
+            .denials
+            .get_or_create(&DenialLabels::AUTHORIZATION)
+            .inc();
+        reset(client);
+        return;
+    }
+    drop(policies);
+    metrics.opened.get_or_create(&labels).inc();
+    metrics.active_connections.inc();
+    let _active = scopeguard(|| {
+        metrics.active_connections.dec();
+    });
+    let mut upstream = match ctx.connect_from(&pod.netns, dst).await {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            labels.response_flags = "UF";
+            metrics.closed.get_or_create(&labels).inc();
+            warn!(error = %err, hint = connect_hint(&err), "connecting to the application failed");
+            reset(client);
+            return;
+        }
+    };
+    let received = metrics.received_bytes.get_or_create(&labels).clone();
+    let sent = metrics.sent_bytes.get_or_create(&labels).clone();
+    let (moved, result) = copy::bidirectional(&mut client, &mut upstream, &received, &sent).await;
+    metrics.closed.get_or_create(&labels).inc();
+    info!(
+        bytes_sent = moved.sent,
+        bytes_received = moved.received,
+        duration_ms = started.elapsed().as_millis() as u64,
+        error = result.err().map(field::display),
+        "inbound plaintext connection complete"
+    );
+}
+
+/// Closes with a reset, so the client sees "connection refused/reset" at once rather than
+/// an orderly end of an empty stream.
+fn reset(stream: TcpStream) {
+    // A zero linger never blocks: close sends RST and frees the socket at once.
+    if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO)) {
+        debug!(%err, "setting SO_LINGER failed");
+    }
+    drop(stream);
+}
