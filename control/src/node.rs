@@ -17,7 +17,6 @@ use std::{
 };
 
 use weft_link::identity::TrustDomain;
-use x509_parser::extensions::GeneralName;
 
 use crate::ca::{CaError, CertificateAuthority, Issued, ROOT_CERT_FILE, write_file};
 
@@ -128,34 +127,17 @@ pub enum NotANode {
 /// chain against the mesh root; this reads the identity it carries.
 pub fn node_of_peer(leaf: Option<&[u8]>, trust_domain: &TrustDomain) -> Result<NodeName, NotANode> {
     let der = leaf.ok_or(NotANode::NoCertificate)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| NotANode::Malformed {
-        reason: e.to_string(),
+    let (uri, _) = weft_link::tls::single_uri_san(der).map_err(|e| match e {
+        weft_link::tls::VerifyError::UriSanCount { count } => NotANode::UriSanCount { count },
+        other => NotANode::Malformed {
+            reason: other.to_string(),
+        },
     })?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| NotANode::Malformed {
-            reason: format!("subjectAltName: {e}"),
-        })?;
-    let uris: Vec<&str> = san
-        .map(|ext| {
-            ext.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::URI(uri) => Some(*uri),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let [uri] = uris.as_slice() else {
-        return Err(NotANode::UriSanCount { count: uris.len() });
-    };
     let prefix = format!("spiffe://{trust_domain}/node/");
     let name = uri
         .strip_prefix(&prefix)
         .ok_or_else(|| NotANode::NotANodeId {
-            uri: (*uri).to_owned(),
+            uri: uri.clone(),
             trust_domain: trust_domain.to_string(),
         })?;
     Ok(name.parse()?)

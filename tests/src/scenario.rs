@@ -124,13 +124,14 @@ impl TcpCounters {
 /// (counted by node-1's agent as source)".
 pub fn describe_traffic(tb: &Testbed, node: &str) -> Result<Vec<String>> {
     let metrics = tb.metrics(node)?;
-    let mut keys: Vec<(String, String, String)> = metrics
+    let mut keys: Vec<(String, String, String, String)> = metrics
         .select(CONNECTIONS_OPENED, &[])
         .map(|s| {
             (
                 s.label("source_workload").to_owned(),
                 s.label("destination_workload").to_owned(),
                 s.label("reporter").to_owned(),
+                s.label("connection_security_policy").to_owned(),
             )
         })
         .collect();
@@ -138,20 +139,26 @@ pub fn describe_traffic(tb: &Testbed, node: &str) -> Result<Vec<String>> {
     keys.dedup();
     Ok(keys
         .iter()
-        .map(|(src, dst, reporter)| {
+        .map(|(src, dst, reporter, security)| {
             let c = TcpCounters::select(
                 &metrics,
                 &[
                     ("source_workload", src),
                     ("destination_workload", dst),
                     ("reporter", reporter),
+                    ("connection_security_policy", security),
                 ],
             );
             let reporter = if reporter.is_empty() { "?" } else { reporter };
+            let security = if security == "mutual_tls" {
+                ", mutual TLS"
+            } else {
+                ", plaintext"
+            };
             // Istio's convention: "received" is what the client sent (the request),
             // "sent" what came back (the response).
             format!(
-                "{src} -> {dst}: {} ({} closed), {} to {dst}, {} back (counted by {node}'s agent as {reporter})",
+                "{src} -> {dst}: {} ({} closed), {} to {dst}, {} back (counted by {node}'s agent as {reporter}{security})",
                 plural(c.opened, "connection"),
                 c.closed,
                 bytes(c.received),

@@ -566,15 +566,17 @@ fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_c
         "a new handshake must present the current certificate"
     );
 
-    eventually(
-        "the long-lived connection to finish",
-        Duration::from_secs(60),
-        || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("done")
-        },
-    );
+    let start = Instant::now();
+    let finished = |out: &str| out.contains("done") || out.contains("broken");
+    while !finished(&std::fs::read_to_string(&log).unwrap_or_default()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the long-lived connection did not finish: {:?}; its stderr: {:?}",
+            std::fs::read_to_string(&log),
+            std::fs::read_to_string(&long_lived.log)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let out = std::fs::read_to_string(&log).unwrap();
     assert!(!out.contains("broken"), "{out}");
     drop(long_lived);

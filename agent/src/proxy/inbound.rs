@@ -27,44 +27,16 @@ use weft_link::{
     tls::{TrustBundle, server_config_with},
 };
 
-use super::{ProxyContext, connect_hint, copy, outbound::Pod, scopeguard};
+use super::{
+    ProxyContext, connect_hint, copy, listen_in_pod as bind_in_pod, outbound::Pod, scopeguard,
+};
 use crate::{
     drain::DrainWatcher,
-    inpod::{Netns, agent_socket},
+    inpod::Netns,
     metrics::{DenialLabels, TcpLabels},
     policy::{PeerAuthMode, Source, Verdict},
     proxy::outbound::ListenerError,
 };
-
-const LISTEN_BACKLOG: i32 = 4096;
-
-/// Binds `addr` inside the pod's namespace with the agent's socket options.
-fn bind_in_pod(
-    pod: &Pod,
-    home: &Netns,
-    addr: SocketAddr,
-    dual_stack: bool,
-) -> Result<TcpListener, ListenerError> {
-    let bind_err = |source| ListenerError::Bind {
-        addr,
-        netns: pod.netns.path().display().to_string(),
-        source,
-    };
-    let socket = pod
-        .netns
-        .run(home, || -> io::Result<socket2::Socket> {
-            let socket = agent_socket(&addr)?;
-            socket.set_reuse_address(true)?;
-            if addr.is_ipv6() {
-                socket.set_only_v6(!dual_stack)?;
-            }
-            socket.bind(&addr.into())?;
-            socket.listen(LISTEN_BACKLOG)?;
-            Ok(socket)
-        })?
-        .map_err(bind_err)?;
-    TcpListener::from_std(socket.into()).map_err(bind_err)
-}
 
 // === HBONE (:15008) ===
 
@@ -386,14 +358,7 @@ async fn serve_plaintext(
     let policies = ctx.policies.load();
     if policies.peer_auth_mode(&dst_workload, dst.port()) == PeerAuthMode::Strict {
         info!("plaintext refused: PeerAuthentication is STRICT for this workload and port");
-        labels.response_flags = "UAEX";
-        metrics.closed.get_or_create(&labels).inc();
-        metrics
-            .denials
-            .get_or_create(&DenialLabels::STRICT_MTLS)
-            .inc();
-        reset(client);
-        return;
+        return deny(&ctx, &mut labels, DenialLabels::STRICT_MTLS, client);
     }
     let source = Source {
         identity: None,
@@ -402,14 +367,7 @@ async fn serve_plaintext(
     };
     if let Verdict::Deny(reason) = policies.authorize_inbound(&source, &dst_workload, dst.port()) {
         info!(%reason, "plaintext denied by policy");
-        labels.response_flags = "UAEX";
-        metrics.closed.get_or_create(&labels).inc();
-        metrics
-            .denials
-            .get_or_create(&DenialLabels::AUTHORIZATION)
-            .inc();
-        reset(client);
-        return;
+        return deny(&ctx, &mut labels, DenialLabels::AUTHORIZATION, client);
     }
     drop(policies);
     metrics.opened.get_or_create(&labels).inc();
@@ -438,6 +396,14 @@ async fn serve_plaintext(
         error = result.err().map(field::display),
         "inbound plaintext connection complete"
     );
+}
+
+/// Counts a refused plaintext connection and resets it.
+fn deny(ctx: &ProxyContext, labels: &mut TcpLabels, why: DenialLabels, client: TcpStream) {
+    labels.response_flags = "UAEX";
+    ctx.metrics.closed.get_or_create(labels).inc();
+    ctx.metrics.denials.get_or_create(&why).inc();
+    reset(client);
 }
 
 /// Closes with a reset, so the client sees "connection refused/reset" at once rather than

@@ -71,6 +71,38 @@ impl ProxyContext {
     }
 }
 
+/// Pending connections per listener; a burst beyond this gets SYN retries.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listener on `addr` inside the pod's namespace with the agent's socket options.
+/// An IPv6 listener is IPv6-only unless `dual_stack`.
+pub fn listen_in_pod(
+    pod: &outbound::Pod,
+    home: &Netns,
+    addr: SocketAddr,
+    dual_stack: bool,
+) -> Result<tokio::net::TcpListener, outbound::ListenerError> {
+    let bind_err = |source| outbound::ListenerError::Bind {
+        addr,
+        netns: pod.netns.path().display().to_string(),
+        source,
+    };
+    let socket = pod
+        .netns
+        .run(home, || -> io::Result<socket2::Socket> {
+            let socket = agent_socket(&addr)?;
+            socket.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(!dual_stack)?;
+            }
+            socket.bind(&addr.into())?;
+            socket.listen(LISTEN_BACKLOG)?;
+            Ok(socket)
+        })?
+        .map_err(bind_err)?;
+    tokio::net::TcpListener::from_std(socket.into()).map_err(bind_err)
+}
+
 /// A workload's address of `family`'s kind (the source address a same-node destination is
 /// told about), or its first.
 pub fn address_like(w: &Workload, like: IpAddr) -> Option<IpAddr> {

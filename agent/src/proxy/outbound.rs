@@ -23,7 +23,7 @@ use tracing::{Instrument, debug, field, info, info_span, warn};
 use weft_ebpf_common::{HBONE_PORT, OUTBOUND_PORT, TupleKey};
 use weft_link::hbone::{ConnectRequest, HboneClient, SocketFactory, TraceParent};
 
-use super::{ProxyContext, address_like, connect_hint, copy, scopeguard};
+use super::{ProxyContext, address_like, connect_hint, copy, listen_in_pod, scopeguard};
 use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
@@ -31,9 +31,6 @@ use crate::{
     policy::{Source, Verdict},
     state::{TunnelProtocol, Workload, WorkloadUid},
 };
-
-/// Pending connections per listener; a burst of new connections beyond this gets SYN-retries.
-const LISTEN_BACKLOG: i32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -103,26 +100,12 @@ impl OutboundListener {
     }
 
     fn bind(pod: &Arc<Pod>, home: &Netns, addr: SocketAddr) -> Result<Self, ListenerError> {
-        let bind_err = |source| ListenerError::Bind {
+        let listener = listen_in_pod(pod, home, addr, false)?;
+        let netns_cookie = netns_cookie(&listener).map_err(|source| ListenerError::Bind {
             addr,
             netns: pod.netns.path().display().to_string(),
             source,
-        };
-        let socket = pod
-            .netns
-            .run(home, || -> io::Result<socket2::Socket> {
-                let socket = agent_socket(&addr)?;
-                socket.set_reuse_address(true)?;
-                if addr.is_ipv6() {
-                    socket.set_only_v6(true)?;
-                }
-                socket.bind(&addr.into())?;
-                socket.listen(LISTEN_BACKLOG)?;
-                Ok(socket)
-            })?
-            .map_err(bind_err)?;
-        let netns_cookie = netns_cookie(&socket).map_err(bind_err)?;
-        let listener = TcpListener::from_std(socket.into()).map_err(bind_err)?;
+        })?;
         Ok(OutboundListener {
             pod: pod.clone(),
             listener,

@@ -20,7 +20,9 @@ use rustls::crypto::CryptoProvider;
 
 pub use cert::{CertResolver, Certificate, TrustBundle};
 pub use config::{ClientTls, peer_identity, server_config, server_config_with};
-pub use verify::{PeerPolicy, SpiffeClientVerifier, SpiffeServerVerifier, VerifyError};
+pub use verify::{
+    PeerPolicy, SpiffeClientVerifier, SpiffeServerVerifier, VerifyError, single_uri_san,
+};
 
 use crate::identity::SpiffeId;
 

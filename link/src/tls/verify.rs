@@ -104,8 +104,22 @@ pub(crate) struct Svid {
 
 /// Reads the SPIFFE ID and expiry of a leaf. It does not validate anything else.
 pub(crate) fn parse_svid(der: &CertificateDer<'_>) -> Result<Svid, VerifyError> {
+    let (uri, not_after) = single_uri_san(der.as_ref())?;
+    let identity = uri.parse().map_err(|source| VerifyError::NotSpiffe {
+        uri: uri.clone(),
+        source,
+    })?;
+    Ok(Svid {
+        identity,
+        not_after: from_unix(not_after),
+    })
+}
+
+/// The one URI SAN of a leaf certificate (DER), and its `notAfter` in Unix seconds. SPIFFE
+/// certificates (workload SVIDs and node credentials alike) carry exactly one.
+pub fn single_uri_san(der: &[u8]) -> Result<(String, i64), VerifyError> {
     let (_, cert) =
-        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| VerifyError::Malformed {
+        x509_parser::parse_x509_certificate(der).map_err(|e| VerifyError::Malformed {
             reason: e.to_string(),
         })?;
     let san = cert
@@ -128,14 +142,7 @@ pub(crate) fn parse_svid(der: &CertificateDer<'_>) -> Result<Svid, VerifyError> 
     let [uri] = uris.as_slice() else {
         return Err(VerifyError::UriSanCount { count: uris.len() });
     };
-    let identity = uri.parse().map_err(|source| VerifyError::NotSpiffe {
-        uri: (*uri).to_owned(),
-        source,
-    })?;
-    Ok(Svid {
-        identity,
-        not_after: from_unix(cert.validity().not_after.timestamp()),
-    })
+    Ok(((*uri).to_owned(), cert.validity().not_after.timestamp()))
 }
 
 /// Validates `end_entity` up to a root of `bundle` for `usage` at `now`, and returns the
