@@ -513,7 +513,7 @@ fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_c
         "import socket, sys, time\n\
          s = socket.create_connection(('{pod_ip}', 7000), timeout=10)\n\
          f = s.makefile('rw')\n\
-         for i in range(95):\n\
+         for i in range(100):\n\
          \x20   f.write('ping %d\\n' % i); f.flush()\n\
          \x20   got = f.readline()\n\
          \x20   if got != 'ping %d\\n' % i:\n\
@@ -534,28 +534,33 @@ fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_c
         )
         .unwrap();
 
-    // Two rotations on both sides (renewal at half of a one-minute lifetime).
-    let mut rotations = (0, 0);
+    // Two rotations on both sides (renewal at half of a one-minute lifetime), no faster: a
+    // certificate is used for half its life, not replaced as soon as it arrives.
+    let mut rotations: (Vec<Instant>, Vec<Instant>) = (Vec::new(), Vec::new());
     let (mut last_src, mut last_dst) = (src_0, dst_0);
     eventually(
         "two rotations on both nodes",
-        Duration::from_secs(90),
+        Duration::from_secs(100),
         || {
             if let Some(now) = cert_not_before(&tb, "node-1", &src) {
                 if now != last_src {
-                    rotations.0 += 1;
+                    rotations.0.push(Instant::now());
                     last_src = now;
                 }
             }
             if let Some(now) = cert_not_before(&tb, "node-2", &dst) {
                 if now != last_dst {
-                    rotations.1 += 1;
+                    rotations.1.push(Instant::now());
                     last_dst = now;
                 }
             }
-            rotations.0 >= 2 && rotations.1 >= 2
+            rotations.0.len() >= 2 && rotations.1.len() >= 2
         },
     );
+    for times in [&rotations.0, &rotations.1] {
+        let gap = times[1].duration_since(times[0]);
+        assert!(gap >= Duration::from_secs(20), "rotations {gap:?} apart");
+    }
 
     // A new connection works, and the destination presents its newest certificate.
     scenario::curl_whoami(&tb, "pod-1a", "pod-2a", pod_ip.into()).unwrap();
@@ -571,9 +576,11 @@ fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_c
     while !finished(&std::fs::read_to_string(&log).unwrap_or_default()) {
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "the long-lived connection did not finish: {:?}; its stderr: {:?}",
+            "the long-lived connection did not finish: {:?}; its stderr: {:?}\nnode-1:\n{}\nnode-2:\n{}",
             std::fs::read_to_string(&log),
-            std::fs::read_to_string(&long_lived.log)
+            std::fs::read_to_string(&long_lived.log),
+            agent_log_tail(&tb, "node-1"),
+            agent_log_tail(&tb, "node-2"),
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -581,6 +588,21 @@ fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_c
     assert!(!out.contains("broken"), "{out}");
     drop(long_lived);
     drop(echo);
+}
+
+/// The agent's log lines worth reading after a failure.
+fn agent_log_tail(tb: &Testbed, node: &str) -> String {
+    let log =
+        std::fs::read_to_string(tb.state_dir().join(node).join("agent.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| {
+            l.contains("WARN")
+                || l.contains("ERROR")
+                || l.contains("tunnel")
+                || l.contains("connection")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `not_before` of the certificate `pod_ip:15008` presents to a new handshake.

@@ -4,7 +4,9 @@
 //! - Every request carries a fresh ECDSA P-256 key (ARCHITECTURE.md §4), generated here: the
 //!   private key never leaves the process, the CA only sees a CSR.
 //! - Renewal is due at a fraction (default: half) of the certificate's *issued* lifetime,
-//!   `not_before..not_after`, so a CA that shortens the requested TTL is renewed in time.
+//!   from when it was requested (or its `not_before`, if later) to `not_after`, so a CA that
+//!   shortens the requested TTL is renewed in time, and one that backdates `not_before` for
+//!   clock skew does not make a fresh certificate look half-used.
 //! - When a request fails the old certificate keeps being served until it expires, and
 //!   requests are retried with backoff and jitter for as long as anyone watches the identity.
 //! - There is one [`CertResolver`] per identity, rotated in place: TLS configs built once
@@ -479,6 +481,8 @@ struct Issued {
     cert: Certificate,
     bundle: TrustBundle,
     not_before: SystemTime,
+    /// Where the usable lifetime starts: the request, unless `not_before` is later.
+    lifetime_start: SystemTime,
 }
 
 impl Task {
@@ -589,6 +593,8 @@ impl Task {
             cert,
             bundle,
             not_before,
+            // X.509 times are whole seconds; compare like with like.
+            lifetime_start: not_before.max(whole_seconds(requested_at)),
         })
     }
 
@@ -598,9 +604,10 @@ impl Task {
             cert,
             bundle,
             not_before,
+            lifetime_start,
         } = issued;
         let not_after = cert.not_after();
-        let renew_at = renewal_point(not_before, not_after, self.options.renewal_fraction);
+        let renew_at = renewal_point(lifetime_start, not_after, self.options.renewal_fraction);
         let now = SystemTime::now();
         let next = if renew_at > now {
             backoff.reset();
@@ -752,6 +759,13 @@ fn leaf_not_before(cert: &Certificate) -> Option<SystemTime> {
         UNIX_EPOCH.checked_add(magnitude)
     } else {
         UNIX_EPOCH.checked_sub(magnitude)
+    }
+}
+
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => UNIX_EPOCH + Duration::from_secs(d.as_secs()),
+        Err(_) => t,
     }
 }
 
