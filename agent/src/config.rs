@@ -26,8 +26,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
 #[command(
     name = "weft-agent",
     version,
-    about = "Weft node agent: captures enrolled pods' TCP connections with eBPF and proxies \
-             them to their destinations, with metrics and access logs."
+    about = "Weft node agent: captures enrolled pods' TCP connections with eBPF, carries them \
+             to other nodes in mutual-TLS HBONE tunnels with SPIFFE identities, enforces L4 \
+             authorization and PeerAuthentication at the destination, with metrics and access \
+             logs."
 )]
 pub struct Config {
     /// Name of the node this agent runs on.

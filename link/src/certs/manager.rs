@@ -835,6 +835,7 @@ mod tests {
         issuer: Issuer<'static, KeyPair>,
         root_pem: String,
         mode: Mutex<Mode>,
+        backdate: Mutex<Duration>,
         calls: AtomicUsize,
         /// The public key of every certificate issued.
         keys: Mutex<Vec<Vec<u8>>>,
@@ -857,6 +858,7 @@ mod tests {
                 root_pem: root.pem(),
                 issuer: Issuer::new(params, key),
                 mode: Mutex::new(Mode::Issue),
+                backdate: Mutex::new(Duration::ZERO),
                 calls: AtomicUsize::new(0),
                 keys: Mutex::default(),
             })
@@ -885,8 +887,10 @@ mod tests {
             let mut params = CertificateParams::default();
             params.distinguished_name = DistinguishedName::new();
             params.subject_alt_names = csr.params.subject_alt_names.clone();
-            params.not_before = date_time_ymd(1970, 1, 1) + Duration::from_secs(now.as_secs());
-            params.not_after = params.not_before + ttl;
+            let issued = date_time_ymd(1970, 1, 1) + Duration::from_secs(now.as_secs());
+            // A CA may start validity in the past, for peers whose clocks lag.
+            params.not_before = issued - *self.backdate.lock();
+            params.not_after = issued + ttl;
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             params.extended_key_usages = vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
@@ -1020,6 +1024,24 @@ mod tests {
         assert_eq!(statuses[1].phase, CertPhase::Valid);
         assert_eq!(statuses[1].not_after, Some(cert.not_after()));
         assert_eq!(ca.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_backdated_certificate_is_renewed_at_half_of_its_remaining_life() {
+        let ca = TestCa::new();
+        *ca.backdate.lock() = Duration::from_secs(300);
+        let manager = manager(&ca, Duration::from_secs(4));
+        let certs = manager.watch(id("server"));
+        certs.ready().await.unwrap();
+        let state = certs.state();
+        let not_after = state.certificate.as_ref().unwrap().not_after();
+        // Half of the 4 s from issue, not half of the 304 s since not_before (long past).
+        assert_eq!(
+            state.next_renewal,
+            Some(not_after - Duration::from_secs(2))
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(ca.calls(), 1, "renewed before half-life");
     }
 
     #[tokio::test]

@@ -237,6 +237,9 @@ fn idle_memory(
     for target in targets.iter().filter(|t| t.via != Via::Direct) {
         let pids = run::path_pids(tb, env, target)?;
         let processes = match target.via {
+            Via::Weft if pids.len() > 1 => {
+                format!("{} weft-agents (node-1, node-2), summed", pids.len())
+            }
             Via::Weft => "node-1's weft-agent".to_owned(),
             Via::Peer(p) => format!("{} on node-1 and node-2, with workers", p.name()),
             Via::Direct => String::new(),
