@@ -1036,10 +1036,7 @@ mod tests {
         let state = certs.state();
         let not_after = state.certificate.as_ref().unwrap().not_after();
         // Half of the 4 s from issue, not half of the 304 s since not_before (long past).
-        assert_eq!(
-            state.next_renewal,
-            Some(not_after - Duration::from_secs(2))
-        );
+        assert_eq!(state.next_renewal, Some(not_after - Duration::from_secs(2)));
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert_eq!(ca.calls(), 1, "renewed before half-life");
     }
