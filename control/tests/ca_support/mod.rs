@@ -8,13 +8,9 @@
 use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
-use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use weft_control::{
-    ca::CertificateAuthority,
-    config::Source,
-    node::NodeName,
-    server::{ControlPlane, ServerConfig},
+    ca::CertificateAuthority, config::Source, node::NodeName, server::ServerConfig,
 };
 use weft_link::{control::ClientIdentity, identity::TrustDomain};
 use weft_proto::{
@@ -22,7 +18,11 @@ use weft_proto::{
     identity::v1::certificates_client::CertificatesClient,
 };
 
-pub const WAIT: Duration = Duration::from_secs(10);
+// The discovery tests' control-plane runner, shared.
+#[path = "../support/mod.rs"]
+mod support;
+
+pub use support::WAIT;
 
 /// shop/web runs on node-a, shop/db on node-b, shop/api on both.
 pub const MESH: &str = "\
@@ -58,8 +58,7 @@ pub struct Mesh {
     pub ca: CertificateAuthority,
     pub config_dir: tempfile::TempDir,
     pub state_dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    server: support::Server,
 }
 
 impl Mesh {
@@ -74,30 +73,19 @@ impl Mesh {
             state_dir.path().to_path_buf(),
         );
         config.cert_ttl = cert_ttl;
-        let cp = ControlPlane::new(config)
-            .await
-            .expect("control plane starts");
-        let url = format!("https://127.0.0.1:{}", cp.local_addr().unwrap().port());
-        let root_pem = cp.root_pem().to_string();
+        let server = support::Server::run(config).await;
+        let url = server.url();
+        let root_pem = server.root_pem.clone();
         // The same root the server loaded, from the state directory it generated it in.
         let ca = CertificateAuthority::load_or_generate(state_dir.path()).unwrap();
         assert_eq!(ca.root_pem(), root_pem);
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            cp.run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server runs");
-        });
         Mesh {
             url,
             root_pem,
             ca,
             config_dir,
             state_dir,
-            stop: Some(stop),
-            task: Some(task),
+            server,
         }
     }
 
@@ -125,16 +113,8 @@ impl Mesh {
         DiscoveryClient::new(self.channel(identity))
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(WAIT, task)
-                .await
-                .expect("server stops in time")
-                .unwrap();
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 

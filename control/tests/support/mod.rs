@@ -34,6 +34,11 @@ impl Server {
             state_dir.to_path_buf(),
         );
         config.debounce = Duration::from_millis(100);
+        Server::run(config).await
+    }
+
+    /// Starts a control plane with `config` on a task; [`Server::stop`] ends it.
+    pub async fn run(config: ServerConfig) -> Server {
         let cp = ControlPlane::new(config)
             .await
             .expect("control plane starts");
