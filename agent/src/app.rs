@@ -341,14 +341,7 @@ fn control_client(
                         .load()
                         .iter()
                         .filter(|w| w.node == node)
-                        .filter_map(|w| {
-                            weft_link::identity::SpiffeId::new(
-                                td.clone(),
-                                &w.namespace,
-                                &w.service_account,
-                            )
-                            .ok()
-                        }),
+                        .filter_map(|w| w.identity(&td)),
                 );
                 Ok(())
             }

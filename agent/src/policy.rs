@@ -724,7 +724,6 @@ mod tests {
                 namespace: ns.into(),
                 ..p
             })),
-            ..Default::default()
         }
     }
 

@@ -80,6 +80,20 @@ impl Workload {
             .map_or("unknown", String::as_str)
     }
 
+    /// The workload's SPIFFE identity in `trust_domain`; `None` if its namespace or service
+    /// account cannot be part of one.
+    pub fn identity(
+        &self,
+        trust_domain: &weft_link::identity::TrustDomain,
+    ) -> Option<weft_link::identity::SpiffeId> {
+        weft_link::identity::SpiffeId::new(
+            trust_domain.clone(),
+            &self.namespace,
+            &self.service_account,
+        )
+        .ok()
+    }
+
     /// The workload's SPIFFE identity.
     pub fn principal(&self, trust_domain: &str) -> String {
         format!(

@@ -56,7 +56,7 @@ pub struct ProxyContext {
 impl ProxyContext {
     /// The SPIFFE identity of `w` in this mesh's trust domain.
     pub fn identity_of(&self, w: &Workload) -> Option<SpiffeId> {
-        SpiffeId::new(self.trust_domain.clone(), &w.namespace, &w.service_account).ok()
+        w.identity(&self.trust_domain)
     }
 
     /// Connects to `dst` from inside `netns` with an agent socket (marked, never captured).
