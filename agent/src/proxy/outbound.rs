@@ -227,44 +227,42 @@ impl Connection {
         let received = metrics.received_bytes.get_or_create(&labels).clone();
         let sent = metrics.sent_bytes.get_or_create(&labels).clone();
 
-        let (moved, result) = match route {
-            Route::Direct | Route::SameNode(..) => {
-                let upstream = match &route {
-                    Route::SameNode(pod, w) => {
-                        self.same_node(pod, w, src_workload.as_deref(), dst).await
-                    }
-                    _ => self
-                        .ctx
-                        .connect_from(&self.pod.netns, dst)
-                        .await
-                        .map_err(|err| (err, "UF")),
-                };
-                let mut upstream = match upstream {
-                    Ok(upstream) => upstream,
-                    Err((err, flags)) => {
-                        labels.response_flags = flags;
-                        metrics.closed.get_or_create(&labels).inc();
-                        if flags == "UF" {
-                            warn!(error = %err, hint = connect_hint(&err), "connecting to the original destination failed");
-                        }
-                        return;
-                    }
-                };
-                copy::bidirectional(&mut client, &mut upstream, &received, &sent).await
+        let upstream = match &route {
+            Route::Direct => self
+                .ctx
+                .connect_from(&self.pod.netns, dst)
+                .await
+                .map(Upstream::Tcp)
+                .map_err(|err| Failure::connect(&err)),
+            Route::SameNode(pod, w) => self
+                .same_node(pod, w, src_workload.as_deref(), dst)
+                .await
+                .map(Upstream::Tcp),
+            Route::Hbone(w) => self
+                .tunnel(src_workload.as_deref(), w, dst)
+                .await
+                .map(Upstream::Tunnel)
+                .map_err(|error| Failure {
+                    flags: "UF",
+                    log: Some((error, "opening an HBONE tunnel failed")),
+                }),
+        };
+        let upstream = match upstream {
+            Ok(upstream) => upstream,
+            Err(failure) => {
+                labels.response_flags = failure.flags;
+                metrics.closed.get_or_create(&labels).inc();
+                if let Some((error, what)) = failure.log {
+                    warn!(%error, "{what}");
+                }
+                return;
             }
-            Route::Hbone(dst_workload) => {
-                let tunnel = match self
-                    .tunnel(src_workload.as_deref(), &dst_workload, dst)
-                    .await
-                {
-                    Ok(tunnel) => tunnel,
-                    Err(err) => {
-                        labels.response_flags = "UF";
-                        metrics.closed.get_or_create(&labels).inc();
-                        warn!(error = %err, "opening an HBONE tunnel failed");
-                        return;
-                    }
-                };
+        };
+        let (moved, result) = match upstream {
+            Upstream::Tcp(mut stream) => {
+                copy::bidirectional(&mut client, &mut stream, &received, &sent).await
+            }
+            Upstream::Tunnel(tunnel) => {
                 copy::bidirectional_stream(&mut client, tunnel, &received, &sent).await
             }
         };
@@ -298,7 +296,7 @@ impl Connection {
         dst_workload: &Workload,
         src_workload: Option<&Workload>,
         dst: SocketAddr,
-    ) -> Result<TcpStream, (io::Error, &'static str)> {
+    ) -> Result<TcpStream, Failure> {
         let identity = src_workload.and_then(|w| self.ctx.identity_of(w));
         let src_ip = src_workload
             .and_then(|w| address_like(w, dst.ip()))
@@ -324,12 +322,15 @@ impl Connection {
                 .denials
                 .get_or_create(&crate::metrics::DenialLabels::AUTHORIZATION)
                 .inc();
-            return Err((io::Error::other(reason), "UAEX"));
+            return Err(Failure {
+                flags: "UAEX",
+                log: None,
+            });
         }
         self.ctx
             .connect_from(&dst_pod.netns, dst)
             .await
-            .map_err(|err| (err, "UF"))
+            .map_err(|err| Failure::connect(&err))
     }
 
     /// Opens an HBONE tunnel to `dst` through the destination pod's port 15008.
@@ -365,6 +366,31 @@ impl Connection {
             .connect(&tls, request)
             .await
             .map_err(|e| weft_link::error_chain(&e))
+    }
+}
+
+/// The connection to the destination.
+enum Upstream {
+    Tcp(TcpStream),
+    Tunnel(weft_link::hbone::HboneStream),
+}
+
+/// Why no upstream was opened: Envoy's response flags, and what to log (policy denials are
+/// logged where they are decided).
+struct Failure {
+    flags: &'static str,
+    log: Option<(String, &'static str)>,
+}
+
+impl Failure {
+    fn connect(err: &io::Error) -> Self {
+        Failure {
+            flags: "UF",
+            log: Some((
+                format!("{err} ({})", connect_hint(err)),
+                "connecting to the original destination failed",
+            )),
+        }
     }
 }
 
