@@ -48,6 +48,9 @@ pub struct UpArgs {
     /// Run a release build of the agent.
     #[arg(long)]
     pub release: bool,
+    /// A flag for every agent, e.g. `--agent-arg=--worker-threads=1` (repeatable).
+    #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -97,9 +100,11 @@ pub fn up(args: &UpArgs) -> anyhow::Result<()> {
     topology::validate_size(args.nodes, args.pods)?;
     setup::ensure()?;
     let bin = run::build_agent(args.release)?;
+    let mut agent = AgentConfig::new(bin);
+    agent.extra_args.clone_from(&args.agent_args);
     let config = Config::named(&args.name.name)
         .size(args.nodes, args.pods)
-        .agent(AgentConfig::new(bin));
+        .agent(agent);
     let tb = bring_up(&config)?;
     print_summary(&tb);
     Ok(())
