@@ -28,7 +28,7 @@ use crate::{
     drain,
     identity::Identities,
     inpod::{Netns, NetnsError},
-    metrics::{Metrics, VerdictCollector},
+    metrics::{CertificateCollector, Metrics, VerdictCollector},
     pods::{self, PodStatus},
     policy::{PolicyHandler, PolicyIndex},
     preflight::{self, PreflightError},
@@ -152,6 +152,7 @@ pub fn run(
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         registry.register_collector(Box::new(VerdictCollector(capture.clone())));
+        registry.register_collector(Box::new(CertificateCollector(identities.clone())));
         let admin_state = Arc::new(AdminState {
             node: config.node.clone(),
             registry,

@@ -6,11 +6,17 @@ use std::sync::Arc;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::ConstCounter,
+        counter::Counter,
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+    },
     registry::{Registry, Unit},
 };
+use weft_link::certs::CertStatus;
 
-use crate::{capture::Capture, state::Workload};
+use crate::{capture::Capture, identity::Identities, state::Workload};
 
 /// The trust domain of metric principals when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -202,6 +208,65 @@ impl std::fmt::Debug for VerdictCollector {
     }
 }
 
+/// Certificate phases, in the order `weft_certificates` lists them.
+const CERT_PHASES: [&str; 5] = ["pending", "valid", "renewing", "retrying", "expired"];
+
+/// The workload certificates this node holds, read from the certificate manager at scrape
+/// time: how many are in each phase, and when each expires, for alerts such as "a
+/// certificate expires within the hour" or "a certificate is expired".
+pub struct CertificateCollector(pub Arc<Identities>);
+
+impl std::fmt::Debug for CertificateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertificateCollector")
+    }
+}
+
+impl Collector for CertificateCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_certificates(&self.0.statuses(), encoder)
+    }
+}
+
+fn encode_certificates(
+    statuses: &[CertStatus],
+    mut encoder: DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "weft_certificates",
+        "Workload certificates this node holds, by phase",
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for phase in CERT_PHASES {
+        let count = statuses
+            .iter()
+            .filter(|s| s.phase.as_str() == phase)
+            .count();
+        let labels = [("phase", phase)];
+        ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX))
+            .encode(family.encode_family(&labels)?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "weft_certificate_expiration_timestamp",
+        "When each workload certificate expires, in seconds since the Unix epoch",
+        Some(&Unit::Seconds),
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for status in statuses {
+        let Some(not_after) = status.not_after else {
+            continue;
+        };
+        let secs = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let identity = status.identity.to_string();
+        let labels = [("identity", identity.as_str())];
+        ConstGauge::new(secs).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for VerdictCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
@@ -215,5 +280,74 @@ impl Collector for VerdictCollector {
             ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use prometheus_client::encoding::text::encode;
+    use weft_link::certs::CertPhase;
+    use weft_link::identity::SpiffeId;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(Vec<CertStatus>);
+
+    impl Collector for Fixed {
+        fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_certificates(&self.0, encoder)
+        }
+    }
+
+    fn status(identity: &str, not_after: Option<u64>, phase: CertPhase) -> CertStatus {
+        CertStatus {
+            identity: identity.parse::<SpiffeId>().unwrap(),
+            not_before: None,
+            not_after: not_after.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+            next_renewal: None,
+            phase,
+        }
+    }
+
+    #[test]
+    fn certificates_are_counted_by_phase_with_each_expiry() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(vec![
+            status(
+                "spiffe://cluster.local/ns/a/sa/x",
+                Some(1_800_000_000),
+                CertPhase::Valid,
+            ),
+            status(
+                "spiffe://cluster.local/ns/b/sa/y",
+                Some(1_700_000_000),
+                CertPhase::Expired { error: None },
+            ),
+            status(
+                "spiffe://cluster.local/ns/c/sa/z",
+                None,
+                CertPhase::Pending { error: None },
+            ),
+        ])));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for line in [
+            "weft_certificates{phase=\"valid\"} 1",
+            "weft_certificates{phase=\"expired\"} 1",
+            "weft_certificates{phase=\"pending\"} 1",
+            "weft_certificates{phase=\"renewing\"} 0",
+            "weft_certificates{phase=\"retrying\"} 0",
+            "weft_certificate_expiration_timestamp_seconds{identity=\"spiffe://cluster.local/ns/a/sa/x\"} 1800000000",
+            "weft_certificate_expiration_timestamp_seconds{identity=\"spiffe://cluster.local/ns/b/sa/y\"} 1700000000",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("ns/c/sa/z"),
+            "a pending identity has no expiry yet:\n{text}"
+        );
     }
 }

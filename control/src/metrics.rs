@@ -30,10 +30,18 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignLabels {
+    /// `issued`, `unauthenticated` (no node credential), `invalid` (a malformed identity or
+    /// CSR), `denied` (the identity is not on the caller's node) or `failed` (signing failed).
+    pub result: &'static str,
+}
+
 /// The control plane's metrics. Clones share the same series.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
+    pub certificate_requests: Family<SignLabels, Counter>,
     pub nacks: Counter,
     pub resyncs: Counter,
     pub config_version: Gauge,
@@ -49,6 +57,11 @@ impl Metrics {
             self.reloads.clone(),
         );
         r.register("nacks", "Versions rejected by clients", self.nacks.clone());
+        r.register(
+            "certificate_requests",
+            "Workload certificate requests to the CA, by outcome",
+            self.certificate_requests.clone(),
+        );
         r.register(
             "subscriber_resyncs",
             "Snapshots sent to subscribers that fell behind",

@@ -175,6 +175,13 @@ async fn another_nodes_identity_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    let metrics = mesh.metrics().await;
+    for line in [
+        "weft_control_certificate_requests_total{result=\"issued\"} 1",
+        "weft_control_certificate_requests_total{result=\"denied\"} 2",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
     mesh.stop().await;
 }
 
@@ -232,6 +239,11 @@ async fn signing_needs_a_node_credential() {
         .await
         .unwrap_err();
     assert_ne!(err.code(), Code::Ok);
+    let metrics = mesh.metrics().await;
+    assert!(
+        metrics.contains("weft_control_certificate_requests_total{result=\"unauthenticated\"} 2"),
+        "{metrics}"
+    );
     mesh.stop().await;
 }
 
@@ -298,6 +310,17 @@ async fn bad_requests_name_the_field() {
     let err = client.sign(request(WEB, &tampered, 0)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().starts_with("csr_pem: "), "{}", err.message());
+    // Every case above and the tampered CSR are counted as invalid; nothing was issued.
+    let metrics = mesh.metrics().await;
+    let invalid = format!(
+        "weft_control_certificate_requests_total{{result=\"invalid\"}} {}",
+        cases.len() + 1
+    );
+    assert!(
+        metrics.contains(&invalid),
+        "missing {invalid:?} in:\n{metrics}"
+    );
+    assert!(!metrics.contains("result=\"issued\""), "{metrics}");
     mesh.stop().await;
 }
 

@@ -106,7 +106,7 @@ fn redirect(
     // SAFETY: the helper only reads the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig = OrigDst { addr, port, family };
-    if ORIG_DST_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+    if ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).is_err() {
         warn!(
             ctx,
             "weft: orig-dst map refused cookie {}; connection not captured", cookie

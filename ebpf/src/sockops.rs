@@ -86,7 +86,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     let local_port = load(unsafe { addr_of!((*ops).local_port) }) as u16;
     // SAFETY: both helpers only read the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(cookie) }).copied() else {
         // Something in the pod dialled 127.0.0.1:15001 itself; not a captured connection.
         count(Verdict::SockopsMissing);
         return;
@@ -99,11 +99,11 @@ fn on_active_established(ctx: &SockOpsContext) {
         _pad: 0,
         _pad2: 0,
     };
-    if ORIG_DST_BY_TUPLE.insert(&key, &orig, 0).is_err() {
+    if ORIG_DST_BY_TUPLE.insert(key, orig, 0).is_err() {
         warn!(ctx, "weft: orig-dst tuple map refused cookie {}", cookie);
         count(Verdict::PassMapFull);
         return;
     }
-    let _ = ORIG_DST_BY_COOKIE.remove(&cookie);
+    let _ = ORIG_DST_BY_COOKIE.remove(cookie);
     count(Verdict::SockopsRecorded);
 }

@@ -2,6 +2,10 @@
 //! the source is, which clients it refuses, certificate rotation under a live connection,
 //! and PeerAuthentication for plaintext.
 
+// The helpers below are not `#[test]` functions; a failed step in them should fail the test
+// like any assertion.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Read;
@@ -173,6 +177,24 @@ fn cross_node_bytes_travel_in_mtls_hbone_and_the_destination_knows_the_source() 
             ],
         ) >= 1.0
     });
+    // Its certificate for pod-2a is valid and expires within the CA's default day.
+    let metrics = tb.metrics("node-2").unwrap();
+    assert!(
+        metrics.sum("weft_certificates", &[("phase", "valid")]) >= 1.0,
+        "node-2 holds no valid certificate"
+    );
+    let expiry = metrics.sum(
+        "weft_certificate_expiration_timestamp_seconds",
+        &[("identity", id_of(&tb, "pod-2a").as_str())],
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry <= now + 24.0 * 3600.0 + 60.0,
+        "pod-2a's certificate expiry {expiry} is not within a day of {now}"
+    );
     let log_path = tb.state_dir().join("node-2").join("agent.log");
     eventually(
         "the destination's access log",
@@ -368,9 +390,7 @@ fn the_destination_refuses_foreign_expired_unexpected_and_malformed_clients() {
                 app,
             )
             .await;
-        let err = unexpected
-            .err()
-            .expect("an identity policy does not allow got through");
+        let err = unexpected.expect_err("an identity policy does not allow got through");
         assert!(err.contains("[status Some(401)]"), "{err}");
 
         // A closed port in the pod: the tunnel is refused with 503.
@@ -382,7 +402,7 @@ fn the_destination_refuses_foreign_expired_unexpected_and_malformed_clients() {
                 SocketAddr::new(pod_ip, 9),
             )
             .await;
-        let err = closed.err().expect("a tunnel to a closed port opened");
+        let err = closed.expect_err("a tunnel to a closed port opened");
         assert!(err.contains("[status Some(503)]"), "{err}");
 
         // An authority that is not this pod's address: 400.
@@ -394,7 +414,7 @@ fn the_destination_refuses_foreign_expired_unexpected_and_malformed_clients() {
                 SocketAddr::new("10.78.9.9".parse().unwrap(), 80),
             )
             .await;
-        let err = elsewhere.err().expect("a tunnel to another address opened");
+        let err = elsewhere.expect_err("a tunnel to another address opened");
         assert!(err.contains("[status Some(400)]"), "{err}");
 
         // Garbage and a truncated TLS hello: the connection is closed, nothing else happens.
@@ -542,17 +562,17 @@ fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_c
         "two rotations on both nodes",
         Duration::from_secs(100),
         || {
-            if let Some(now) = cert_not_before(&tb, "node-1", &src) {
-                if now != last_src {
-                    rotations.0.push(Instant::now());
-                    last_src = now;
-                }
+            if let Some(now) = cert_not_before(&tb, "node-1", &src)
+                && now != last_src
+            {
+                rotations.0.push(Instant::now());
+                last_src = now;
             }
-            if let Some(now) = cert_not_before(&tb, "node-2", &dst) {
-                if now != last_dst {
-                    rotations.1.push(Instant::now());
-                    last_dst = now;
-                }
+            if let Some(now) = cert_not_before(&tb, "node-2", &dst)
+                && now != last_dst
+            {
+                rotations.1.push(Instant::now());
+                last_dst = now;
             }
             rotations.0.len() >= 2 && rotations.1.len() >= 2
         },

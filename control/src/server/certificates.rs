@@ -15,6 +15,7 @@ use weft_proto::identity::v1::{self as pb, certificates_server::Certificates};
 use super::store::Store;
 use crate::{
     ca::{CertificateAuthority, Csr, rfc3339},
+    metrics::SignLabels,
     node::{NodeName, NotANode, node_of_peer},
 };
 
@@ -82,28 +83,62 @@ pub(super) fn caller_node<T>(
     node_of_peer(leaf, trust_domain)
 }
 
+/// Why a request was not signed, for the log, the caller and the metrics.
+struct Refusal {
+    result: &'static str,
+    status: Status,
+}
+
+impl Refusal {
+    fn new(result: &'static str, status: Status) -> Self {
+        Refusal { result, status }
+    }
+}
+
 #[tonic::async_trait]
 impl Certificates for CertificateService {
     async fn sign(
         &self,
         request: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
+        let outcome = self.sign_request(request);
+        let result = match &outcome {
+            Ok(_) => "issued",
+            Err(refusal) => refusal.result,
+        };
+        self.store
+            .metrics()
+            .certificate_requests
+            .get_or_create(&SignLabels { result })
+            .inc();
+        outcome.map(Response::new).map_err(|refusal| refusal.status)
+    }
+}
+
+impl CertificateService {
+    fn sign_request(&self, request: Request<pb::SignRequest>) -> Result<pb::SignResponse, Refusal> {
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
         let node = caller_node(&request, &self.trust_domain).map_err(|e| {
             warn!(%peer, reason = %e, "refused a certificate request without a node credential");
-            Status::unauthenticated(format!(
-                "Sign needs a node credential: {e}; issue one with `weft-control \
-                 node-credential --node <node>` and give it to the agent with \
-                 --node-cert/--node-key"
-            ))
+            Refusal::new(
+                "unauthenticated",
+                Status::unauthenticated(format!(
+                    "Sign needs a node credential: {e}; issue one with `weft-control \
+                     node-credential --node <node>` and give it to the agent with \
+                     --node-cert/--node-key"
+                )),
+            )
         })?;
         let request = request.into_inner();
-        let identity = self.identity(&request.identity)?;
-        let csr = Csr::from_pem(&request.csr_pem)
-            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        let identity = self
+            .identity(&request.identity)
+            .map_err(|status| Refusal::new("invalid", status))?;
+        let csr = Csr::from_pem(&request.csr_pem).map_err(|e| {
+            Refusal::new("invalid", Status::invalid_argument(format!("csr_pem: {e}")))
+        })?;
         if !self.store.identity_on_node(
             node.as_str(),
             identity.namespace(),
@@ -115,12 +150,15 @@ impl Certificates for CertificateService {
                 %peer,
                 "refused a certificate: no workload with this identity is scheduled on the node"
             );
-            return Err(Status::permission_denied(format!(
-                "node {node} may not obtain a certificate for {identity}: no workload of \
-                 namespace {} with service account {} is scheduled on node {node}",
-                identity.namespace(),
-                identity.service_account()
-            )));
+            return Err(Refusal::new(
+                "denied",
+                Status::permission_denied(format!(
+                    "node {node} may not obtain a certificate for {identity}: no workload of \
+                     namespace {} with service account {} is scheduled on node {node}",
+                    identity.namespace(),
+                    identity.service_account()
+                )),
+            ));
         }
         let lifetime = self.lifetime(request.ttl_seconds);
         let issued = self
@@ -128,9 +166,12 @@ impl Certificates for CertificateService {
             .sign_workload(&csr, &identity, lifetime)
             .map_err(|e| {
                 error!(%node, %identity, error = %e, "signing a workload certificate failed");
-                Status::internal(format!(
-                    "signing the certificate for {identity} failed: {e}"
-                ))
+                Refusal::new(
+                    "failed",
+                    Status::internal(format!(
+                        "signing the certificate for {identity} failed: {e}"
+                    )),
+                )
             })?;
         info!(
             %node,
@@ -138,9 +179,9 @@ impl Certificates for CertificateService {
             not_after = %rfc3339(issued.not_after),
             "issued a workload certificate"
         );
-        Ok(Response::new(pb::SignResponse {
+        Ok(pb::SignResponse {
             cert_chain_pem: vec![issued.cert_pem],
             trust_roots_pem: vec![self.ca.root_pem().to_string()],
-        }))
+        })
     }
 }

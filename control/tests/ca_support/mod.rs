@@ -73,6 +73,7 @@ impl Mesh {
             state_dir.path().to_path_buf(),
         );
         config.cert_ttl = cert_ttl;
+        config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         let server = support::Server::run(config).await;
         let url = server.url();
         let root_pem = server.root_pem.clone();
@@ -111,6 +112,19 @@ impl Mesh {
 
     pub fn discovery(&self, identity: Option<&ClientIdentity>) -> DiscoveryClient<Channel> {
         DiscoveryClient::new(self.channel(identity))
+    }
+
+    /// The control plane's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.server.metrics_addr.unwrap();
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await.unwrap();
+        text
     }
 
     pub async fn stop(self) {

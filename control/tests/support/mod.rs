@@ -22,6 +22,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct Server {
     pub addr: SocketAddr,
     pub root_pem: String,
+    /// Where `/metrics` is served, when the config asked for it.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -44,6 +46,7 @@ impl Server {
             .expect("control plane starts");
         let addr = cp.local_addr().unwrap();
         let root_pem = cp.root_pem().to_string();
+        let metrics_addr = cp.metrics_addr();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             cp.run(async {
@@ -55,6 +58,7 @@ impl Server {
         Server {
             addr,
             root_pem,
+            metrics_addr,
             stop: Some(stop),
             task: Some(task),
         }
