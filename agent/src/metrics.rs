@@ -14,7 +14,7 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-use weft_link::certs::CertStatus;
+use weft_link::certs::{CertPhase, CertStatus};
 
 use crate::{capture::Capture, identity::Identities, state::Workload};
 
@@ -208,9 +208,6 @@ impl std::fmt::Debug for VerdictCollector {
     }
 }
 
-/// Certificate phases, in the order `weft_certificates` lists them.
-const CERT_PHASES: [&str; 5] = ["pending", "valid", "renewing", "retrying", "expired"];
-
 /// The workload certificates this node holds, read from the certificate manager at scrape
 /// time: how many are in each phase, and when each expires, for alerts such as "a
 /// certificate expires within the hour" or "a certificate is expired".
@@ -238,7 +235,7 @@ fn encode_certificates(
         None,
         prometheus_client::metrics::MetricType::Gauge,
     )?;
-    for phase in CERT_PHASES {
+    for phase in CertPhase::NAMES {
         let count = statuses
             .iter()
             .filter(|s| s.phase.as_str() == phase)
@@ -288,7 +285,6 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use prometheus_client::encoding::text::encode;
-    use weft_link::certs::CertPhase;
     use weft_link::identity::SpiffeId;
 
     use super::*;

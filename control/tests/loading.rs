@@ -1,9 +1,10 @@
 //! How a configuration directory is read: which files count, and metrics of a running
 //! control plane.
 
+mod support;
+
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_control::{
     config::{Source, load_paths},
     server::{ControlPlane, ServerConfig},
@@ -51,12 +52,7 @@ async fn serves_prometheus_metrics() {
         let _ = stopped.await;
     }));
 
-    let mut conn = tokio::net::TcpStream::connect(metrics).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    conn.read_to_string(&mut body).await.unwrap();
+    let body = support::get_metrics(metrics).await;
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains("weft_control_config_version 1"), "{body}");
     assert!(

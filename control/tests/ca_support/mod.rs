@@ -114,17 +114,9 @@ impl Mesh {
         DiscoveryClient::new(self.channel(identity))
     }
 
-    /// The control plane's `/metrics` text.
+    /// The control plane's `/metrics` response.
     pub async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.server.metrics_addr.unwrap();
-        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut text = String::new();
-        conn.read_to_string(&mut text).await.unwrap();
-        text
+        support::get_metrics(self.server.metrics_addr.unwrap()).await
     }
 
     pub async fn stop(self) {

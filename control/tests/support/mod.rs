@@ -19,6 +19,18 @@ use weft_proto::discovery::v1::{ClientKind, ResourceType, discovery_client::Disc
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The whole HTTP response to `GET /metrics` from a control plane's metrics address.
+pub async fn get_metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 pub struct Server {
     pub addr: SocketAddr,
     pub root_pem: String,

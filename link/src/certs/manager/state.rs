@@ -72,6 +72,9 @@ pub enum CertPhase {
 }
 
 impl CertPhase {
+    /// Every value of [`CertPhase::as_str`], in lifecycle order.
+    pub const NAMES: [&'static str; 5] = ["pending", "valid", "renewing", "retrying", "expired"];
+
     /// A short name for tables and metrics labels.
     pub fn as_str(&self) -> &'static str {
         match self {

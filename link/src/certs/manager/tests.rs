@@ -462,3 +462,18 @@ fn a_watch_from_another_runtime_replaces_a_task_that_died_with_its_runtime() {
         "the identity is forgotten with its last handle"
     );
 }
+
+#[test]
+fn phase_names_list_every_phase() {
+    let phases = [
+        CertPhase::Pending { error: None },
+        CertPhase::Valid,
+        CertPhase::Renewing,
+        CertPhase::RetryingAfterError {
+            error: String::new(),
+        },
+        CertPhase::Expired { error: None },
+    ];
+    let names: Vec<&str> = phases.iter().map(CertPhase::as_str).collect();
+    assert_eq!(names, CertPhase::NAMES);
+}
