@@ -78,15 +78,14 @@ impl Netns {
 }
 
 /// Creates a TCP socket for `addr`'s family with the options every agent socket carries:
-/// non-blocking, `TCP_NODELAY` (without it a two-hop path stalls on Nagle + delayed ACK) and
+/// non-blocking (from creation: no extra `fcntl` calls), `TCP_NODELAY` (without it a two-hop path stalls on Nagle + delayed ACK) and
 /// the agent's `SO_MARK`, which the capture programs never redirect.
 pub fn agent_socket(addr: &std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(*addr),
-        socket2::Type::STREAM,
+        socket2::Type::STREAM.nonblocking(),
         Some(socket2::Protocol::TCP),
     )?;
-    socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.set_mark(AGENT_SOCKET_MARK)?;
     Ok(socket)

@@ -1,3 +1,5 @@
+use std::io::IsTerminal as _;
+
 use clap::Parser as _;
 use tracing_subscriber::{
     EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, reload, util::SubscriberInitExt as _,
@@ -26,12 +28,16 @@ fn main() {
     let kernel_log_level = aya_log_level(filter.max_level_hint());
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
+    // Colours only for a person at a terminal, never in a file or a log collector.
+    let ansi = std::io::stdout().is_terminal();
     let init = if config.log_format == "json" {
         registry
             .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .try_init()
     };
     if let Err(err) = init {
         eprintln!("weft-agent: cannot set up logging: {err}");

@@ -3,10 +3,12 @@
 //!
 //! - [`control`]: the control-plane client (discovery subscription, reconnects, ACK/NACK);
 //! - [`identity`], [`tls`], [`hbone`]: SPIFFE identities, rustls configurations and
-//!   verifiers, and the HBONE tunnel.
+//!   verifiers, and the HBONE tunnel;
+//! - [`copy`]: the byte copy between a tunnel or socket and its other end, both ways.
 
 pub mod certs;
 pub mod control;
+pub mod copy;
 pub mod hbone;
 pub mod identity;
 pub mod tls;

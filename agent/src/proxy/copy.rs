@@ -1,16 +1,9 @@
-//! Copies bytes both ways between two TCP streams, counting as it goes (so long-lived
-//! connections show up in metrics before they close) and passing half-closes through.
+//! Copies bytes both ways between a captured client and its destination, counting into the
+//! connection's metrics as it goes (so long-lived connections show up before they close).
+//! The copy itself is [`weft_link::copy`]: one task, unzeroed buffers, half-closes passed on.
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
-};
-
-/// First buffer size per direction; small so idle connections stay cheap.
-const INITIAL_BUFFER: usize = 16 * 1024;
-/// Largest buffer a direction grows to while reads keep filling it (bulk transfers).
-const MAX_BUFFER: usize = 256 * 1024;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy)]
@@ -21,93 +14,41 @@ pub struct Transferred {
     pub sent: u64,
 }
 
-/// Copies until both directions have seen end-of-stream, or either fails.
-pub async fn bidirectional(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    received: &Counter,
-    sent: &Counter,
-) -> (Transferred, std::io::Result<()>) {
-    let (client_r, client_w) = client.split();
-    let (upstream_r, upstream_w) = upstream.split();
-    halves(client_r, client_w, upstream_r, upstream_w, received, sent).await
-}
-
-/// Like [`bidirectional`], to any byte stream (an HBONE tunnel).
-pub async fn bidirectional_stream<S>(
-    client: &mut TcpStream,
-    upstream: S,
+/// Copies until both directions have seen end-of-stream, or either fails. `received`
+/// counts client-to-upstream bytes, `sent` the other way.
+pub async fn bidirectional<C, U>(
+    client: &mut C,
+    upstream: &mut U,
     received: &Counter,
     sent: &Counter,
 ) -> (Transferred, std::io::Result<()>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (client_r, client_w) = client.split();
-    let (upstream_r, upstream_w) = tokio::io::split(upstream);
-    halves(client_r, client_w, upstream_r, upstream_w, received, sent).await
-}
-
-async fn halves<CR, CW, UR, UW>(
-    mut client_r: CR,
-    mut client_w: CW,
-    mut upstream_r: UR,
-    mut upstream_w: UW,
-    received: &Counter,
-    sent: &Counter,
-) -> (Transferred, std::io::Result<()>)
-where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    UR: AsyncRead + Unpin,
-    UW: AsyncWrite + Unpin,
-{
-    let mut moved = Transferred::default();
-    let result = {
-        let up = one_way(
-            &mut client_r,
-            &mut upstream_w,
-            received,
-            &mut moved.received,
-        );
-        let down = one_way(&mut upstream_r, &mut client_w, sent, &mut moved.sent);
-        tokio::try_join!(up, down).map(|_| ())
+    let outcome = weft_link::copy::bidirectional(
+        client,
+        upstream,
+        |n| {
+            received.inc_by(n);
+        },
+        |n| {
+            sent.inc_by(n);
+        },
+    )
+    .await;
+    let moved = Transferred {
+        received: outcome.a_to_b,
+        sent: outcome.b_to_a,
     };
-    // Totals are exact even when the copy fails part-way.
-    (moved, result)
-}
-
-async fn one_way<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    counter: &Counter,
-    total: &mut u64,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; INITIAL_BUFFER];
-    loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            // Pass the half-close on; the other direction may still be sending.
-            writer.shutdown().await?;
-            return Ok(());
-        }
-        writer.write_all(&buf[..n]).await?;
-        counter.inc_by(n as u64);
-        *total += n as u64;
-        if n == buf.len() && buf.len() < MAX_BUFFER {
-            buf.resize(buf.len() * 2, 0);
-        }
-    }
+    (moved, outcome.error.map_or(Ok(()), Err))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A connected pair of loopback streams.
     async fn pair() -> (TcpStream, TcpStream) {

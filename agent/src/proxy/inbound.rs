@@ -20,7 +20,7 @@ use http::StatusCode;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, debug, field, info, info_span, warn};
+use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, INBOUND_PLAINTEXT_PORT};
 use weft_link::{
     hbone::{ConnectHandler, HboneServer, InboundConnect, Refusal, TunnelSummary},
@@ -299,14 +299,8 @@ pub async fn run_plaintext(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let span = info_span!(
-                    "inbound_plaintext",
-                    dst.pod = %pod.uid,
-                    src.addr = %peer,
-                    dst.addr = field::Empty,
-                );
                 let serve = serve_plaintext(ctx.clone(), pod.clone(), stream, peer, drain.clone());
-                tokio::spawn(serve.instrument(span));
+                tokio::spawn(serve);
             }
             Err(err) => {
                 warn!(pod = %pod.uid, %err, "accept failed");
@@ -317,6 +311,8 @@ pub async fn run_plaintext(
     debug!(pod = %pod.uid, "plaintext listener closed");
 }
 
+/// One steered plaintext connection. Its log events name the destination pod, the source
+/// address and the original destination as fields (no span per connection: see outbound).
 async fn serve_plaintext(
     ctx: Arc<ProxyContext>,
     pod: Arc<Pod>,
@@ -331,11 +327,10 @@ async fn serve_plaintext(
     let dst = match client.local_addr() {
         Ok(addr) => SocketAddr::new(addr.ip().to_canonical(), addr.port()),
         Err(err) => {
-            debug!(%err, "the connection closed before it was served");
+            debug!(dst.pod = %pod.uid, src.addr = %peer, %err, "the connection closed before it was served");
             return;
         }
     };
-    tracing::Span::current().record("dst.addr", field::display(dst));
     let (dst_workload, src_workload) = {
         let workloads = ctx.workloads.load();
         (
@@ -344,7 +339,12 @@ async fn serve_plaintext(
         )
     };
     let Some(dst_workload) = dst_workload else {
-        warn!("plaintext for a pod not in the workload list yet; refusing it");
+        warn!(
+            dst.pod = %pod.uid,
+            src.addr = %peer,
+            dst.addr = %dst,
+            "plaintext for a pod not in the workload list yet; refusing it"
+        );
         reset(client);
         return;
     };
@@ -357,7 +357,12 @@ async fn serve_plaintext(
     );
     let policies = ctx.policies.load();
     if policies.peer_auth_mode(&dst_workload, dst.port()) == PeerAuthMode::Strict {
-        info!("plaintext refused: PeerAuthentication is STRICT for this workload and port");
+        info!(
+            dst.pod = %pod.uid,
+            src.addr = %peer,
+            dst.addr = %dst,
+            "plaintext refused: PeerAuthentication is STRICT for this workload and port"
+        );
         return deny(&ctx, &mut labels, DenialLabels::STRICT_MTLS, client);
     }
     let source = Source {
@@ -366,7 +371,13 @@ async fn serve_plaintext(
         workload: src_workload.as_deref(),
     };
     if let Verdict::Deny(reason) = policies.authorize_inbound(&source, &dst_workload, dst.port()) {
-        info!(%reason, "plaintext denied by policy");
+        info!(
+            dst.pod = %pod.uid,
+            src.addr = %peer,
+            dst.addr = %dst,
+            %reason,
+            "plaintext denied by policy"
+        );
         return deny(&ctx, &mut labels, DenialLabels::AUTHORIZATION, client);
     }
     drop(policies);
@@ -380,7 +391,14 @@ async fn serve_plaintext(
         Err(err) => {
             labels.response_flags = "UF";
             metrics.closed.get_or_create(&labels).inc();
-            warn!(error = %err, hint = connect_hint(&err), "connecting to the application failed");
+            warn!(
+                dst.pod = %pod.uid,
+                src.addr = %peer,
+                dst.addr = %dst,
+                error = %err,
+                hint = connect_hint(&err),
+                "connecting to the application failed"
+            );
             reset(client);
             return;
         }
@@ -390,6 +408,9 @@ async fn serve_plaintext(
     let (moved, result) = copy::bidirectional(&mut client, &mut upstream, &received, &sent).await;
     metrics.closed.get_or_create(&labels).inc();
     info!(
+        dst.pod = %pod.uid,
+        src.addr = %peer,
+        dst.addr = %dst,
         bytes_sent = moved.sent,
         bytes_received = moved.received,
         duration_ms = started.elapsed().as_millis() as u64,

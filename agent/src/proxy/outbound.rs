@@ -19,7 +19,7 @@ use std::{
 
 use http::HeaderValue;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tracing::{Instrument, debug, field, info, info_span, warn};
+use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, OUTBOUND_PORT, TupleKey};
 use weft_link::hbone::{ConnectRequest, HboneClient, SocketFactory, TraceParent};
 
@@ -134,17 +134,11 @@ impl OutboundListener {
                     let conn = Connection {
                         ctx: ctx.clone(),
                         pod: pod.clone(),
+                        peer,
                         key: TupleKey::for_peer(self.netns_cookie, peer),
                         _drain: drain.clone(),
                     };
-                    let span = info_span!(
-                        "outbound",
-                        src.pod = %pod.uid,
-                        src.addr = %peer,
-                        dst.addr = field::Empty,
-                        dst.workload = field::Empty,
-                    );
-                    tokio::spawn(conn.serve(stream).instrument(span));
+                    tokio::spawn(conn.serve(stream));
                 }
                 Err(err) => {
                     // EMFILE and friends: back off briefly rather than spin.
@@ -157,9 +151,13 @@ impl OutboundListener {
     }
 }
 
+/// One captured connection. Its log events name the source pod and address, and once known
+/// the original destination and its workload (explicit fields rather than a span: a span
+/// per connection costs more than the events it would annotate).
 struct Connection {
     ctx: Arc<ProxyContext>,
     pod: Arc<Pod>,
+    peer: SocketAddr,
     key: TupleKey,
     _drain: DrainWatcher,
 }
@@ -181,6 +179,8 @@ impl Connection {
         let Some(orig) = self.ctx.capture.take_orig_dst(&self.key) else {
             metrics.no_orig_dst.inc();
             warn!(
+                src.pod = %self.pod.uid,
+                src.addr = %self.peer,
                 "no original destination recorded for this connection; refusing it (the \
                  kernel's tuple map may have overflowed, or something in the pod dialled the \
                  capture port directly)"
@@ -195,11 +195,7 @@ impl Connection {
                 workloads.by_ip(dst.ip()).cloned(),
             )
         };
-        let span = tracing::Span::current();
-        span.record("dst.addr", field::display(dst));
-        if let Some(w) = &dst_workload {
-            span.record("dst.workload", field::display(&w.name));
-        }
+        let dst_name = dst_workload.as_deref().map(|w| w.name.as_str());
         let route = match dst_workload.clone() {
             Some(w) if w.protocol == TunnelProtocol::Hbone && w.node == self.ctx.node => {
                 match self.ctx.pods.read().get(&w.uid).cloned() {
@@ -253,7 +249,14 @@ impl Connection {
                 labels.response_flags = failure.flags;
                 metrics.closed.get_or_create(&labels).inc();
                 if let Some((error, what)) = failure.log {
-                    warn!(%error, "{what}");
+                    warn!(
+                        src.pod = %self.pod.uid,
+                        src.addr = %self.peer,
+                        dst.addr = %dst,
+                        dst.workload = dst_name,
+                        %error,
+                        "{what}"
+                    );
                 }
                 return;
             }
@@ -262,14 +265,18 @@ impl Connection {
             Upstream::Tcp(mut stream) => {
                 copy::bidirectional(&mut client, &mut stream, &received, &sent).await
             }
-            Upstream::Tunnel(tunnel) => {
-                copy::bidirectional_stream(&mut client, tunnel, &received, &sent).await
+            Upstream::Tunnel(mut tunnel) => {
+                copy::bidirectional(&mut client, &mut tunnel, &received, &sent).await
             }
         };
         metrics.closed.get_or_create(&labels).inc();
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => info!(
+                src.pod = %self.pod.uid,
+                src.addr = %self.peer,
+                dst.addr = %dst,
+                dst.workload = dst_name,
                 bytes_sent = moved.sent,
                 bytes_received = moved.received,
                 duration_ms,
@@ -277,6 +284,10 @@ impl Connection {
                 "connection complete"
             ),
             Err(err) => info!(
+                src.pod = %self.pod.uid,
+                src.addr = %self.peer,
+                dst.addr = %dst,
+                dst.workload = dst_name,
                 bytes_sent = moved.sent,
                 bytes_received = moved.received,
                 duration_ms,
@@ -313,7 +324,11 @@ impl Connection {
             .authorize_inbound(&source, dst_workload, dst.port());
         if let Verdict::Deny(reason) = verdict {
             info!(
+                src.pod = %self.pod.uid,
+                src.addr = %self.peer,
                 src.identity = identity.as_ref().map(field::display),
+                dst.addr = %dst,
+                dst.workload = %dst_workload.name,
                 %reason,
                 "connection denied by policy"
             );

@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
-use tracing::{Instrument, debug, debug_span, info_span};
+use tracing::{Instrument, debug, debug_span};
 
 use super::pool::{Conn, Lease, Pool, PoolKey};
 use super::{
@@ -159,7 +159,8 @@ impl HboneClient {
         tls: &ClientTls,
         req: ConnectRequest,
     ) -> Result<HboneStream, HboneError> {
-        let span = info_span!(
+        // Debug level: at the default level, no span is built for each tunnel.
+        let span = debug_span!(
             "hbone_outbound",
             src = %tls.identity(),
             dst = %req.dst,

@@ -12,7 +12,6 @@
 
 mod client;
 mod pool;
-mod relay;
 mod server;
 mod stream;
 mod trace;
@@ -23,7 +22,6 @@ use std::net::SocketAddr;
 use http::StatusCode;
 
 pub use client::{ClientOptions, ConnectRequest, HboneClient, PlainSocketFactory, SocketFactory};
-pub use relay::{RelayOutcome, relay};
 pub use server::{
     ConnectHandler, HboneServer, InboundConnect, Refusal, ServerOptions, TunnelSummary,
 };

@@ -15,11 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, debug_span, field, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, field, info, warn};
 
 use super::{
     CONNECTION_WINDOW, HboneStream, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
-    STREAM_WINDOW, relay,
+    STREAM_WINDOW,
 };
 use crate::identity::SpiffeId;
 use crate::tls::peer_identity;
@@ -288,67 +288,79 @@ async fn serve_stream<H: ConnectHandler>(
 ) {
     let (parts, body) = request.into_parts();
     let raw_authority = parts.uri.authority().map(|a| a.as_str().to_owned());
-    let span = info_span!(
-        "hbone_inbound",
-        %peer,
-        authority = raw_authority.as_deref().unwrap_or(""),
-    );
-    async move {
-        if parts.method != Method::CONNECT {
-            let refusal = Refusal::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {} is not CONNECT", parts.method),
-            );
-            return refuse(&mut respond, &refusal);
-        }
-        // ztunnel tunnels to an IP and port; host names have no meaning in a pod's netns.
-        let Some(authority) = raw_authority.and_then(|a| a.parse::<SocketAddr>().ok()) else {
-            let refusal = Refusal::new(StatusCode::BAD_REQUEST, "authority is not ip:port");
-            return refuse(&mut respond, &refusal);
-        };
-        let request = InboundConnect {
-            peer: peer.clone(),
-            authority,
-            remote,
-            headers: parts.headers,
-        };
-        let upstream = match handler.connect(request).await {
-            Ok(upstream) => upstream,
-            Err(refusal) => return refuse(&mut respond, &refusal),
-        };
-        let send = match respond.send_response(response(StatusCode::OK), false) {
-            Ok(send) => send,
-            Err(err) => {
-                debug!(error = %err, "sending 200 failed; the client went away");
-                return;
-            }
-        };
-        let started = Instant::now();
-        let outcome = relay(HboneStream::new(send, body, None), upstream).await;
-        let summary = TunnelSummary {
-            peer,
-            remote,
-            authority,
-            bytes_from_peer: outcome.a_to_b,
-            bytes_to_peer: outcome.b_to_a,
-            duration: started.elapsed(),
-            error: outcome.error,
-        };
+    let authority_text = raw_authority.as_deref().unwrap_or("");
+    // Events carry the peer and authority as fields; a span per stream would cost more than
+    // the two or three events it annotates.
+    let refuse = |respond: &mut SendResponse<Bytes>, refusal: &Refusal| {
         info!(
-            bytes_from_peer = summary.bytes_from_peer,
-            bytes_to_peer = summary.bytes_to_peer,
-            duration_ms = u64::try_from(summary.duration.as_millis()).unwrap_or(u64::MAX),
-            error = summary.error.as_ref().map(field::display),
-            "tunnel closed"
+            %peer,
+            %remote,
+            authority = authority_text,
+            status = refusal.status.as_u16(),
+            reason = %refusal.reason,
+            "tunnel refused"
         );
-        handler.on_close(&summary);
+        send_refusal(respond, refusal);
+    };
+    if parts.method != Method::CONNECT {
+        let refusal = Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {} is not CONNECT", parts.method),
+        );
+        return refuse(&mut respond, &refusal);
     }
-    .instrument(span)
-    .await;
+    // ztunnel tunnels to an IP and port; host names have no meaning in a pod's netns.
+    let Some(authority) = raw_authority
+        .as_deref()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+    else {
+        let refusal = Refusal::new(StatusCode::BAD_REQUEST, "authority is not ip:port");
+        return refuse(&mut respond, &refusal);
+    };
+    let request = InboundConnect {
+        peer: peer.clone(),
+        authority,
+        remote,
+        headers: parts.headers,
+    };
+    let mut upstream = match handler.connect(request).await {
+        Ok(upstream) => upstream,
+        Err(refusal) => return refuse(&mut respond, &refusal),
+    };
+    let send = match respond.send_response(response(StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(err) => {
+            debug!(%peer, %authority, error = %err, "sending 200 failed; the client went away");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let mut tunnel = HboneStream::new(send, body, None);
+    let outcome = crate::copy::bidirectional(&mut tunnel, &mut upstream, |_| {}, |_| {}).await;
+    let summary = TunnelSummary {
+        peer,
+        remote,
+        authority,
+        bytes_from_peer: outcome.a_to_b,
+        bytes_to_peer: outcome.b_to_a,
+        duration: started.elapsed(),
+        error: outcome.error,
+    };
+    info!(
+        peer = %summary.peer,
+        %remote,
+        %authority,
+        bytes_from_peer = summary.bytes_from_peer,
+        bytes_to_peer = summary.bytes_to_peer,
+        duration_ms = u64::try_from(summary.duration.as_millis()).unwrap_or(u64::MAX),
+        error = summary.error.as_ref().map(field::display),
+        "tunnel closed"
+    );
+    handler.on_close(&summary);
 }
 
-fn refuse(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
-    info!(status = refusal.status.as_u16(), reason = %refusal.reason, "tunnel refused");
+/// Sends a refusal (the caller has logged it).
+fn send_refusal(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
     let mut resp = response(refusal.status);
     if refusal.status == StatusCode::METHOD_NOT_ALLOWED {
         // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.

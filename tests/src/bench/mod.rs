@@ -227,13 +227,16 @@ impl Target {
 }
 
 /// Where processes run. On this class of VM a wake-up across CPUs costs milliseconds at the
-/// tail, so the layout is part of every figure's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// tail, so the layout is part of every figure's name. Every scenario of a run shares one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Layout {
-    /// Load generator, proxies and server all on CPU 0: latency and cost per request.
+    /// Load generator, proxies and server all on CPU 0: every figure, cost per request and
+    /// per connection included, is then a share of one CPU (the default).
+    #[default]
     OneCpu,
-    /// Proxies alone on CPU 1, everything else on CPU 0: saturation throughput.
+    /// Proxies alone on CPU 1, everything else on CPU 0: the proxy's capacity when it has a
+    /// CPU to itself (`cargo xtask bench --proxy-own-cpu`).
     ProxyOwnCpu,
 }
 
@@ -307,15 +310,6 @@ impl Scenario {
             }
         }
     }
-
-    /// Latency and cost per request are measured with everything on one CPU; capacity with
-    /// the proxy on its own CPU.
-    pub fn layout(self) -> Layout {
-        match self {
-            Scenario::Rps1 | Scenario::Latency => Layout::OneCpu,
-            Scenario::Throughput | Scenario::Rps50 | Scenario::Cps => Layout::ProxyOwnCpu,
-        }
-    }
 }
 
 /// How long and how hard to run.
@@ -331,6 +325,9 @@ pub struct Plan {
     pub latency_connections: u32,
     /// Concurrent connections of the connection-churn scenario.
     pub cps_connections: u32,
+    /// Where processes run, for every scenario of the run.
+    #[serde(default)]
+    pub layout: Layout,
     pub scenarios: Vec<Scenario>,
     /// Seed of the per-round scenario shuffle (recorded so a run can be repeated).
     pub seed: u64,
@@ -346,6 +343,7 @@ impl Plan {
             latency_rate: 1000,
             latency_connections: 4,
             cps_connections: 8,
+            layout: Layout::OneCpu,
             scenarios: Scenario::ALL.to_vec(),
             seed,
         }

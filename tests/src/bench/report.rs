@@ -278,7 +278,7 @@ impl Results {
             md,
             "### {} ({})\n",
             scenario.title(),
-            scenario.layout().describe()
+            self.plan.layout.describe()
         );
         let mut header = vec!["target".to_owned()];
         for c in &cols {
@@ -348,15 +348,19 @@ fn method(md: &mut String, p: &Plan) {
          path is the same shape: the source node's agent opens an HBONE tunnel (HTTP/2 CONNECT \
          over TLS 1.3 mutual auth, ECDSA P-256 SPIFFE certificates) to the destination node's \
          agent, which connects to the server.\n\
-         - Layouts: \"all on CPU 0\" pins load generator, proxies and server to CPU 0 (a \
-         cross-CPU wake-up costs milliseconds at the tail on this class of VM); \"proxy on CPU 1\" \
-         gives the proxies their own CPU for saturation figures.\n\
+         - Layout of this run: {}. \"All on CPU 0\" (the default) pins load generator, \
+         proxies and server to CPU 0: a cross-CPU wake-up costs milliseconds at the tail on \
+         this class of VM, and every figure, cost per request included, is then a share of one \
+         CPU. `--proxy-own-cpu` gives the proxies CPU 1 to themselves, for their capacity.\n\
          - Latency: {} req/s over {} connections on a fixed schedule; each latency counts from \
          the request's intended send time (no coordinated omission), into an HDR histogram.\n\
          - Proxy CPU: utime+stime of the proxy processes from /proc/<pid>/stat before and after \
          each run, per 10,000 requests (or per GiB). Memory: VmRSS before traffic, VmHWM at the \
          end.\n",
-        p.seed, p.latency_rate, p.latency_connections
+        p.seed,
+        p.layout.describe(),
+        p.latency_rate,
+        p.latency_connections
     );
 }
 

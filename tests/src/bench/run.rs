@@ -105,7 +105,7 @@ pub fn run_one(
     target: &Target,
     (round, order): (u32, u32),
 ) -> Result<Sample> {
-    let layout = scenario.layout();
+    let layout = plan.layout;
     apply_layout(tb, env, layout, tools.cpus)?;
     let pids = path_pids(tb, env, target)?;
     let cpu_before = procstat::cpu_secs_of(&pids);

@@ -71,7 +71,7 @@ pub fn draw_all(results: &Results, dir: &Path) -> anyhow::Result<Vec<(String, St
                 .with_context(|| format!("drawing {file}"))?;
             drawn.push((
                 file.to_owned(),
-                format!("{title} ({})", scenario.layout().describe()),
+                format!("{title} ({})", results.plan.layout.describe()),
             ));
         }
     }
@@ -133,7 +133,7 @@ fn latency(results: &Results, path: &Path) -> anyhow::Result<()> {
             format!(
                 "Latency at {} req/s, open loop ({})",
                 results.plan.latency_rate,
-                Scenario::Latency.layout().describe()
+                results.plan.layout.describe()
             ),
             (FONT, 22),
         )
@@ -198,7 +198,7 @@ fn bars(
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("{title} ({})", scenario.layout().describe()),
+            format!("{title} ({})", results.plan.layout.describe()),
             (FONT, 22),
         )
         .margin(12)

@@ -14,7 +14,7 @@ use clap::Args as ClapArgs;
 use weft_tests::bench::report::{Memory, Results, number};
 use weft_tests::bench::run::{self, Sample, Tools};
 use weft_tests::bench::{
-    self, Plan, Scenario, TESTBED_NAME, Target, Via, env, machine::Machine, procstat,
+    self, Layout, Plan, Scenario, TESTBED_NAME, Target, Via, env, machine::Machine, procstat,
 };
 use weft_tests::testbed::{self, AgentConfig, Config, TestbedGuard};
 
@@ -45,6 +45,10 @@ pub struct Args {
     /// Seed of the scenario shuffle [default: from the clock].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Give the proxies CPU 1 to themselves, everything else CPU 0 (their capacity). By
+    /// default every process runs on CPU 0, so that cost figures are shares of one CPU.
+    #[arg(long)]
+    pub proxy_own_cpu: bool,
     /// Use debug builds (for the smoke test in `cargo xtask test`, which has them already).
     #[arg(long)]
     pub debug_build: bool,
@@ -183,6 +187,9 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             bail!("--rounds must be at least 1");
         }
         plan.rounds = rounds;
+    }
+    if args.proxy_own_cpu {
+        plan.layout = Layout::ProxyOwnCpu;
     }
     if !args.scenarios.is_empty() {
         plan.scenarios = args
