@@ -132,8 +132,18 @@ pub fn run(
         ),
     ];
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads.max(1))
+    // One worker means a current-thread scheduler on this thread: tasks woken by the I/O driver
+    // run in FIFO order, so the relay tasks of many streams queue their data before the HTTP/2
+    // connection task runs once and writes it in one TLS record batch. The multi-thread
+    // scheduler's LIFO slot would run that task after every single stream instead.
+    let mut builder = if config.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.worker_threads);
+        builder
+    };
+    let runtime = builder
         .thread_name("weft-data")
         .enable_all()
         .build()

@@ -85,7 +85,7 @@ pub struct Config {
     #[arg(long, env = "WEFT_BPFFS", default_value = DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
 
-    /// Data-path worker threads.
+    /// Data-path worker threads; 1 runs the data path on a single-threaded scheduler.
     #[arg(long, env = "WEFT_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS)]
     pub worker_threads: usize,
 

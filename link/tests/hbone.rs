@@ -60,6 +60,39 @@ async fn concurrent_tunnels_share_one_connection() {
     assert_eq!(sockets.dialled(), 1);
 }
 
+/// Bytes sent with the CONNECT reach the destination first, then the ones written to the
+/// tunnel, on a single-threaded runtime where many tunnels answer in the same poll (their
+/// frames then leave in one TLS write).
+#[tokio::test(flavor = "current_thread")]
+async fn early_data_arrives_first_and_many_tunnels_answer_together() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let echo = support::echo_server().await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let sockets = Arc::new(CountingSockets::default());
+    let hbone = client(&sockets);
+
+    let tunnels = (0..40).map(|i| {
+        let (hbone, tls) = (hbone.clone(), tls.clone());
+        let mut req = ConnectRequest::new(server.addr, id("server"), echo);
+        // Larger than h2's 256-byte threshold for writing a DATA frame on its own.
+        let early = format!("{i:04}:").repeat(100);
+        req.early_data = bytes::Bytes::from(early.clone());
+        tokio::spawn(async move {
+            let mut tunnel = hbone.connect(&tls, req).await.unwrap();
+            tunnel.write_all(b"|rest").await.unwrap();
+            tunnel.shutdown().await.unwrap();
+            let mut back = String::new();
+            tunnel.read_to_string(&mut back).await.unwrap();
+            assert_eq!(back, format!("{early}|rest"));
+        })
+    });
+    for task in tunnels.collect::<Vec<_>>() {
+        task.await.unwrap();
+    }
+    assert_eq!(sockets.dialled(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_connection_makes_the_pool_dial_another() {
     let ca = Ca::new("root");

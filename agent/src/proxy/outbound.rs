@@ -11,12 +11,13 @@
 //!   inside the source pod.
 
 use std::{
-    io,
+    io::{self, Read as _},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Instant,
 };
 
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, field, info, warn};
@@ -235,7 +236,7 @@ impl Connection {
                 .await
                 .map(Upstream::Tcp),
             Route::Hbone(w) => self
-                .tunnel(src_workload.as_deref(), w, dst)
+                .tunnel(src_workload.as_deref(), w, dst, early_data(&client))
                 .await
                 .map(Upstream::Tunnel)
                 .map_err(|error| Failure {
@@ -265,8 +266,12 @@ impl Connection {
             Upstream::Tcp(mut stream) => {
                 copy::bidirectional(&mut client, &mut stream, &received, &sent).await
             }
-            Upstream::Tunnel(mut tunnel) => {
-                copy::bidirectional(&mut client, &mut tunnel, &received, &sent).await
+            Upstream::Tunnel((mut tunnel, early)) => {
+                received.inc_by(early);
+                let (mut moved, result) =
+                    copy::bidirectional(&mut client, &mut tunnel, &received, &sent).await;
+                moved.received += early;
+                (moved, result)
             }
         };
         metrics.closed.get_or_create(&labels).inc();
@@ -348,13 +353,15 @@ impl Connection {
             .map_err(|err| Failure::connect(&err))
     }
 
-    /// Opens an HBONE tunnel to `dst` through the destination pod's port 15008.
+    /// Opens an HBONE tunnel to `dst` through the destination pod's port 15008, carrying the
+    /// client's `early` bytes with the CONNECT. Returns the tunnel and how many bytes went.
     async fn tunnel(
         &self,
         src_workload: Option<&Workload>,
         dst_workload: &Workload,
         dst: SocketAddr,
-    ) -> Result<weft_link::hbone::HboneStream, String> {
+        early: Bytes,
+    ) -> Result<(weft_link::hbone::HboneStream, u64), String> {
         let src_workload = src_workload.ok_or_else(|| {
             "the source pod is not in the workload list yet, so it has no identity to present"
                 .to_string()
@@ -376,18 +383,44 @@ impl Connection {
         let mut request = ConnectRequest::new(SocketAddr::new(dst.ip(), HBONE_PORT), dst_id, dst);
         request.traceparent = Some(TraceParent::generate());
         request.baggage = baggage(src_workload);
+        let early_len = early.len() as u64;
+        request.early_data = early;
         self.pod
             .hbone
             .connect(&tls, request)
             .await
+            .map(|tunnel| (tunnel, early_len))
             .map_err(|e| weft_link::error_chain(&e))
+    }
+}
+
+/// The most a client's first bytes sent along with the CONNECT may be.
+const EARLY_DATA_MAX: usize = 16 * 1024;
+
+/// What the client has already sent, read without waiting. A client that speaks first (HTTP,
+/// TLS) usually has its request in the socket by the time the connection is accepted; sending
+/// it with the CONNECT saves the destination agent a round trip and a wake-up. A client that
+/// waits for the server to speak gives nothing here, and nothing is lost: the relay reads it
+/// later. Read straight from the socket, because the runtime has not polled a new socket's
+/// readiness yet and would report nothing to read.
+fn early_data(client: &TcpStream) -> Bytes {
+    let mut buf = BytesMut::zeroed(EARLY_DATA_MAX);
+    let socket = socket2::SockRef::from(client);
+    match (&*socket).read(&mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            buf.freeze()
+        }
+        // Nothing yet (WouldBlock), or an error the relay will meet and report itself.
+        Err(_) => Bytes::new(),
     }
 }
 
 /// The connection to the destination.
 enum Upstream {
     Tcp(TcpStream),
-    Tunnel(weft_link::hbone::HboneStream),
+    /// The tunnel, and the client bytes that went with its CONNECT.
+    Tunnel((weft_link::hbone::HboneStream, u64)),
 }
 
 /// Why no upstream was opened: Envoy's response flags, and what to log (policy denials are

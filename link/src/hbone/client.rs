@@ -1,10 +1,13 @@
 //! Opening HBONE tunnels.
 
 use std::fmt;
+use std::future::{Future as _, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +18,7 @@ use tokio_rustls::TlsConnector;
 use tracing::{Instrument, debug, debug_span};
 
 use super::pool::{Conn, Lease, Pool, PoolKey};
+use super::transport;
 use super::{
     BAGGAGE_HEADER, CONNECTION_WINDOW, HboneError, HboneStream, MAX_FRAME_SIZE,
     MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER, STREAM_WINDOW, TRACEPARENT_HEADER, TraceParent,
@@ -99,6 +103,9 @@ pub struct ConnectRequest {
     pub traceparent: Option<TraceParent>,
     /// W3C baggage to pass on, as received or built by the caller.
     pub baggage: Option<HeaderValue>,
+    /// Bytes the client already sent, to go out with the request: the server gets the
+    /// CONNECT and the first bytes in one read instead of waiting a round trip for them.
+    pub early_data: Bytes,
 }
 
 impl ConnectRequest {
@@ -109,6 +116,7 @@ impl ConnectRequest {
             authority,
             traceparent: None,
             baggage: None,
+            early_data: Bytes::new(),
         }
     }
 }
@@ -262,7 +270,13 @@ impl HboneClient {
             OpenError::Retryable(HboneError::h2(dst, err))
         };
         let mut sender = conn.sender().ready().await.map_err(dead)?;
-        let (response, send) = sender.send_request(request, false).map_err(dead)?;
+        let (response, mut send) = sender.send_request(request, false).map_err(dead)?;
+        if !req.early_data.is_empty() {
+            // Queued behind the HEADERS frame, so both leave in one write. The stream's
+            // initial window covers it; beyond that h2 holds it until the window opens.
+            send.send_data(req.early_data.clone(), false)
+                .map_err(|err| OpenError::Final(HboneError::h2(dst, err)))?;
+        }
         // The request is out: unless the server says it did not process it, failures from
         // here on are this tunnel's (the server may already have connected upstream).
         let response = response.await.map_err(|err| match err.reason() {
@@ -323,6 +337,7 @@ async fn handshake(
         .connect(server_name, tcp)
         .await
         .map_err(|source| HboneError::tls(dst, source))?;
+    let (transport, flusher) = transport::buffered(tls);
     let (send, mut connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -330,7 +345,7 @@ async fn handshake(
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .enable_push(false)
-        .handshake::<_, Bytes>(tls)
+        .handshake::<_, Bytes>(transport)
         .await
         .map_err(|err| HboneError::h2_handshake(dst, err))?;
     let ping = connection.ping_pong();
@@ -340,7 +355,21 @@ async fn handshake(
     // dropped their handles (h2 then sends GOAWAY and closes).
     tokio::spawn(
         async move {
-            match connection.await {
+            // After every poll of h2, what it wrote goes out in one TLS write.
+            let driven = poll_fn(|cx| {
+                let polled = Pin::new(&mut connection)
+                    .poll(cx)
+                    .map_err(|e| e.to_string());
+                if polled.is_ready() {
+                    return polled;
+                }
+                match flusher.poll_flush(cx) {
+                    Poll::Ready(Err(err)) => Poll::Ready(Err(format!("writing: {err}"))),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            match driven {
                 Ok(()) => debug!("connection closed"),
                 Err(err) => debug!(error = %err, "connection failed"),
             }

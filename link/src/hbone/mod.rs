@@ -15,6 +15,7 @@ mod pool;
 mod server;
 mod stream;
 mod trace;
+mod transport;
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,9 +1,10 @@
 //! Accepting HBONE tunnels.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use tracing::{Instrument, debug, debug_span, field, info, warn};
 
 use super::{
     CONNECTION_WINDOW, HboneStream, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
-    STREAM_WINDOW,
+    STREAM_WINDOW, transport,
 };
 use crate::identity::SpiffeId;
 use crate::tls::peer_identity;
@@ -220,6 +221,7 @@ async fn serve_connection<H: ConnectHandler>(
             .await
             .map_err(|e| format!("TLS: {e}"))?;
         let peer = peer_identity(tls.get_ref().1).map_err(|e| format!("peer identity: {e}"))?;
+        let (transport, flusher) = transport::buffered(tls);
         let conn = h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -227,41 +229,56 @@ async fn serve_connection<H: ConnectHandler>(
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_concurrent_streams(options.max_concurrent_streams)
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Bytes>(transport)
             .await
             .map_err(|e| format!("HTTP/2: {e}"))?;
-        Ok::<_, String>((peer, conn))
+        Ok::<_, String>((peer, conn, flusher))
     };
     // Garbage, truncated hellos and refused certificates all end here. They are logged at
     // debug: anything can connect to the port, and the client side logs its own failure.
-    let (peer, mut conn) = match tokio::time::timeout(options.handshake_timeout, handshake).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(err)) => {
-            debug!(error = %err, "HBONE handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(timeout = ?options.handshake_timeout, "HBONE handshake timed out");
-            return;
-        }
-    };
+    let (peer, mut conn, flusher) =
+        match tokio::time::timeout(options.handshake_timeout, handshake).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(err)) => {
+                debug!(error = %err, "HBONE handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(timeout = ?options.handshake_timeout, "HBONE handshake timed out");
+                return;
+            }
+        };
     tracing::Span::current().record("peer", field::display(&peer));
     debug!("HBONE connection established");
 
     let mut streams = JoinSet::new();
     let mut draining = false;
     loop {
+        // After every poll of h2, what it wrote goes out in one TLS write.
+        let accept = poll_fn(|cx| {
+            let polled = conn.poll_accept(cx);
+            if polled.is_pending()
+                && let Poll::Ready(Err(err)) = flusher.poll_flush(cx)
+            {
+                return Poll::Ready(Err(err));
+            }
+            polled.map(Ok)
+        });
         tokio::select! {
-            request = conn.accept() => match request {
-                Some(Ok((request, respond))) => {
+            request = accept => match request {
+                Err(err) => {
+                    debug!(error = %err, "writing to the HBONE connection failed");
+                    break;
+                }
+                Ok(Some(Ok((request, respond)))) => {
                     let stream = serve_stream(handler.clone(), peer.clone(), remote, request, respond);
                     streams.spawn(stream.in_current_span());
                 }
-                Some(Err(err)) => {
+                Ok(Some(Err(err))) => {
                     debug!(error = %err, "HBONE connection failed");
                     break;
                 }
-                None => break,
+                Ok(None) => break,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             // Also fires when the server is gone (sender dropped): drain then, too.
