@@ -159,6 +159,11 @@ fn readiness(state: &AdminState) -> Response<Body> {
             status.last_error.as_deref().unwrap_or("connecting")
         ));
     }
+    // A pod whose identity has no certificate cannot take HBONE tunnels; once issued, a
+    // certificate is kept through failed renewals, so a CA outage does not unready a node.
+    for (identity, reason) in state.identities.without_certificate() {
+        failing.push(format!("{identity}: no certificate yet ({reason})"));
+    }
     if failing.is_empty() {
         text(StatusCode::OK, "ready\n".into())
     } else {

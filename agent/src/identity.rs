@@ -120,6 +120,28 @@ impl Identities {
         Ok(client)
     }
 
+    /// Local identities with no certificate to present yet, each with the CA's last answer:
+    /// until they have one, inbound HBONE handshakes to their pods fail, so the node is not
+    /// ready. Sorted, for a stable readiness text.
+    pub fn without_certificate(&self) -> Vec<(SpiffeId, String)> {
+        let mut pending: Vec<(SpiffeId, String)> = self
+            .local
+            .lock()
+            .iter()
+            .filter(|(_, local)| local.certs.resolver().is_none())
+            .map(|(id, local)| {
+                let reason = local
+                    .certs
+                    .state()
+                    .last_error
+                    .unwrap_or_else(|| "the CA has not answered yet".to_string());
+                (id.clone(), reason)
+            })
+            .collect();
+        pending.sort();
+        pending
+    }
+
     /// Every certificate's state, for the admin API.
     pub fn statuses(&self) -> Vec<CertStatus> {
         self.manager.statuses()

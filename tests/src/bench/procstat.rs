@@ -47,23 +47,53 @@ fn threads(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// User plus system CPU seconds of one process (all its threads), from `/proc/<pid>/stat`.
-pub fn cpu_secs(pid: u32) -> Option<f64> {
+/// CPU seconds a process spent in user space (its own code: TLS, HTTP/2, copying) and in the
+/// kernel on its behalf (system calls, and the TCP stack work they do).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTimes {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = CpuTimes;
+    fn sub(self, rhs: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - rhs.user,
+            system: self.system - rhs.system,
+        }
+    }
+}
+
+/// User and system CPU seconds of one process (all its threads), from `/proc/<pid>/stat`.
+pub fn cpu_times(pid: u32) -> Option<CpuTimes> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may contain anything.
     let mut fields = text[text.rfind(')')? + 1..].split_whitespace();
     // utime and stime are fields 14 and 15; the first field after ')' is field 3.
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / clock_ticks())
+    Some(CpuTimes {
+        user: utime as f64 / clock_ticks(),
+        system: stime as f64 / clock_ticks(),
+    })
 }
 
-/// CPU seconds of every process in the trees of `pids`.
-pub fn cpu_secs_of(pids: &[u32]) -> f64 {
+/// CPU times of every process in the trees of `pids`, summed.
+pub fn cpu_times_of(pids: &[u32]) -> CpuTimes {
     pids.iter()
         .flat_map(|p| tree(*p))
-        .filter_map(cpu_secs)
-        .sum()
+        .filter_map(cpu_times)
+        .fold(CpuTimes::default(), |sum, t| CpuTimes {
+            user: sum.user + t.user,
+            system: sum.system + t.system,
+        })
 }
 
 /// `VmRSS` and `VmHWM` (peak) of one process, in KiB, from `/proc/<pid>/status`.
@@ -114,7 +144,7 @@ mod tests {
     fn reads_own_process() {
         let me = std::process::id();
         assert!(tree(me).contains(&me));
-        assert!(cpu_secs(me).is_some());
+        assert!(cpu_times(me).is_some_and(|t| t.total() >= 0.0));
         let (rss, hwm) = memory_kib(me).unwrap();
         assert!(rss > 0 && hwm >= rss);
     }

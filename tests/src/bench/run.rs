@@ -108,7 +108,7 @@ pub fn run_one(
     let layout = plan.layout;
     apply_layout(tb, env, layout, tools.cpus)?;
     let pids = path_pids(tb, env, target)?;
-    let cpu_before = procstat::cpu_secs_of(&pids);
+    let cpu_before = procstat::cpu_times_of(&pids);
     let mut figures = BTreeMap::new();
     let (raw, errors, first_error, work) = match scenario {
         Scenario::Throughput => {
@@ -129,17 +129,20 @@ pub fn run_one(
             figures.insert("p999_us".to_owned(), l.p999);
             figures.insert("max_us".to_owned(), l.max);
             let raw = serde_json::to_value(&report).unwrap_or_default();
-            let work = report.requests as f64 / 10_000.0;
+            // Work for the CPU figures: requests (or connections), so that seconds per
+            // request times a million is microseconds per request.
+            let work = report.requests as f64 / 1e6;
             (raw, report.errors, report.first_error, work)
         }
     };
     if !pids.is_empty() && work > 0.0 {
-        let cpu = procstat::cpu_secs_of(&pids) - cpu_before;
-        let name = match scenario {
-            Scenario::Throughput => "proxy_cpu_s_per_gib",
-            _ => "proxy_cpu_s_per_10k",
+        let cpu = procstat::cpu_times_of(&pids) - cpu_before;
+        let (total, user) = match scenario {
+            Scenario::Throughput => ("proxy_cpu_s_per_gib", "proxy_user_s_per_gib"),
+            _ => ("proxy_cpu_us", "proxy_user_us"),
         };
-        figures.insert(name.to_owned(), cpu / work);
+        figures.insert(total.to_owned(), cpu.total() / work);
+        figures.insert(user.to_owned(), cpu.user / work);
     }
     Ok(Sample {
         scenario,
