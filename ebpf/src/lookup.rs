@@ -31,15 +31,16 @@
 //! of modified ctx ptr"). Reading the other family's address is allowed and yields zeros.
 //! `local_port` is host order in a full u32 (unlike `remote_port`, a __be16).
 
-use core::ptr::{addr_of, read_volatile};
+use core::ptr::addr_of;
 
 use aya_ebpf::{bindings::bpf_sk_lookup, macros::sk_lookup, programs::SkLookupContext};
 use aya_log_ebpf::{debug, warn};
 use weft_ebpf_common::{
-    AF_INET, AF_INET6, HBONE_PORT, INBOUND_PLAINTEXT_PORT, InboundKey, Ip6Words, OUTBOUND_PORT,
-    Verdict, v4_mapped,
+    AF_INET, AF_INET6, HBONE_PORT, INBOUND_PLAINTEXT_PORT, InboundKey, OUTBOUND_PORT, Verdict,
+    v4_mapped,
 };
 
+use crate::ctx::{load, load6};
 use crate::maps::{INBOUND_LISTENERS, count};
 
 /// Use the socket the program assigned, or continue with the ordinary lookup if none.
@@ -57,27 +58,6 @@ pub fn weft_inbound_lookup(ctx: SkLookupContext) -> u32 {
     // Always SK_PASS: with a socket assigned the kernel uses it, without one the ordinary
     // lookup runs. SK_DROP is for policy, which this program does not enforce yet.
     SK_PASS
-}
-
-/// A 4-byte context load the compiler may not merge with another.
-#[inline(always)]
-fn load(field: *const u32) -> u32 {
-    // SAFETY: `field` points into the context the kernel passed in, valid for the whole run.
-    unsafe { read_volatile(field) }
-}
-
-#[inline(always)]
-fn load6(field: *const [u32; 4]) -> Ip6Words {
-    let first = field.cast::<u32>();
-    // SAFETY: as in `load`; the four words are consecutive fields of the context.
-    unsafe {
-        [
-            load(first),
-            load(first.add(1)),
-            load(first.add(2)),
-            load(first.add(3)),
-        ]
-    }
 }
 
 #[inline(always)]

@@ -6,6 +6,7 @@
 #![no_main]
 
 mod connect;
+mod ctx;
 mod lookup;
 mod maps;
 mod sockops;

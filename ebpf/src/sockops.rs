@@ -16,7 +16,7 @@
 //! through a phi of two context addresses, which the verifier rejects ("dereference of
 //! modified ctx ptr"). Reading the other family's fields is allowed and harmless.
 
-use core::ptr::{addr_of, read_volatile};
+use core::ptr::addr_of;
 
 use aya_ebpf::{
     EbpfContext,
@@ -31,6 +31,7 @@ use weft_ebpf_common::{
     v4_mapped,
 };
 
+use crate::ctx::{load, load6};
 use crate::maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE, count};
 
 #[sock_ops]
@@ -40,27 +41,6 @@ pub fn weft_sockops(ctx: SockOpsContext) -> u32 {
         on_active_established(&ctx);
     }
     1
-}
-
-/// A 4-byte context load the compiler may not merge with another.
-#[inline(always)]
-fn load(field: *const u32) -> u32 {
-    // SAFETY: `field` points into the context the kernel passed in, valid for the whole run.
-    unsafe { read_volatile(field) }
-}
-
-#[inline(always)]
-fn load6(field: *const [u32; 4]) -> Ip6Words {
-    let first = field.cast::<u32>();
-    // SAFETY: as in `load`; the four words are consecutive fields of the context.
-    unsafe {
-        [
-            load(first),
-            load(first.add(1)),
-            load(first.add(2)),
-            load(first.add(3)),
-        ]
-    }
 }
 
 #[inline(always)]
