@@ -92,6 +92,8 @@ pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 pub struct Tally {
     pub hist: Histogram<u64>,
     pub requests: u64,
+    /// Requests answered during the warm-up, which the latency figures leave out.
+    pub warmup_requests: u64,
     pub errors: u64,
     pub connections_opened: u64,
     pub first_error: Option<String>,
@@ -102,6 +104,7 @@ impl Tally {
         Ok(Self {
             hist: new_histogram()?,
             requests: 0,
+            warmup_requests: 0,
             errors: 0,
             connections_opened: 0,
             first_error: None,
@@ -109,8 +112,8 @@ impl Tally {
     }
 
     /// Books one request's outcome: a latency measured from `since` when it succeeded, an
-    /// error otherwise. Warm-up requests (`measured` false) are not counted. Returns whether
-    /// it failed, so the caller drops its connection.
+    /// error otherwise. Warm-up requests (`measured` false) are only counted apart, and their
+    /// errors not at all. Returns whether it failed, so the caller drops its connection.
     pub fn record(
         &mut self,
         outcome: anyhow::Result<()>,
@@ -124,6 +127,8 @@ impl Tally {
                     let us = since.elapsed().as_micros();
                     self.hist
                         .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
+                } else {
+                    self.warmup_requests += 1;
                 }
                 false
             }
@@ -146,6 +151,7 @@ impl Tally {
     pub fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
         self.hist.add(&other.hist).context("merging histograms")?;
         self.requests += other.requests;
+        self.warmup_requests += other.warmup_requests;
         self.errors += other.errors;
         self.connections_opened += other.connections_opened;
         if self.first_error.is_none() {
@@ -200,6 +206,7 @@ fn main() -> anyhow::Result<()> {
         close: common.close,
         duration_secs: secs,
         requests: tally.requests,
+        warmup_requests: tally.warmup_requests,
         errors: tally.errors,
         connections_opened: tally.connections_opened,
         rps: tally.requests as f64 / secs,

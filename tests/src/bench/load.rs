@@ -44,6 +44,9 @@ pub struct LoadReport {
     pub duration_secs: f64,
     /// Requests answered with a complete 200 response during the measured interval.
     pub requests: u64,
+    /// Requests answered during the warm-up: the proxies' CPU time covers them too.
+    #[serde(default)]
+    pub warmup_requests: u64,
     /// Requests that failed (connect error, reset, bad status, short body).
     pub errors: u64,
     /// TCP connections opened during the measured interval.

@@ -15,6 +15,8 @@ use crate::testbed::{Testbed, cmd};
 
 /// Added to a run's own duration before it is declared hung.
 const RUN_TIMEOUT_SLACK: Duration = Duration::from_secs(30);
+/// Seconds iperf3 runs before it starts measuring, to leave TCP slow start out.
+const IPERF_OMIT_SECS: u32 = 1;
 
 /// One measurement: one scenario, one target, one round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,8 +117,10 @@ pub fn run_one(
             let (raw, gbit, retransmits) = iperf(tb, plan, target)?;
             figures.insert("gbit_s".to_owned(), gbit);
             figures.insert("retransmits".to_owned(), retransmits);
-            // Work for the CPU figure: gibibytes moved.
-            let gib = gbit * 1e9 / 8.0 * plan.duration_secs / f64::from(1u32 << 30);
+            // Work for the CPU figure: gibibytes moved, over the omitted first seconds too,
+            // which the CPU time covers (iperf3 runs them before its measured interval).
+            let secs = plan.duration_secs.ceil().max(1.0) + f64::from(IPERF_OMIT_SECS);
+            let gib = gbit * 1e9 / 8.0 * secs / f64::from(1u32 << 30);
             (raw, 0, None, gib)
         }
         _ => {
@@ -130,8 +134,9 @@ pub fn run_one(
             figures.insert("max_us".to_owned(), l.max);
             let raw = serde_json::to_value(&report).unwrap_or_default();
             // Work for the CPU figures: requests (or connections), so that seconds per
-            // request times a million is microseconds per request.
-            let work = report.requests as f64 / 1e6;
+            // request times a million is microseconds per request. The CPU time is read
+            // around the whole run, warm-up included, so the warm-up's requests count too.
+            let work = (report.requests + report.warmup_requests) as f64 / 1e6;
             (raw, report.errors, report.first_error, work)
         }
     };
@@ -192,13 +197,13 @@ fn iperf(tb: &Testbed, plan: &Plan, target: &Target) -> Result<(serde_json::Valu
         &format!("{secs}"),
         // Leaves TCP slow start out of the figure.
         "-O",
-        "1",
+        &IPERF_OMIT_SECS.to_string(),
         "-J",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    let text = client(tb, target, &argv, secs + 1.0)?;
+    let text = client(tb, target, &argv, secs + f64::from(IPERF_OMIT_SECS))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Output {
         what: "iperf3".to_owned(),
         text: text.chars().take(500).collect(),
