@@ -9,21 +9,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{mesh, source_counters, wait_for_growth};
+use common::{config_dump, eventually, mesh, source_counters, wait_for_growth};
 use weft_tests::scenario;
 use weft_tests::testbed::Testbed;
 
-/// The agent's `/config_dump` as JSON.
-fn dump(tb: &Testbed, node: &str) -> serde_json::Value {
-    let response = tb.config_dump(node).unwrap();
-    assert_eq!(response.status, 200, "{}", response.body);
-    serde_json::from_str(&response.body).unwrap()
-}
-
 fn workload_names(tb: &Testbed, node: &str) -> Vec<String> {
-    dump(tb, node)["workloads"]
+    config_dump(tb, node)["workloads"]
         .as_array()
         .unwrap()
         .iter()
@@ -32,18 +25,9 @@ fn workload_names(tb: &Testbed, node: &str) -> Vec<String> {
 }
 
 fn workload_version(tb: &Testbed, node: &str) -> u64 {
-    dump(tb, node)["control"]["versions"]["RESOURCE_TYPE_WORKLOAD"]
+    config_dump(tb, node)["control"]["versions"]["RESOURCE_TYPE_WORKLOAD"]
         .as_u64()
         .unwrap()
-}
-
-/// Polls `check` for up to `timeout`, panicking with `what` if it never holds.
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 const OUTSIDE_DB: &str = "\
@@ -143,7 +127,7 @@ fn control_plane_restart_under_traffic_fails_no_connection() {
     std::thread::sleep(Duration::from_millis(800));
     tb.stop_control().unwrap();
     eventually("node-1's agent to notice", Duration::from_secs(10), || {
-        !dump(&tb, "node-1")["control"]["connected"]
+        !config_dump(&tb, "node-1")["control"]["connected"]
             .as_bool()
             .unwrap()
     });
@@ -157,7 +141,7 @@ fn control_plane_restart_under_traffic_fails_no_connection() {
             "the agent to resynchronise",
             Duration::from_secs(30),
             || {
-                let control = &dump(&tb, node)["control"];
+                let control = &config_dump(&tb, node)["control"];
                 control["connected"].as_bool().unwrap()
                     && control["synced"].as_bool().unwrap()
                     && control["connects"].as_u64().unwrap() >= 2

@@ -1,6 +1,6 @@
 //! Identity and mutual TLS between nodes: what crosses the wire, who the destination believes
-//! the source is, which clients it refuses, certificate rotation under a live connection,
-//! and PeerAuthentication for plaintext.
+//! the source is, which clients it refuses, and PeerAuthentication for plaintext. Rotation
+//! under a live connection is in `rotation.rs`.
 
 // The helpers below are not `#[test]` functions; a failed step in them should fail the test
 // like any assertion.
@@ -10,46 +10,22 @@ mod common;
 
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{agent, mesh, require_root};
+use common::pki::{NetnsSockets, TD, id_of, svid};
+use common::{agent, config_dump, eventually, mesh, require_root};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
 use weft_link::hbone::{ClientOptions, ConnectRequest, HboneClient, SocketFactory};
 use weft_link::identity::{SpiffeId, TrustDomain};
 use weft_link::tls::{CertResolver, Certificate, ClientTls, TrustBundle};
 use weft_tests::scenario::{self, CONNECTIONS_OPENED};
 use weft_tests::testbed::{Config, Testbed, TestbedGuard};
-
-const TD: &str = "cluster.local";
-
-fn id_of(tb: &Testbed, pod: &str) -> SpiffeId {
-    let p = tb.pod(pod).unwrap();
-    SpiffeId::new(TD.parse().unwrap(), &p.namespace, &p.service_account).unwrap()
-}
-
-fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn config_dump(tb: &Testbed, node: &str) -> serde_json::Value {
-    let response = tb.config_dump(node).unwrap();
-    serde_json::from_str(&response.body).unwrap()
-}
 
 fn write_input(tb: &Testbed, name: &str, yaml: &str) -> std::path::PathBuf {
     let dir = tb.state_dir().join("inputs");
@@ -209,52 +185,12 @@ fn cross_node_bytes_travel_in_mtls_hbone_and_the_destination_knows_the_source() 
 
 // === refusals ===
 
-/// Creates client sockets inside a network namespace (the test stands in for an agent).
-#[derive(Debug)]
-struct NetnsSockets(std::path::PathBuf);
-
-impl SocketFactory for NetnsSockets {
-    fn new_tcp(&self, dst: SocketAddr) -> std::io::Result<TcpSocket> {
-        let target = std::fs::File::open(&self.0)?;
-        let home = std::fs::File::open("/proc/thread-self/ns/net")?;
-        nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(std::io::Error::other)?;
-        let socket = match dst {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        };
-        nix::sched::setns(home.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(std::io::Error::other)?;
-        socket
-    }
-}
-
 fn ca_params(cn: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, cn);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
     params
-}
-
-/// An SVID for `id` from `issuer`, valid from `from` for `lifetime`.
-fn svid(
-    issuer: &Issuer<'_, KeyPair>,
-    id: &SpiffeId,
-    from: time::OffsetDateTime,
-    lifetime: time::Duration,
-) -> Certificate {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(id.as_str().try_into().unwrap())];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ClientAuth,
-        ExtendedKeyUsagePurpose::ServerAuth,
-    ];
-    params.not_before = from;
-    params.not_after = from + lifetime;
-    let cert = params.signed_by(&key, issuer).unwrap();
-    Certificate::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
 }
 
 struct Client {
@@ -470,201 +406,6 @@ fn the_destination_refuses_foreign_expired_unexpected_and_malformed_clients() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(tb.node("node-2").unwrap().agent.is_some());
-}
-
-// === rotation ===
-
-/// `not_before` (unix seconds) of `node`'s certificate for `id`.
-fn cert_not_before(tb: &Testbed, node: &str, id: &SpiffeId) -> Option<u64> {
-    config_dump(tb, node)["certificates"]
-        .as_array()?
-        .iter()
-        .find(|c| c["identity"] == id.as_str())?["not_before_unix"]
-        .as_u64()
-}
-
-#[test]
-fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_certificates() {
-    require_root();
-    let config = Config::named("weft-e2e-rotate")
-        .size(2, 1)
-        .agent(agent())
-        .control_args(&["--cert-ttl", "1m"]);
-    let tb = TestbedGuard::up(&config).unwrap();
-    let _server = scenario::serve_http(&tb, "pod-2a").unwrap();
-    let echo = tb
-        .spawn(
-            "pod-2a",
-            &[
-                "python3",
-                "-c",
-                "import socketserver\n\
-                 class H(socketserver.StreamRequestHandler):\n\
-                 \x20   def handle(self):\n\
-                 \x20       for line in self.rfile:\n\
-                 \x20           self.wfile.write(line); self.wfile.flush()\n\
-                 socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
-                 socketserver.ThreadingTCPServer(('0.0.0.0', 7000), H).serve_forever()\n",
-            ],
-        )
-        .unwrap();
-    let pod_ip = tb.pod("pod-2a").unwrap().ipv4;
-    tb.wait_for_tcp(
-        "pod-2a",
-        SocketAddr::from(([127, 0, 0, 1], 7000)),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    let src = id_of(&tb, "pod-1a");
-    let dst = id_of(&tb, "pod-2a");
-    let first = |node: &str, id: &SpiffeId| {
-        let mut seen = None;
-        eventually("a first certificate", Duration::from_secs(20), || {
-            seen = cert_not_before(&tb, node, id);
-            seen.is_some()
-        });
-        seen.unwrap()
-    };
-    let (src_0, dst_0) = (first("node-1", &src), first("node-2", &dst));
-
-    // One connection, one line every second, for as long as two rotations take.
-    let log = tb.state_dir().join("long-lived.log");
-    let script = format!(
-        "import socket, sys, time\n\
-         s = socket.create_connection(('{pod_ip}', 7000), timeout=10)\n\
-         f = s.makefile('rw')\n\
-         for i in range(100):\n\
-         \x20   f.write('ping %d\\n' % i); f.flush()\n\
-         \x20   got = f.readline()\n\
-         \x20   if got != 'ping %d\\n' % i:\n\
-         \x20       print('broken at', i, repr(got), flush=True); sys.exit(1)\n\
-         \x20   print('ok', i, flush=True)\n\
-         \x20   time.sleep(1)\n\
-         print('done', flush=True)\n"
-    );
-    let long_lived = tb
-        .spawn(
-            "pod-1a",
-            &[
-                "sh",
-                "-c",
-                &format!("python3 -c \"$0\" > {}", log.display()),
-                &script,
-            ],
-        )
-        .unwrap();
-
-    // Two rotations on both sides (renewal at half of a one-minute lifetime), no faster: a
-    // certificate is used for half its life, not replaced as soon as it arrives.
-    let mut rotations: (Vec<Instant>, Vec<Instant>) = (Vec::new(), Vec::new());
-    let (mut last_src, mut last_dst) = (src_0, dst_0);
-    eventually(
-        "two rotations on both nodes",
-        Duration::from_secs(100),
-        || {
-            if let Some(now) = cert_not_before(&tb, "node-1", &src)
-                && now != last_src
-            {
-                rotations.0.push(Instant::now());
-                last_src = now;
-            }
-            if let Some(now) = cert_not_before(&tb, "node-2", &dst)
-                && now != last_dst
-            {
-                rotations.1.push(Instant::now());
-                last_dst = now;
-            }
-            rotations.0.len() >= 2 && rotations.1.len() >= 2
-        },
-    );
-    for times in [&rotations.0, &rotations.1] {
-        let gap = times[1].duration_since(times[0]);
-        assert!(gap >= Duration::from_secs(20), "rotations {gap:?} apart");
-    }
-
-    // A new connection works, and the destination presents its newest certificate.
-    scenario::curl_whoami(&tb, "pod-1a", "pod-2a", pod_ip.into()).unwrap();
-    let presented = presented_not_before(&tb, "node-1", pod_ip.into(), &dst);
-    assert_eq!(
-        Some(presented),
-        cert_not_before(&tb, "node-2", &dst),
-        "a new handshake must present the current certificate"
-    );
-
-    let start = Instant::now();
-    let finished = |out: &str| out.contains("done") || out.contains("broken");
-    while !finished(&std::fs::read_to_string(&log).unwrap_or_default()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the long-lived connection did not finish: {:?}; its stderr: {:?}\nnode-1:\n{}\nnode-2:\n{}",
-            std::fs::read_to_string(&log),
-            std::fs::read_to_string(&long_lived.log),
-            agent_log_tail(&tb, "node-1"),
-            agent_log_tail(&tb, "node-2"),
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let out = std::fs::read_to_string(&log).unwrap();
-    assert!(!out.contains("broken"), "{out}");
-    drop(long_lived);
-    drop(echo);
-}
-
-/// The agent's log lines worth reading after a failure.
-fn agent_log_tail(tb: &Testbed, node: &str) -> String {
-    let log =
-        std::fs::read_to_string(tb.state_dir().join(node).join("agent.log")).unwrap_or_default();
-    log.lines()
-        .filter(|l| {
-            l.contains("WARN")
-                || l.contains("ERROR")
-                || l.contains("tunnel")
-                || l.contains("connection")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// `not_before` of the certificate `pod_ip:15008` presents to a new handshake.
-fn presented_not_before(tb: &Testbed, from_node: &str, pod_ip: IpAddr, expected: &SpiffeId) -> u64 {
-    let control = tb.state_dir().join("control");
-    let root_pem = std::fs::read_to_string(control.join("root-cert.pem")).unwrap();
-    let netns = Path::new("/run/netns").join(&tb.node(from_node).unwrap().netns);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        // Any client certificate of the mesh will do; the server's is what we look at.
-        let root_key =
-            KeyPair::from_pem(&std::fs::read_to_string(control.join("root-key.pem")).unwrap())
-                .unwrap();
-        let issuer = Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let me = svid(
-            &issuer,
-            expected,
-            now - time::Duration::hours(1),
-            time::Duration::hours(2),
-        );
-        let bundle =
-            Arc::new(TrustBundle::from_pem(TD.parse().unwrap(), root_pem.as_bytes()).unwrap());
-        let tls = ClientTls::new(Arc::new(CertResolver::new(me)), bundle);
-        let config = tls.config_for(std::slice::from_ref(expected)).unwrap();
-        let socket = NetnsSockets(netns)
-            .new_tcp(SocketAddr::new(pod_ip, 15008))
-            .unwrap();
-        let tcp = socket
-            .connect(SocketAddr::new(pod_ip, 15008))
-            .await
-            .unwrap();
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let name = rustls::pki_types::ServerName::try_from("weft.invalid").unwrap();
-        let stream = connector.connect(name, tcp).await.unwrap();
-        let leaf = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
-        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
-        parsed.validity().not_before.timestamp() as u64
-    })
 }
 
 // === PeerAuthentication ===

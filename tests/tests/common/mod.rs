@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test crate uses a different subset")]
 
+pub mod pki;
+
 use std::time::{Duration, Instant};
 
 use weft_tests::scenario::TcpCounters;
@@ -87,4 +89,23 @@ pub fn wait_for_growth(
 /// A connection was opened and bytes went both ways.
 pub fn one_connection_with_bytes(c: &TcpCounters) -> bool {
     c.opened >= 1.0 && c.sent > 0.0 && c.received > 0.0
+}
+
+/// Polls `check` every 200 ms for up to `limit`, panicking with `what` if it never holds.
+pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The agent's `/config_dump` on `node`, as JSON.
+pub fn config_dump(tb: &Testbed, node: &str) -> serde_json::Value {
+    let response = tb.config_dump(node).expect("fetching /config_dump");
+    assert_eq!(response.status, 200, "{}", response.body);
+    serde_json::from_str(&response.body).expect("/config_dump is JSON")
 }
