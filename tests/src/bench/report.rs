@@ -372,8 +372,9 @@ fn method(md: &mut String, p: &Plan) {
          - Latency: {} req/s over {} connections on a fixed schedule; each latency counts from \
          the request's intended send time (no coordinated omission), into an HDR histogram.\n\
          - Proxy CPU: utime+stime of the proxy processes (both nodes' for the cross-node \
-         targets) from /proc/<pid>/stat before and after each run, in microseconds per request \
-         or new connection (seconds per GiB for throughput); \"of which user\" is utime alone, \
+         targets) from /proc/<pid>/stat before and after each run, divided by every request or \
+         new connection of the run, warm-up included, in microseconds (seconds per GiB moved \
+         for throughput, iperf3's omitted first second included); \"of which user\" is utime alone, \
          the proxies' own code without the kernel's work for their sockets. Memory: VmRSS \
          before traffic, VmHWM at the end.\n",
         p.seed,
