@@ -45,7 +45,6 @@ pub struct LoadReport {
     /// Requests answered with a complete 200 response during the measured interval.
     pub requests: u64,
     /// Requests answered during the warm-up: the proxies' CPU time covers them too.
-    #[serde(default)]
     pub warmup_requests: u64,
     /// Requests that failed (connect error, reset, bad status, short body).
     pub errors: u64,

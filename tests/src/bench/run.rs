@@ -114,14 +114,12 @@ pub fn run_one(
     let mut figures = BTreeMap::new();
     let (raw, errors, first_error, work) = match scenario {
         Scenario::Throughput => {
-            let (raw, gbit, retransmits) = iperf(tb, plan, target)?;
-            figures.insert("gbit_s".to_owned(), gbit);
-            figures.insert("retransmits".to_owned(), retransmits);
-            // Work for the CPU figure: gibibytes moved, over the omitted first seconds too,
-            // which the CPU time covers (iperf3 runs them before its measured interval).
-            let secs = plan.duration_secs.ceil().max(1.0) + f64::from(IPERF_OMIT_SECS);
-            let gib = gbit * 1e9 / 8.0 * secs / f64::from(1u32 << 30);
-            (raw, 0, None, gib)
+            let run = iperf(tb, plan, target)?;
+            figures.insert("gbit_s".to_owned(), run.gbit);
+            figures.insert("retransmits".to_owned(), run.retransmits);
+            // Work for the CPU figure: gibibytes moved.
+            let gib = run.bytes_moved / f64::from(1u32 << 30);
+            (run.summary, 0, None, gib)
         }
         _ => {
             let report = load(tb, tools, plan, scenario, target)?;
@@ -183,8 +181,19 @@ fn client(tb: &Testbed, target: &Target, argv: &[String], secs: f64) -> Result<S
     Ok(stdout)
 }
 
-/// One iperf3 stream for the plan's duration: (summary, Gbit/s received, retransmits).
-fn iperf(tb: &Testbed, plan: &Plan, target: &Target) -> Result<(serde_json::Value, f64, f64)> {
+/// What one iperf3 run reports.
+struct IperfRun {
+    summary: serde_json::Value,
+    /// Received over the measured interval.
+    gbit: f64,
+    retransmits: f64,
+    /// Bytes sent over the whole run, the omitted first seconds included: the proxies' CPU
+    /// time covers them too.
+    bytes_moved: f64,
+}
+
+/// One iperf3 stream for the plan's duration.
+fn iperf(tb: &Testbed, plan: &Plan, target: &Target) -> Result<IperfRun> {
     let addr = target.addr(Service::Iperf);
     let secs = plan.duration_secs.ceil().max(1.0);
     let argv: Vec<String> = [
@@ -214,12 +223,27 @@ fn iperf(tb: &Testbed, plan: &Plan, target: &Target) -> Result<(serde_json::Valu
         .as_f64()
         .unwrap_or(0.0);
     let retransmits = end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
+    // Every interval, omitted ones included (iperf3 marks them `omitted` but lists them).
+    let bytes_moved = json["intervals"]
+        .as_array()
+        .map(|intervals| {
+            intervals
+                .iter()
+                .filter_map(|i| i["sum"]["bytes"].as_f64())
+                .sum()
+        })
+        .unwrap_or(0.0);
     let summary = serde_json::json!({
         "sum_sent": end["sum_sent"],
         "sum_received": end["sum_received"],
         "cpu_utilization_percent": end["cpu_utilization_percent"],
     });
-    Ok((summary, bps / 1e9, retransmits))
+    Ok(IperfRun {
+        summary,
+        gbit: bps / 1e9,
+        retransmits,
+        bytes_moved,
+    })
 }
 
 /// The load generator for an HTTP scenario.
