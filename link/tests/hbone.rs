@@ -174,6 +174,46 @@ async fn ten_mebibytes_arrive_intact_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_on_both_ends_move_bulk_intact_and_count_it() {
+    // The agents' shape: application socket -> copy -> tunnel -> (server's copy) -> upstream,
+    // so both ends hand frames over without copying them.
+    const LEN: usize = 6 * 1024 * 1024 + 4321;
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let echo = support::echo_server().await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let hbone = client(&Arc::new(CountingSockets::default()));
+    let req = ConnectRequest::new(server.addr, id("server"), echo);
+    let mut tunnel = hbone.connect(&tls, req).await.unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    let copy = tokio::spawn(async move {
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        weft_link::copy::bidirectional(&mut accepted, &mut tunnel, |_| {}, |_| {}).await
+    });
+    let app = TcpStream::connect(app_addr).await.unwrap();
+    let (mut r, mut w) = app.into_split();
+    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        // Odd sizes, so frames and reads never line up.
+        for chunk in sent.chunks(70_001) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(LEN);
+    r.read_to_end(&mut back).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), LEN);
+    assert!(back == data, "echoed bytes differ");
+    let outcome = copy.await.unwrap();
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    assert_eq!((outcome.a_to_b, outcome.b_to_a), (LEN as u64, LEN as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_passes_through() {
     let ca = Ca::new("root");
     let server = Server::start(&ca, &id("server")).await;

@@ -3,7 +3,7 @@
 //! The copy itself is [`weft_link::copy`]: one task, unzeroed buffers, half-closes passed on.
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite};
+use weft_link::copy::Endpoint;
 
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy)]
@@ -23,8 +23,8 @@ pub async fn bidirectional<C, U>(
     sent: &Counter,
 ) -> (Transferred, std::io::Result<()>)
 where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    C: Endpoint + ?Sized,
+    U: Endpoint + ?Sized,
 {
     let outcome = weft_link::copy::bidirectional(
         client,

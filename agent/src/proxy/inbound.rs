@@ -170,6 +170,8 @@ impl tokio::io::AsyncWrite for Upstream {
     }
 }
 
+impl weft_link::copy::Endpoint for Upstream {}
+
 impl ConnectHandler for HboneInbound {
     type Upstream = Upstream;
 

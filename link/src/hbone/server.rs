@@ -11,7 +11,6 @@ use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -115,7 +114,7 @@ pub struct TunnelSummary {
 /// Decides about each CONNECT and provides the upstream.
 pub trait ConnectHandler: Send + Sync + 'static {
     /// The upstream byte stream, e.g. a `TcpStream` to the application.
-    type Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Upstream: crate::copy::Endpoint + Send + 'static;
 
     /// Authorizes the tunnel and connects upstream, or refuses. The client gets `200` only
     /// after this returns the upstream, so a refused upstream is a refused tunnel.

@@ -148,7 +148,7 @@ fn server_conf(dir: &Path, www: &Path, pod: &str) -> String {
          daemon off;\nworker_processes 1;\nuser root;\npid {dir}/nginx-{pod}.pid;\n\
          error_log {dir}/nginx-{pod}.error.log warn;\n\
          events {{ worker_connections 8192; }}\n\
-         http {{\n  access_log off;\n  sendfile on;\n  tcp_nodelay on;\n\
+         http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  tcp_nodelay on;\n\
          \x20 keepalive_requests 1000000000;\n  keepalive_timeout 600s;\n{temp}\
          \x20 server {{\n    listen {HTTP_PORT_ANY} backlog=8192;\n    root {www};\n  }}\n}}\n",
         temp = temp_paths(&format!("{dir}/tmp/nginx-{pod}")),

@@ -356,7 +356,7 @@ fn method(md: &mut String, p: &Plan) {
          order is shuffled (seed {}) and the target order rotates, so that neither order nor \
          drift favours a target.\n\
          - Clients run in pods: un-enrolled pod-1c for the baselines and the other proxies, \
-         enrolled pod-1a for weft. Servers: nginx (1 worker, access log off) serving 1 KiB, and \
+         enrolled pod-1a for weft. Servers: nginx (1 worker, access log off, `sendfile` with `tcp_nopush` as in Debian's default configuration, so that a response leaves in one segment) serving 1 KiB, and \
          iperf3, in enrolled pod-2a (cross-node) and pod-1b (same-node) for weft, and in \
          un-enrolled pod-2c and pod-1d for the baselines and the other proxies (the same \
          software, configuration and CPU).\n\
