@@ -132,6 +132,31 @@ async fn a_full_connection_makes_the_pool_dial_another() {
     assert_eq!(sockets.dialled(), 2);
 }
 
+/// Sends `len` bytes into `w`, `chunk` bytes per write, then shuts it down, while reading `r`
+/// to its end, and checks that exactly the bytes sent came back. Writing and reading at once
+/// lets the echo push back while we write, which exercises the window updates of both
+/// directions. The pattern differs at every offset modulo 251, so a lost or repeated chunk
+/// shows.
+async fn echo_round_trip<R, W>(mut r: R, mut w: W, len: usize, chunk: usize)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for piece in sent.chunks(chunk) {
+            w.write_all(piece).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(len);
+    r.read_to_end(&mut back).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(back.len(), len);
+    assert!(back == data, "echoed bytes differ");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_mebibytes_arrive_intact_both_ways() {
     const LEN: usize = 10 * 1024 * 1024;
@@ -143,21 +168,8 @@ async fn ten_mebibytes_arrive_intact_both_ways() {
 
     let req = ConnectRequest::new(server.addr, id("server"), echo);
     let tunnel = hbone.connect(&tls, req).await.unwrap();
-    let (mut r, mut w) = tokio::io::split(tunnel);
-    // A pattern that differs at every offset modulo 251, so a lost or repeated chunk shows.
-    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
-    let sent = data.clone();
-    // Write and read at once: the echo pushes back while we write, which exercises the
-    // window updates of both directions.
-    let writer = tokio::spawn(async move {
-        w.write_all(&sent).await.unwrap();
-        w.shutdown().await.unwrap();
-    });
-    let mut back = Vec::with_capacity(LEN);
-    r.read_to_end(&mut back).await.unwrap();
-    writer.await.unwrap();
-    assert_eq!(back.len(), LEN);
-    assert!(back == data, "echoed bytes differ");
+    let (r, w) = tokio::io::split(tunnel);
+    echo_round_trip(r, w, LEN, LEN).await;
 
     // The server reports the counts once the tunnel is over.
     for _ in 0..50 {
@@ -192,22 +204,9 @@ async fn copies_on_both_ends_move_bulk_intact_and_count_it() {
         let (mut accepted, _) = listener.accept().await.unwrap();
         weft_link::copy::bidirectional(&mut accepted, &mut tunnel, |_| {}, |_| {}).await
     });
-    let app = TcpStream::connect(app_addr).await.unwrap();
-    let (mut r, mut w) = app.into_split();
-    let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
-    let sent = data.clone();
-    let writer = tokio::spawn(async move {
-        // Odd sizes, so frames and reads never line up.
-        for chunk in sent.chunks(70_001) {
-            w.write_all(chunk).await.unwrap();
-        }
-        w.shutdown().await.unwrap();
-    });
-    let mut back = Vec::with_capacity(LEN);
-    r.read_to_end(&mut back).await.unwrap();
-    writer.await.unwrap();
-    assert_eq!(back.len(), LEN);
-    assert!(back == data, "echoed bytes differ");
+    let (r, w) = TcpStream::connect(app_addr).await.unwrap().into_split();
+    // Odd write sizes, so frames and reads never line up.
+    echo_round_trip(r, w, LEN, 70_001).await;
     let outcome = copy.await.unwrap();
     assert!(outcome.error.is_none(), "{:?}", outcome.error);
     assert_eq!((outcome.a_to_b, outcome.b_to_a), (LEN as u64, LEN as u64));

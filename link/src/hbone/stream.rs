@@ -56,9 +56,7 @@ impl HboneStream {
             Poll::Pending => io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed"),
         }
     }
-}
 
-impl HboneStream {
     /// Ready with how many of `want` bytes (at least one) h2 takes now: what both the peer's
     /// windows and our send buffer allow.
     fn poll_send_capacity(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
