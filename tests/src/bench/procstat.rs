@@ -96,6 +96,33 @@ pub fn cpu_times_of(pids: &[u32]) -> CpuTimes {
         })
 }
 
+/// CPU seconds the whole machine was busy, summed over its CPUs, from the `cpu` line of
+/// `/proc/stat`: user, nice, system, irq and softirq time. Idle, iowait and steal (time the
+/// hypervisor gave to someone else) are not work done here; guest time is already in user.
+///
+/// Unlike [`cpu_times_of`], this includes work no process is charged for, such as softirqs
+/// that run in the idle task's context, and every process on the path, load generator and
+/// server included: what a request costs the machine.
+pub fn machine_busy() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_busy(&text)
+}
+
+fn parse_busy(stat: &str) -> Option<f64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| fields.get(i).copied())
+        .sum::<Option<u64>>()?;
+    Some(busy as f64 / clock_ticks())
+}
+
 /// `VmRSS` and `VmHWM` (peak) of one process, in KiB, from `/proc/<pid>/status`.
 pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -147,5 +174,28 @@ mod tests {
         assert!(cpu_times(me).is_some_and(|t| t.total() >= 0.0));
         let (rss, hwm) = memory_kib(me).unwrap();
         assert!(rss > 0 && hwm >= rss);
+    }
+
+    #[test]
+    fn machine_busy_counts_work_not_idle_or_steal() {
+        let ticks = clock_ticks();
+        let stat = "cpu  100 2 30 900 7 4 5 60 0 0\ncpu0 50 1 15 450 3 2 2 30 0 0\n";
+        assert_eq!(parse_busy(stat), Some(141.0 / ticks));
+        assert_eq!(
+            parse_busy("cpu0 1 2 3 4 5 6 7\n"),
+            None,
+            "no machine-wide line"
+        );
+        assert_eq!(
+            parse_busy("cpu  1 2 x 4 5 6 7\n"),
+            None,
+            "a field that is not a number"
+        );
+        assert_eq!(
+            parse_busy("cpu  1 2 3 4\n"),
+            None,
+            "irq and softirq missing"
+        );
+        assert!(machine_busy().is_some_and(|b| b > 0.0));
     }
 }

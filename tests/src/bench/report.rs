@@ -84,6 +84,17 @@ const USER_US: Column = Column {
     ..CPU_US
 };
 
+/// The whole machine's busy CPU time per request (or new connection), every process on the
+/// path and the kernel's unattributed work included: for the direct targets the cost of the
+/// request itself, so that the difference is what the mesh adds, whatever the machine.
+const MACHINE_US: Column = Column {
+    key: "machine_cpu_us",
+    header: "machine CPU µs / req",
+    ratio: true,
+    positive: false,
+    proxied_only: false,
+};
+
 /// The columns of each scenario's table.
 pub fn columns(scenario: Scenario) -> Vec<Column> {
     match scenario {
@@ -100,6 +111,11 @@ pub fn columns(scenario: Scenario) -> Vec<Column> {
                 header: "of which user s",
                 ..CPU_US
             },
+            Column {
+                key: "machine_cpu_s_per_gib",
+                header: "machine CPU s / GiB",
+                ..MACHINE_US
+            },
         ],
         Scenario::Rps1 | Scenario::Rps50 => vec![
             col("rps", "req/s", true, true),
@@ -107,6 +123,7 @@ pub fn columns(scenario: Scenario) -> Vec<Column> {
             col("p99_us", "p99 µs", false, true),
             CPU_US,
             USER_US,
+            MACHINE_US,
         ],
         Scenario::Cps => vec![
             col("rps", "conn/s", true, true),
@@ -116,6 +133,10 @@ pub fn columns(scenario: Scenario) -> Vec<Column> {
                 ..CPU_US
             },
             USER_US,
+            Column {
+                header: "machine CPU µs / conn",
+                ..MACHINE_US
+            },
         ],
         Scenario::Latency => vec![
             col("p50_us", "p50 µs", true, true),
@@ -124,6 +145,7 @@ pub fn columns(scenario: Scenario) -> Vec<Column> {
             col("p999_us", "p99.9 µs", false, true),
             CPU_US,
             USER_US,
+            MACHINE_US,
         ],
     }
 }
@@ -375,8 +397,13 @@ fn method(md: &mut String, p: &Plan) {
          targets) from /proc/<pid>/stat before and after each run, divided by every request or \
          new connection of the run, warm-up included, in microseconds (seconds per GiB moved \
          for throughput, iperf3's omitted first second included); \"of which user\" is utime alone, \
-         the proxies' own code without the kernel's work for their sockets. Memory: VmRSS \
-         before traffic, VmHWM at the end.\n",
+         the proxies' own code without the kernel's work for their sockets. Machine CPU: the \
+         busy time of all CPUs (user, nice, system, irq, softirq from /proc/stat) over the same \
+         window and per the same unit, for every target: what the whole path costs, load \
+         generator, server and kernel work that no process is charged for included, plus the \
+         idle testbed's background. Its ratio to the direct target is the mesh's cost as a \
+         multiple of the request's own, comparable between machines where absolute \
+         microseconds are not. Memory: VmRSS before traffic, VmHWM at the end.\n",
         p.seed,
         p.layout.describe(),
         p.latency_rate,

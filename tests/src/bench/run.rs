@@ -111,6 +111,7 @@ pub fn run_one(
     apply_layout(tb, env, layout, tools.cpus)?;
     let pids = path_pids(tb, env, target)?;
     let cpu_before = procstat::cpu_times_of(&pids);
+    let busy_before = procstat::machine_busy();
     let mut figures = BTreeMap::new();
     let (raw, errors, first_error, work) = match scenario {
         Scenario::Throughput => {
@@ -138,6 +139,16 @@ pub fn run_one(
             (raw, report.errors, report.first_error, work)
         }
     };
+    let busy = procstat::machine_busy()
+        .zip(busy_before)
+        .map(|(a, b)| a - b);
+    if let Some(busy) = busy.filter(|_| work > 0.0) {
+        let key = match scenario {
+            Scenario::Throughput => "machine_cpu_s_per_gib",
+            _ => "machine_cpu_us",
+        };
+        figures.insert(key.to_owned(), busy / work);
+    }
     if !pids.is_empty() && work > 0.0 {
         let cpu = procstat::cpu_times_of(&pids) - cpu_before;
         let (total, user) = match scenario {
