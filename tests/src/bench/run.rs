@@ -139,24 +139,24 @@ pub fn run_one(
             (raw, report.errors, report.first_error, work)
         }
     };
-    let busy = procstat::machine_busy()
-        .zip(busy_before)
-        .map(|(a, b)| a - b);
-    if let Some(busy) = busy.filter(|_| work > 0.0) {
-        let key = match scenario {
-            Scenario::Throughput => "machine_cpu_s_per_gib",
-            _ => "machine_cpu_us",
-        };
-        figures.insert(key.to_owned(), busy / work);
-    }
-    if !pids.is_empty() && work > 0.0 {
-        let cpu = procstat::cpu_times_of(&pids) - cpu_before;
-        let (total, user) = match scenario {
-            Scenario::Throughput => ("proxy_cpu_s_per_gib", "proxy_user_s_per_gib"),
-            _ => ("proxy_cpu_us", "proxy_user_us"),
-        };
-        figures.insert(total.to_owned(), cpu.total() / work);
-        figures.insert(user.to_owned(), cpu.user / work);
+    // The CPU figures' keys: per GiB for throughput, per request or connection otherwise.
+    let (machine, total, user) = match scenario {
+        Scenario::Throughput => (
+            "machine_cpu_s_per_gib",
+            "proxy_cpu_s_per_gib",
+            "proxy_user_s_per_gib",
+        ),
+        _ => ("machine_cpu_us", "proxy_cpu_us", "proxy_user_us"),
+    };
+    if work > 0.0 {
+        if let Some((after, before)) = procstat::machine_busy().zip(busy_before) {
+            figures.insert(machine.to_owned(), (after - before) / work);
+        }
+        if !pids.is_empty() {
+            let cpu = procstat::cpu_times_of(&pids) - cpu_before;
+            figures.insert(total.to_owned(), cpu.total() / work);
+            figures.insert(user.to_owned(), cpu.user / work);
+        }
     }
     Ok(Sample {
         scenario,
