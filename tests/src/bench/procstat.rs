@@ -61,6 +61,16 @@ impl CpuTimes {
     }
 }
 
+impl std::ops::Add for CpuTimes {
+    type Output = CpuTimes;
+    fn add(self, rhs: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user + rhs.user,
+            system: self.system + rhs.system,
+        }
+    }
+}
+
 impl std::ops::Sub for CpuTimes {
     type Output = CpuTimes;
     fn sub(self, rhs: CpuTimes) -> CpuTimes {

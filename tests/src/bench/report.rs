@@ -84,6 +84,14 @@ const USER_US: Column = Column {
     ..CPU_US
 };
 
+/// The busier node's proxy alone (the source or the destination node's), per request or
+/// new connection: what one node proxy spends, beside [`CPU_US`] for the whole path.
+const NODE_MAX_US: Column = Column {
+    key: "proxy_node_max_us",
+    header: "busiest node's proxy µs / req",
+    ..CPU_US
+};
+
 /// The whole machine's busy CPU time per request (or new connection), every process on the
 /// path and the kernel's unattributed work included: for the direct targets the cost of the
 /// request itself, so that the difference is what the mesh adds, whatever the machine.
@@ -112,6 +120,11 @@ pub fn columns(scenario: Scenario) -> Vec<Column> {
                 ..CPU_US
             },
             Column {
+                key: "proxy_node_max_s_per_gib",
+                header: "busiest node's proxy s / GiB",
+                ..CPU_US
+            },
+            Column {
                 key: "machine_cpu_s_per_gib",
                 header: "machine CPU s / GiB",
                 ..MACHINE_US
@@ -123,6 +136,7 @@ pub fn columns(scenario: Scenario) -> Vec<Column> {
             col("p99_us", "p99 µs", false, true),
             CPU_US,
             USER_US,
+            NODE_MAX_US,
             MACHINE_US,
         ],
         Scenario::Cps => vec![
@@ -133,6 +147,10 @@ pub fn columns(scenario: Scenario) -> Vec<Column> {
                 ..CPU_US
             },
             USER_US,
+            Column {
+                header: "busiest node's proxy µs / conn",
+                ..NODE_MAX_US
+            },
             Column {
                 header: "machine CPU µs / conn",
                 ..MACHINE_US
@@ -145,6 +163,7 @@ pub fn columns(scenario: Scenario) -> Vec<Column> {
             col("p999_us", "p99.9 µs", false, true),
             CPU_US,
             USER_US,
+            NODE_MAX_US,
             MACHINE_US,
         ],
     }
@@ -397,7 +416,9 @@ fn method(md: &mut String, p: &Plan) {
          targets) from /proc/<pid>/stat before and after each run, divided by every request or \
          new connection of the run, warm-up included, in microseconds (seconds per GiB moved \
          for throughput, iperf3's omitted first second included); \"of which user\" is utime alone, \
-         the proxies' own code without the kernel's work for their sockets. Machine CPU: the \
+         the proxies' own code without the kernel's work for their sockets; \"busiest node's proxy\" \
+         is the same figure for the busier of the two nodes' proxies alone (the source node's \
+         or the destination node's), one node proxy's cost. Machine CPU: the \
          busy time of all CPUs (user, nice, system, irq, softirq from /proc/stat) over the same \
          window and per the same unit, for every target: what the whole path costs, load \
          generator, server and kernel work that no process is charged for included, plus the \

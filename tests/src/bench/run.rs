@@ -46,6 +46,12 @@ pub struct Tools {
 
 /// The processes that carry a target's traffic, whose CPU and memory are charged to it.
 pub fn path_pids(tb: &Testbed, env: &Env, target: &Target) -> Result<Vec<u32>> {
+    Ok(path_pids_by_node(tb, env, target)?.concat())
+}
+
+/// [`path_pids`], one group per node: the source node's proxy, then (across nodes) the
+/// destination node's.
+pub fn path_pids_by_node(tb: &Testbed, env: &Env, target: &Target) -> Result<Vec<Vec<u32>>> {
     Ok(match target.via {
         Via::Direct => Vec::new(),
         // Both agents on the path: the client's and, across nodes, the server's (which
@@ -56,13 +62,14 @@ pub fn path_pids(tb: &Testbed, env: &Env, target: &Target) -> Result<Vec<u32>> {
             if !nodes.contains(&server_node) {
                 nodes.push(server_node);
             }
-            let mut pids = Vec::new();
+            let mut groups = Vec::new();
             for node in &nodes {
-                pids.extend(tb.node(node)?.agent.map(|a| a.pid));
+                groups.extend(tb.node(node)?.agent.map(|a| vec![a.pid]));
             }
-            pids
+            groups
         }
-        Via::Peer(peer) => env.peer_pids(peer),
+        // One instance per node, its workers in its process tree.
+        Via::Peer(peer) => env.peer_pids(peer).into_iter().map(|p| vec![p]).collect(),
     })
 }
 
@@ -109,8 +116,8 @@ pub fn run_one(
 ) -> Result<Sample> {
     let layout = plan.layout;
     apply_layout(tb, env, layout, tools.cpus)?;
-    let pids = path_pids(tb, env, target)?;
-    let cpu_before = procstat::cpu_times_of(&pids);
+    let groups = path_pids_by_node(tb, env, target)?;
+    let cpu_before: Vec<_> = groups.iter().map(|g| procstat::cpu_times_of(g)).collect();
     let busy_before = procstat::machine_busy();
     let mut figures = BTreeMap::new();
     let (raw, errors, first_error, work) = match scenario {
@@ -140,22 +147,39 @@ pub fn run_one(
         }
     };
     // The CPU figures' keys: per GiB for throughput, per request or connection otherwise.
-    let (machine, total, user) = match scenario {
+    let (machine, total, user, busiest) = match scenario {
         Scenario::Throughput => (
             "machine_cpu_s_per_gib",
             "proxy_cpu_s_per_gib",
             "proxy_user_s_per_gib",
+            "proxy_node_max_s_per_gib",
         ),
-        _ => ("machine_cpu_us", "proxy_cpu_us", "proxy_user_us"),
+        _ => (
+            "machine_cpu_us",
+            "proxy_cpu_us",
+            "proxy_user_us",
+            "proxy_node_max_us",
+        ),
     };
     if work > 0.0 {
         if let Some((after, before)) = procstat::machine_busy().zip(busy_before) {
             figures.insert(machine.to_owned(), (after - before) / work);
         }
-        if !pids.is_empty() {
-            let cpu = procstat::cpu_times_of(&pids) - cpu_before;
-            figures.insert(total.to_owned(), cpu.total() / work);
-            figures.insert(user.to_owned(), cpu.user / work);
+        if !groups.is_empty() {
+            let per_node: Vec<_> = groups
+                .iter()
+                .zip(cpu_before)
+                .map(|(g, before)| procstat::cpu_times_of(g) - before)
+                .collect();
+            let sum = per_node
+                .iter()
+                .fold(procstat::CpuTimes::default(), |a, b| a + *b);
+            figures.insert(total.to_owned(), sum.total() / work);
+            figures.insert(user.to_owned(), sum.user / work);
+            // The busier node's proxy alone: what one node proxy spends per unit, the figure
+            // to set beside a single node proxy's (one ztunnel's) CPU.
+            let max = per_node.iter().map(|t| t.total()).fold(0.0, f64::max);
+            figures.insert(busiest.to_owned(), max / work);
         }
     }
     Ok(Sample {
