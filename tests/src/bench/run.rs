@@ -162,7 +162,12 @@ pub fn run_one(
         ),
     };
     if work > 0.0 {
-        if let Some((after, before)) = procstat::machine_busy().zip(busy_before) {
+        // Not for latency: at its fixed low rate the machine's busy time is mostly the idle
+        // testbed's background, not the requests.
+        if let Some((after, before)) = procstat::machine_busy()
+            .zip(busy_before)
+            .filter(|_| !matches!(scenario, Scenario::Latency))
+        {
             figures.insert(machine.to_owned(), (after - before) / work);
         }
         if !groups.is_empty() {
