@@ -320,19 +320,7 @@ impl Capture {
     /// The original destination of a connection accepted from `key`, removed from the map so
     /// that a later connection reusing the port cannot see it.
     pub fn take_orig_dst(&self, key: &TupleKey) -> Option<OrigDst> {
-        match lookup_and_delete(self.orig_dst.map().fd().as_fd(), key) {
-            Ok(orig) => Some(orig),
-            // ENOENT: nothing recorded. Anything else (a kernel without lookup-and-delete on
-            // hash maps, before 5.14): a lookup, then a delete. A failed delete only leaves an
-            // entry that sockops overwrites on the next connection from the same tuple,
-            // before the agent can accept it.
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => None,
-            Err(_) => {
-                let orig = self.orig_dst.get(key, 0).ok()?;
-                let _ = delete(self.orig_dst.map().fd().as_fd(), key);
-                Some(orig)
-            }
-        }
+        lookup_and_delete(&self.orig_dst, key).ok()
     }
 
     /// Kernel verdict counters, summed over CPUs, in `Verdict` order.
@@ -455,7 +443,6 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Captu
 
 /// `bpf_attr` for the map element commands (`BPF_MAP_*_ELEM`).
 #[repr(C)]
-#[derive(Default)]
 struct ElemAttr {
     map_fd: u32,
     _pad: u32,
@@ -464,49 +451,38 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn map_elem_syscall(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
-    // SAFETY: `attr` is a valid, initialised `bpf_attr` prefix of the size passed, and the
-    // key and value pointers in it point at live values of the map's key and value sizes
-    // (checked against the map when it was opened as a typed `HashMap`).
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+/// Reads and removes `key` in one system call (hash maps have it since Linux 5.14, below the
+/// agent's minimum), where aya's `HashMap` takes a lookup and a delete.
+fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(
+    map: &BpfHashMap<MapData, K, V>,
+    key: &K,
+) -> std::io::Result<V> {
+    let mut value = std::mem::MaybeUninit::<V>::zeroed();
+    let mut attr = ElemAttr {
+        map_fd: map.map().fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is an initialised `bpf_attr` prefix of the size passed; its key and value
+    // point at live values of the map's key and value sizes, which aya checked when it opened
+    // the map as this typed `HashMap`.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            std::ptr::from_mut(&mut attr),
             std::mem::size_of::<ElemAttr>(),
         )
     };
     if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
+        return Err(std::io::Error::last_os_error());
     }
-}
-
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-
-/// Reads and removes `key` in one system call, where aya's `HashMap` takes two.
-fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(map: BorrowedFd<'_>, key: &K) -> std::io::Result<V> {
-    let mut value = std::mem::MaybeUninit::<V>::zeroed();
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: std::ptr::from_ref(key) as u64,
-        value: value.as_mut_ptr() as u64,
-        ..ElemAttr::default()
-    };
-    map_elem_syscall(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr)?;
     // SAFETY: the kernel filled the value in, and `V: Pod` is valid for any bytes.
     Ok(unsafe { value.assume_init() })
-}
-
-fn delete<K: aya::Pod>(map: BorrowedFd<'_>, key: &K) -> std::io::Result<()> {
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: std::ptr::from_ref(key) as u64,
-        ..ElemAttr::default()
-    };
-    map_elem_syscall(BPF_MAP_DELETE_ELEM, &mut attr)
 }
 
 fn attach_sock_addr(
@@ -529,18 +505,14 @@ mod tests {
     /// Needs CAP_BPF (root), as every test of the capture does; without it the map cannot be
     /// created and the test fails.
     #[test]
-    fn lookup_and_delete_takes_an_entry_once_and_delete_removes_one() {
+    fn lookup_and_delete_takes_an_entry_once() {
         let mut map = BpfHashMap::<MapData, u64, u64>::create(8, 0)
             .expect("creating a BPF hash map needs CAP_BPF (run the tests as root)");
         map.insert(7, 700, 0).unwrap();
         map.insert(8, 800, 0).unwrap();
-        let fd = map.map().fd().as_fd();
-        assert_eq!(lookup_and_delete::<u64, u64>(fd, &7).unwrap(), 700);
-        let again = lookup_and_delete::<u64, u64>(fd, &7).unwrap_err();
+        assert_eq!(lookup_and_delete(&map, &7).unwrap(), 700);
+        let again = lookup_and_delete(&map, &7).unwrap_err();
         assert_eq!(again.raw_os_error(), Some(libc::ENOENT), "{again}");
-        delete(fd, &8u64).unwrap();
-        let gone = delete(fd, &8u64).unwrap_err();
-        assert_eq!(gone.raw_os_error(), Some(libc::ENOENT), "{gone}");
-        assert!(map.get(&8, 0).is_err(), "deleted entry is gone");
+        assert_eq!(map.get(&8, 0).unwrap(), 800, "other entries stay");
     }
 }

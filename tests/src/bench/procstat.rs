@@ -100,10 +100,7 @@ pub fn cpu_times_of(pids: &[u32]) -> CpuTimes {
     pids.iter()
         .flat_map(|p| tree(*p))
         .filter_map(cpu_times)
-        .fold(CpuTimes::default(), |sum, t| CpuTimes {
-            user: sum.user + t.user,
-            system: sum.system + t.system,
-        })
+        .fold(CpuTimes::default(), |sum, t| sum + t)
 }
 
 /// CPU seconds the whole machine was busy, summed over its CPUs, from the `cpu` line of

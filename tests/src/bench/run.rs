@@ -49,8 +49,7 @@ pub fn path_pids(tb: &Testbed, env: &Env, target: &Target) -> Result<Vec<u32>> {
     Ok(path_pids_by_node(tb, env, target)?.concat())
 }
 
-/// [`path_pids`], one group per node: the source node's proxy, then (across nodes) the
-/// destination node's.
+/// [`path_pids`], one group per node's proxy (the agent, or a peer instance with its workers).
 pub fn path_pids_by_node(tb: &Testbed, env: &Env, target: &Target) -> Result<Vec<Vec<u32>>> {
     Ok(match target.via {
         Via::Direct => Vec::new(),
@@ -116,9 +115,27 @@ pub fn run_one(
 ) -> Result<Sample> {
     let layout = plan.layout;
     apply_layout(tb, env, layout, tools.cpus)?;
+    // The CPU figures' keys: per GiB for throughput, per request or connection otherwise. No
+    // machine figure for latency: at its fixed low rate the machine's busy time is mostly the
+    // idle testbed's background, not the requests.
+    let (machine, total, user, busiest) = match scenario {
+        Scenario::Throughput => (
+            Some("machine_cpu_s_per_gib"),
+            "proxy_cpu_s_per_gib",
+            "proxy_user_s_per_gib",
+            "proxy_node_max_s_per_gib",
+        ),
+        Scenario::Latency => (None, "proxy_cpu_us", "proxy_user_us", "proxy_node_max_us"),
+        Scenario::Rps1 | Scenario::Rps50 | Scenario::Cps => (
+            Some("machine_cpu_us"),
+            "proxy_cpu_us",
+            "proxy_user_us",
+            "proxy_node_max_us",
+        ),
+    };
     let groups = path_pids_by_node(tb, env, target)?;
     let cpu_before: Vec<_> = groups.iter().map(|g| procstat::cpu_times_of(g)).collect();
-    let busy_before = procstat::machine_busy();
+    let busy_before = machine.and_then(|_| procstat::machine_busy());
     let mut figures = BTreeMap::new();
     let (raw, errors, first_error, work) = match scenario {
         Scenario::Throughput => {
@@ -146,29 +163,11 @@ pub fn run_one(
             (raw, report.errors, report.first_error, work)
         }
     };
-    // The CPU figures' keys: per GiB for throughput, per request or connection otherwise.
-    let (machine, total, user, busiest) = match scenario {
-        Scenario::Throughput => (
-            "machine_cpu_s_per_gib",
-            "proxy_cpu_s_per_gib",
-            "proxy_user_s_per_gib",
-            "proxy_node_max_s_per_gib",
-        ),
-        _ => (
-            "machine_cpu_us",
-            "proxy_cpu_us",
-            "proxy_user_us",
-            "proxy_node_max_us",
-        ),
-    };
     if work > 0.0 {
-        // Not for latency: at its fixed low rate the machine's busy time is mostly the idle
-        // testbed's background, not the requests.
-        if let Some((after, before)) = procstat::machine_busy()
-            .zip(busy_before)
-            .filter(|_| !matches!(scenario, Scenario::Latency))
+        if let Some((key, before)) = machine.zip(busy_before)
+            && let Some(after) = procstat::machine_busy()
         {
-            figures.insert(machine.to_owned(), (after - before) / work);
+            figures.insert(key.to_owned(), (after - before) / work);
         }
         if !groups.is_empty() {
             let per_node: Vec<_> = groups
