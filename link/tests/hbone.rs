@@ -376,3 +376,218 @@ async fn dead_connections_leave_the_pool() {
     tunnel.read_exact(&mut buf).await.unwrap();
     assert_eq!(sockets.dialled(), 2);
 }
+
+// === optimistic tunnels: the 200 comes with the first bytes ===
+
+/// A raw CONNECT over mTLS + h2, with or without the defer header; the response future and
+/// the request's send side, on a connection driven in the background.
+async fn raw_connect(
+    ca: &Ca,
+    server: &Server,
+    authority: std::net::SocketAddr,
+    defer: bool,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let tls = ca.client_tls(&id("client"), VALID);
+    let config = tls.config_for(&[id("server")]).unwrap();
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = ServerName::IpAddress(server.addr.ip().into());
+    let stream = TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let (send, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority.to_string());
+    if defer {
+        req = req.header(weft_link::hbone::DEFER_RESPONSE_HEADER, "?1");
+    }
+    send.send_request(req.body(()).unwrap(), false).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferring_client_gets_the_200_with_the_first_bytes_and_others_at_once() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+
+    // Without the header: 200 as soon as the upstream is connected, before it says anything.
+    let (response, _send) = raw_connect(&ca, &server, addr, false).await;
+    let (_quiet, _) = upstream.accept().await.unwrap();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), response)
+        .await
+        .expect("no 200 for a client that waits for it")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // With it: no answer while the upstream is silent, then the 200 and its bytes together.
+    let (mut response, _send) = raw_connect(&ca, &server, addr, true).await;
+    let (mut speaker, _) = upstream.accept().await.unwrap();
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut response).await;
+    assert!(early.is_err(), "the 200 came before any upstream bytes");
+    speaker.write_all(b"hello").await.unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    assert_eq!(&body.data().await.unwrap().unwrap()[..], b"hello");
+
+    // An upstream that closes without a word: 200, then END_STREAM.
+    let (response, _send) = raw_connect(&ca, &server, addr, true).await;
+    drop(upstream.accept().await.unwrap());
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        assert!(data.unwrap().is_empty(), "bytes from a silent upstream");
+    }
+}
+
+/// The upstream answers only after the client's EOF, and the server holds the 200 until it
+/// does: an optimistic client must send all of a body larger than the stream window first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optimistic_tunnel_uploads_before_any_answer() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let upstream = support::count_then_reply_server().await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let hbone = client(&Arc::new(CountingSockets::default()));
+
+    let mut req = ConnectRequest::new(server.addr, id("server"), upstream);
+    req.optimistic = true;
+    req.early_data = bytes::Bytes::from_static(b"first");
+    let tunnel = hbone.connect(&tls, req).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(tunnel);
+    let upload = 10 * 1024 * 1024;
+    let writer = tokio::spawn(async move {
+        w.write_all(&vec![1u8; upload]).await.unwrap();
+        w.shutdown().await.unwrap();
+        w
+    });
+    let mut reply = String::new();
+    // The limit is checked first: a read that is ready but was never woken must fail too.
+    tokio::select! {
+        biased;
+        () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+            panic!("the upload and the deferred 200 wait for each other, or a wake-up was lost")
+        }
+        read = r.read_to_string(&mut reply) => { read.unwrap(); }
+    }
+    assert_eq!(reply, format!("got {}", upload + 5));
+    writer.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optimistic_tunnel_reports_its_refusal_on_the_first_read() {
+    let ca = Ca::new("root");
+    let handler = DirectHandler {
+        deny: vec!["intruder".into()],
+        ..Default::default()
+    };
+    let cert = ca.issue(&id("server"), VALID);
+    let server = Server::start_with(&ca, cert, handler, None, Default::default()).await;
+    let echo = support::echo_server().await;
+    let nothing = support::closed_port().await;
+    let hbone = client(&Arc::new(CountingSockets::default()));
+
+    for (who, to, status) in [
+        ("client", nothing, StatusCode::SERVICE_UNAVAILABLE),
+        ("intruder", echo, StatusCode::UNAUTHORIZED),
+    ] {
+        let tls = ca.client_tls(&id(who), VALID);
+        let mut req = ConnectRequest::new(server.addr, id("server"), to);
+        req.optimistic = true;
+        let mut tunnel = hbone.connect(&tls, req).await.unwrap();
+        // A write before the answer goes out (and the server drops it); once the answer is
+        // in, the write reports it. Either way the refusal is reported once.
+        let mut buf = [0; 8];
+        let err = match tunnel.write_all(b"ignored").await {
+            Err(err) => err,
+            Ok(()) => tunnel.read(&mut buf).await.unwrap_err(),
+        };
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        let open = weft_link::hbone::HboneError::of_io(&err).expect("the open failure");
+        assert_eq!(open.status(), Some(status), "{open}");
+    }
+}
+
+/// A server that refuses the second stream of its first connection with REFUSED_STREAM,
+/// `delay` after it arrives, and answers every other one with `200` and "ok".
+async fn refusing_server(ca: &Ca, delay: std::time::Duration) -> std::net::SocketAddr {
+    let cert = Arc::new(weft_link::tls::CertResolver::new(
+        ca.issue(&id("server"), VALID),
+    ));
+    let config = weft_link::tls::server_config(cert, ca.bundle(), None).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let refuse_second = std::mem::take(&mut first);
+            let tls = acceptor.accept(tcp).await.unwrap();
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(tls).await.unwrap();
+                let mut streams = 0;
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    streams += 1;
+                    if refuse_second && streams == 2 {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        });
+                        continue;
+                    }
+                    let ok = http::Response::builder().status(200).body(()).unwrap();
+                    let mut send = respond.send_response(ok, false).unwrap();
+                    send.send_data(bytes::Bytes::from_static(b"ok"), true)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optimistic_tunnel_the_server_did_not_process_is_sent_again() {
+    let ca = Ca::new("root");
+    let tls = ca.client_tls(&id("client"), VALID);
+    let authority = "127.0.0.1:9".parse().unwrap();
+    let optimistic = |addr| {
+        let mut req = ConnectRequest::new(addr, id("server"), authority);
+        req.optimistic = true;
+        req.early_data = bytes::Bytes::from_static(b"hello");
+        req
+    };
+    let read_all = |mut tunnel: weft_link::hbone::HboneStream| async move {
+        let mut got = String::new();
+        tunnel.read_to_string(&mut got).await.map(|_| got)
+    };
+
+    // Only the early data went: refused on the pooled connection, sent again on a new one.
+    let addr = refusing_server(&ca, std::time::Duration::ZERO).await;
+    let sockets = Arc::new(CountingSockets::default());
+    let hbone = client(&sockets);
+    let first = hbone.connect(&tls, optimistic(addr)).await.unwrap();
+    assert_eq!(read_all(first).await.unwrap(), "ok");
+    let second = hbone.connect(&tls, optimistic(addr)).await.unwrap();
+    assert_eq!(read_all(second).await.unwrap(), "ok");
+    assert_eq!(sockets.dialled(), 2, "the retry dials a new connection");
+
+    // Bytes beyond the early data went before the refusal: a new request could not carry
+    // them, so the refusal is final.
+    let addr = refusing_server(&ca, std::time::Duration::from_millis(200)).await;
+    let sockets = Arc::new(CountingSockets::default());
+    let hbone = client(&sockets);
+    let first = hbone.connect(&tls, optimistic(addr)).await.unwrap();
+    assert_eq!(read_all(first).await.unwrap(), "ok");
+    let mut second = hbone.connect(&tls, optimistic(addr)).await.unwrap();
+    second.write_all(b" and more").await.unwrap();
+    let err = read_all(second).await.unwrap_err();
+    assert!(
+        weft_link::hbone::HboneError::of_io(&err).is_some(),
+        "not an open failure: {err}"
+    );
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert_eq!(sockets.dialled(), 1, "no retry once more was sent");
+}

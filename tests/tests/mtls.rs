@@ -387,6 +387,39 @@ fn the_destination_refuses_foreign_expired_unexpected_and_malformed_clients() {
             .unwrap();
         assert!(get_whoami(again).await.ends_with("pod-2a"));
     });
+
+    // Through the agents: the source agent opens its tunnels without waiting for the answer,
+    // so a refusal reaches it after the relay has started. It is still reported as the
+    // failure to open the tunnel, and the pod's connection is closed without a reply.
+    let out = scenario::curl(&tb, "pod-1a", &scenario::url(pod_ip, 9, "/")).unwrap();
+    assert!(
+        !out.status.success() && out.stdout.is_empty(),
+        "a connection to a closed port in pod-2a got an answer: {out:?}"
+    );
+    let src_log = tb.state_dir().join("node-1").join("agent.log");
+    eventually(
+        "the source agent's refusal",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&src_log).is_ok_and(|log| {
+                log.lines().any(|l| {
+                    l.contains("opening an HBONE tunnel failed")
+                        && l.contains(&format!("{pod_ip}:9"))
+                        && l.contains("HTTP 503")
+                })
+            })
+        },
+    );
+    let refused = tb.metrics("node-1").unwrap().sum(
+        scenario::CONNECTIONS_CLOSED,
+        &[
+            ("reporter", "source"),
+            ("destination_address", &format!("{pod_ip}:9")),
+            ("response_flags", "UF"),
+        ],
+    );
+    assert_eq!(refused, 1.0, "the refused connection is closed with UF");
+
     // Closing the client's connections (their driver tasks live in the runtime) ends them.
     drop(rt);
     // No tunnel or task outlives its connection.

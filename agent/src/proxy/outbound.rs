@@ -274,6 +274,23 @@ impl Connection {
                 (moved, result)
             }
         };
+        // A tunnel is returned before the destination has answered; its refusal (or no
+        // answer at all) ends the copy, and is the same failure as a refusal up front.
+        if let Err(err) = &result
+            && let Some(open) = weft_link::hbone::HboneError::of_io(err)
+        {
+            labels.response_flags = "UF";
+            metrics.closed.get_or_create(&labels).inc();
+            warn!(
+                src.pod = %self.pod.uid,
+                src.addr = %self.peer,
+                dst.addr = %dst,
+                dst.workload = dst_name,
+                error = %weft_link::error_chain(open),
+                "opening an HBONE tunnel failed"
+            );
+            return;
+        }
         metrics.closed.get_or_create(&labels).inc();
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
@@ -385,6 +402,8 @@ impl Connection {
         request.baggage = baggage(src_workload);
         let early_len = early.len() as u64;
         request.early_data = early;
+        // The 200 comes with the destination's first bytes; a refusal ends the relay.
+        request.optimistic = true;
         self.pod
             .hbone
             .connect(&tls, request)

@@ -18,10 +18,12 @@ use tokio_rustls::TlsConnector;
 use tracing::{Instrument, debug, debug_span};
 
 use super::pool::{Conn, Lease, Pool, PoolKey};
+use super::stream::unprocessed;
 use super::transport;
 use super::{
-    BAGGAGE_HEADER, CONNECTION_WINDOW, HboneError, HboneStream, MAX_FRAME_SIZE,
-    MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER, STREAM_WINDOW, TRACEPARENT_HEADER, TraceParent,
+    BAGGAGE_HEADER, CONNECTION_WINDOW, DEFER_RESPONSE_HEADER, DEFER_RESPONSE_YES, HboneError,
+    HboneStream, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER, STREAM_WINDOW,
+    TRACEPARENT_HEADER, TraceParent,
 };
 use crate::identity::SpiffeId;
 use crate::tls::ClientTls;
@@ -106,6 +108,12 @@ pub struct ConnectRequest {
     /// Bytes the client already sent, to go out with the request: the server gets the
     /// CONNECT and the first bytes in one read instead of waiting a round trip for them.
     pub early_data: Bytes,
+    /// Return the tunnel as soon as the request is sent, without waiting for the answer, and
+    /// ask the server (with [`DEFER_RESPONSE_HEADER`]) to send its `200` along with its first
+    /// bytes: the answer then costs no packet and no wake-up of its own. A refusal shows up
+    /// on the tunnel's first read instead (see [`HboneStream`]). Servers that do not know the
+    /// header answer at once, which works the same.
+    pub optimistic: bool,
 }
 
 impl ConnectRequest {
@@ -117,6 +125,7 @@ impl ConnectRequest {
             traceparent: None,
             baggage: None,
             early_data: Bytes::new(),
+            optimistic: false,
         }
     }
 }
@@ -201,8 +210,31 @@ impl HboneClient {
                     reuse = false;
                 }
                 Err(OpenError::Retryable(err) | OpenError::Final(err)) => return Err(err),
-                Ok(stream) => return Ok(stream),
+                Ok(mut stream) => {
+                    if req.optimistic && pooled {
+                        // The server's answer comes after we return: the stream retries.
+                        let (client, tls) = (self.clone(), tls.clone());
+                        stream.set_retry(move || Box::pin(client.reopen(tls, key, req, request)));
+                    }
+                    return Ok(stream);
+                }
             }
+        }
+    }
+
+    /// An optimistic tunnel sent again on a fresh connection, after the pooled one did not
+    /// process it.
+    async fn reopen(
+        self,
+        tls: ClientTls,
+        key: PoolKey,
+        req: ConnectRequest,
+        request: Request<()>,
+    ) -> Result<HboneStream, HboneError> {
+        let (lease, _) = self.checkout(&tls, &key, false).await?;
+        match self.open(&req, request, lease).await {
+            Ok(stream) => Ok(stream),
+            Err(OpenError::Retryable(err) | OpenError::Final(err)) => Err(err),
         }
     }
 
@@ -277,11 +309,23 @@ impl HboneClient {
             send.send_data(req.early_data.clone(), false)
                 .map_err(|err| OpenError::Final(HboneError::h2(dst, err)))?;
         }
+        if req.optimistic {
+            return Ok(HboneStream::awaiting(
+                send,
+                response,
+                lease,
+                dst,
+                req.authority,
+            ));
+        }
         // The request is out: unless the server says it did not process it, failures from
         // here on are this tunnel's (the server may already have connected upstream).
-        let response = response.await.map_err(|err| match err.reason() {
-            Some(h2::Reason::REFUSED_STREAM) => OpenError::Retryable(HboneError::h2(dst, err)),
-            _ => OpenError::Final(HboneError::h2(dst, err)),
+        let response = response.await.map_err(|err| {
+            if unprocessed(&err) {
+                OpenError::Retryable(HboneError::h2(dst, err))
+            } else {
+                OpenError::Final(HboneError::h2(dst, err))
+            }
         })?;
         if response.status() != StatusCode::OK {
             return Err(OpenError::Final(HboneError::Refused {
@@ -316,6 +360,9 @@ fn build_request(req: &ConnectRequest) -> Result<Request<()>, HboneError> {
         .header(TRACEPARENT_HEADER, traceparent.to_string());
     if let Some(baggage) = &req.baggage {
         builder = builder.header(BAGGAGE_HEADER, baggage.clone());
+    }
+    if req.optimistic {
+        builder = builder.header(DEFER_RESPONSE_HEADER, DEFER_RESPONSE_YES);
     }
     builder
         .body(())

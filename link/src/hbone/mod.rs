@@ -4,7 +4,8 @@
 //! One TLS connection per (source identity, destination identities, destination address)
 //! carries many tunnels, one h2 stream each. A `CONNECT` request's `:authority` is the original
 //! destination `ip:port`; `200` opens the tunnel, any other status refuses it. Requests carry
-//! W3C `traceparent` and `baggage` headers.
+//! W3C `traceparent` and `baggage` headers. A client may send before the answer and ask for
+//! the `200` to come with the first bytes back ([`DEFER_RESPONSE_HEADER`]).
 //!
 //! - [`HboneClient`] opens tunnels over a pool of multiplexed connections;
 //! - [`HboneServer`] accepts them and hands each to a [`ConnectHandler`];
@@ -39,6 +40,13 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// W3C baggage, <https://www.w3.org/TR/baggage/>; ztunnel puts workload metadata there.
 pub const BAGGAGE_HEADER: &str = "baggage";
+
+/// Sent by a client that does not wait for the `200` before it sends (`?1`, a structured
+/// boolean, RFC 8941): the server may then hold the `200` back and send it with the first
+/// bytes from upstream. A client without it gets the `200` as soon as the upstream is
+/// connected, as ztunnel does.
+pub const DEFER_RESPONSE_HEADER: &str = "weft-defer-response";
+pub(crate) const DEFER_RESPONSE_YES: &str = "?1";
 
 // HTTP/2 settings of both ends. The windows are sized for one tunnel to fill a fast link: the
 // h2 default of 64 KiB would cap a stream at 64 KiB per round trip. Same values as ztunnel.
@@ -117,6 +125,12 @@ pub enum HboneError {
 }
 
 impl HboneError {
+    /// The failure to open a tunnel behind an I/O error of an optimistic [`HboneStream`]:
+    /// the refusal, or why the request got no answer.
+    pub fn of_io(err: &io::Error) -> Option<&HboneError> {
+        err.get_ref()?.downcast_ref::<HboneError>()
+    }
+
     /// The HTTP status of a refused `CONNECT`.
     pub fn status(&self) -> Option<StatusCode> {
         match self {

@@ -18,8 +18,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, field, info, warn};
 
 use super::{
-    CONNECTION_WINDOW, HboneStream, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER,
-    STREAM_WINDOW, transport,
+    CONNECTION_WINDOW, DEFER_RESPONSE_HEADER, DEFER_RESPONSE_YES, HboneStream, MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER, STREAM_WINDOW, transport,
 };
 use crate::identity::SpiffeId;
 use crate::tls::peer_identity;
@@ -117,7 +117,8 @@ pub trait ConnectHandler: Send + Sync + 'static {
     type Upstream: crate::copy::Endpoint + Send + 'static;
 
     /// Authorizes the tunnel and connects upstream, or refuses. The client gets `200` only
-    /// after this returns the upstream, so a refused upstream is a refused tunnel.
+    /// after this returns the upstream, so a refused upstream is a refused tunnel (a client
+    /// that sent [`super::DEFER_RESPONSE_HEADER`] gets it with the upstream's first bytes).
     fn connect(
         &self,
         req: InboundConnect,
@@ -333,6 +334,11 @@ async fn serve_stream<H: ConnectHandler>(
         let refusal = Refusal::new(StatusCode::BAD_REQUEST, "authority is not ip:port");
         return refuse(&mut respond, &refusal);
     };
+    // The client sends without waiting for the 200, so it may come with the first bytes.
+    let defer = parts
+        .headers
+        .get(DEFER_RESPONSE_HEADER)
+        .is_some_and(|v| v == DEFER_RESPONSE_YES);
     let request = InboundConnect {
         peer: peer.clone(),
         authority,
@@ -343,15 +349,18 @@ async fn serve_stream<H: ConnectHandler>(
         Ok(upstream) => upstream,
         Err(refusal) => return refuse(&mut respond, &refusal),
     };
-    let send = match respond.send_response(response(StatusCode::OK), false) {
-        Ok(send) => send,
-        Err(err) => {
-            debug!(%peer, %authority, error = %err, "sending 200 failed; the client went away");
-            return;
+    let mut tunnel = if defer {
+        HboneStream::deferred(respond, body)
+    } else {
+        match respond.send_response(response(StatusCode::OK), false) {
+            Ok(send) => HboneStream::new(send, body, None),
+            Err(err) => {
+                debug!(%peer, %authority, error = %err, "sending 200 failed; the client went away");
+                return;
+            }
         }
     };
     let started = Instant::now();
-    let mut tunnel = HboneStream::new(send, body, None);
     let outcome = crate::copy::bidirectional(&mut tunnel, &mut upstream, |_| {}, |_| {}).await;
     let summary = TunnelSummary {
         peer,

@@ -1,16 +1,23 @@
 //! One HBONE tunnel (an h2 stream) as a byte stream.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
+use h2::client::ResponseFuture;
+use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
+use http::{Response, StatusCode};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::h2_to_io;
 use super::pool::Lease;
+use super::{HboneError, h2_to_io};
 use crate::copy::Endpoint;
 
 /// The most one write asks h2 to reserve. Larger writes are split: a stream then cannot claim
@@ -24,9 +31,18 @@ const MAX_WRITE_RESERVE: usize = 256 * 1024;
 /// bytes are read out (or, for [`crate::copy::bidirectional`], as a whole frame is handed to
 /// the copy, which writes it out before it takes another), so a slow reader slows the sender
 /// instead of filling memory.
+///
+/// A tunnel opened with [`super::ConnectRequest::optimistic`] is returned before the server
+/// has answered: writes go out at once, and the answer is checked on the first read. A
+/// refusal then fails that read with an error that [`HboneError::of_io`] turns back into the
+/// [`HboneError`]. On the server, a tunnel whose client asked for it sends its `200` with its
+/// first bytes (or its END_STREAM) instead of on its own.
 pub struct HboneStream {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
+    /// `None` only on the server while the `200` waits for the first bytes.
+    send: Option<SendStream<Bytes>>,
+    /// The server's deferred `200`.
+    respond: Option<SendResponse<Bytes>>,
+    recv: Recv,
     /// Received but not yet read out.
     pending: Bytes,
     write_closed: bool,
@@ -34,20 +50,223 @@ pub struct HboneStream {
     _lease: Option<Lease>,
 }
 
+enum Recv {
+    Open(RecvStream),
+    /// An optimistic client's tunnel whose response has not arrived.
+    Awaiting(Box<Awaiting>),
+    /// The optimistic tunnel was refused or got no answer (reported once, as the error).
+    Failed,
+}
+
+/// A retried open: the same request on a fresh connection.
+pub(crate) type Reopen = Pin<Box<dyn Future<Output = Result<HboneStream, HboneError>> + Send>>;
+
+struct Awaiting {
+    response: ResponseFuture,
+    dst: SocketAddr,
+    authority: SocketAddr,
+    /// Opens the tunnel again when the server did not process the request (REFUSED_STREAM,
+    /// or a GOAWAY below this stream). Only while nothing but the early data was sent, since
+    /// that is all a new request carries; taken by the first write.
+    retry: Option<Box<dyn FnOnce() -> Reopen + Send>>,
+    reopening: Option<Reopen>,
+    /// The reader and the writer of a split tunnel both wait for the answer, and a future
+    /// keeps only the last waker it was polled with: it is polled with one that wakes both.
+    wakers: Arc<BothSides>,
+    waker: Waker,
+}
+
+/// Which half of the tunnel is waiting for the answer.
+#[derive(Clone, Copy)]
+enum Side {
+    Read,
+    Write,
+}
+
+#[derive(Default)]
+struct BothSides {
+    read: Mutex<Option<Waker>>,
+    write: Mutex<Option<Waker>>,
+}
+
+impl BothSides {
+    fn register(&self, side: Side, waker: &Waker) {
+        let mut slot = match side {
+            Side::Read => self.read.lock(),
+            Side::Write => self.write.lock(),
+        };
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+}
+
+impl Wake for BothSides {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let read = self.read.lock().take();
+        let write = self.write.lock().take();
+        for waker in [read, write].into_iter().flatten() {
+            waker.wake();
+        }
+    }
+}
+
+/// Whether the server said it did not act on a request: safe to send it again.
+pub(crate) fn unprocessed(err: &h2::Error) -> bool {
+    err.reason() == Some(h2::Reason::REFUSED_STREAM) || (err.is_go_away() && err.is_remote())
+}
+
 impl HboneStream {
     pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, lease: Option<Lease>) -> Self {
         Self {
-            send,
-            recv,
+            send: Some(send),
+            respond: None,
+            recv: Recv::Open(recv),
             pending: Bytes::new(),
             write_closed: false,
             _lease: lease,
         }
     }
 
+    /// A client tunnel whose response is still to come.
+    pub(crate) fn awaiting(
+        send: SendStream<Bytes>,
+        response: ResponseFuture,
+        lease: Lease,
+        dst: SocketAddr,
+        authority: SocketAddr,
+    ) -> Self {
+        let wakers = Arc::new(BothSides::default());
+        Self {
+            send: Some(send),
+            respond: None,
+            recv: Recv::Awaiting(Box::new(Awaiting {
+                response,
+                dst,
+                authority,
+                retry: None,
+                reopening: None,
+                waker: Waker::from(wakers.clone()),
+                wakers,
+            })),
+            pending: Bytes::new(),
+            write_closed: false,
+            _lease: Some(lease),
+        }
+    }
+
+    /// How to open this tunnel again if the server did not process it.
+    pub(crate) fn set_retry(&mut self, retry: impl FnOnce() -> Reopen + Send + 'static) {
+        if let Recv::Awaiting(awaiting) = &mut self.recv {
+            awaiting.retry = Some(Box::new(retry));
+        }
+    }
+
+    /// A server tunnel that answers `200` with its first bytes.
+    pub(crate) fn deferred(respond: SendResponse<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send: None,
+            respond: Some(respond),
+            recv: Recv::Open(recv),
+            pending: Bytes::new(),
+            write_closed: false,
+            _lease: None,
+        }
+    }
+
+    /// Ready once the server's answer is in: `Ok` for `200`, the refusal otherwise. A
+    /// request the server did not process is sent again on a fresh connection first, when
+    /// it still can be.
+    fn poll_opened(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<io::Result<()>> {
+        loop {
+            let awaiting = match &mut self.recv {
+                Recv::Open(_) => return Poll::Ready(Ok(())),
+                Recv::Failed => return Poll::Ready(Err(failed())),
+                Recv::Awaiting(awaiting) => awaiting,
+            };
+            awaiting.wakers.register(side, cx.waker());
+            let mut both = Context::from_waker(&awaiting.waker);
+            if let Some(reopening) = &mut awaiting.reopening {
+                match ready!(reopening.as_mut().poll(&mut both)) {
+                    Ok(reopened) => *self = reopened,
+                    Err(err) => return Poll::Ready(Err(self.fail(err))),
+                }
+                continue;
+            }
+            let (dst, authority) = (awaiting.dst, awaiting.authority);
+            match ready!(Pin::new(&mut awaiting.response).poll(&mut both)) {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    self.recv = Recv::Open(response.into_body());
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let refused = HboneError::Refused {
+                        dst,
+                        authority,
+                        status,
+                    };
+                    return Poll::Ready(Err(self.fail(refused)));
+                }
+                Err(err) if unprocessed(&err) && awaiting.retry.is_some() => {
+                    tracing::debug!(error = %err, "tunnel not processed; retrying on a new connection");
+                    if let Some(retry) = awaiting.retry.take() {
+                        awaiting.reopening = Some(retry());
+                    }
+                }
+                Err(err) => return Poll::Ready(Err(self.fail(HboneError::h2(dst, err)))),
+            }
+        }
+    }
+
+    /// Marks the tunnel failed and returns `err` as the I/O error to report.
+    fn fail(&mut self, err: HboneError) -> io::Error {
+        self.recv = Recv::Failed;
+        open_error(err)
+    }
+
+    /// Before a write on a tunnel still waiting for its answer: a refusal that has arrived is
+    /// reported (rather than the reset that follows it), a tunnel being opened again takes
+    /// writes once it is, and otherwise the write goes out before the answer, after which the
+    /// tunnel can no longer be retried.
+    fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if matches!(self.recv, Recv::Open(_)) {
+            return Poll::Ready(Ok(()));
+        }
+        if self.poll_opened(cx, Side::Write)?.is_pending()
+            && let Recv::Awaiting(awaiting) = &mut self.recv
+        {
+            if awaiting.reopening.is_some() {
+                return Poll::Pending;
+            }
+            awaiting.retry = None;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The send side, sending the server's deferred `200` first.
+    fn send_stream(&mut self) -> io::Result<&mut SendStream<Bytes>> {
+        if self.send.is_none()
+            && let Some(mut respond) = self.respond.take()
+        {
+            let mut ok = Response::new(());
+            *ok.status_mut() = StatusCode::OK;
+            self.send = Some(respond.send_response(ok, false).map_err(h2_to_io)?);
+        }
+        self.send
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed"))
+    }
+
     /// The error for a send side that h2 has closed: the peer's reset reason if it sent one.
     fn send_closed(&mut self, cx: &mut Context<'_>) -> io::Error {
-        match self.send.poll_reset(cx) {
+        let Some(send) = self.send.as_mut() else {
+            return io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed");
+        };
+        match send.poll_reset(cx) {
             Poll::Ready(Ok(reason)) => io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 format!("tunnel reset by peer: {reason}"),
@@ -66,14 +285,16 @@ impl HboneStream {
                 "write after shutdown",
             )));
         }
+        ready!(self.poll_writable(cx))?;
         loop {
-            let available = self.send.capacity();
+            let send = self.send_stream()?;
+            let available = send.capacity();
             if available > 0 {
                 return Poll::Ready(Ok(available.min(want)));
             }
             // Reservation is a total, not an increment, so asking again does not pile up.
-            self.send.reserve_capacity(want.min(MAX_WRITE_RESERVE));
-            match ready!(self.send.poll_capacity(cx)) {
+            send.reserve_capacity(want.min(MAX_WRITE_RESERVE));
+            match ready!(send.poll_capacity(cx)) {
                 // Capacity grew (or a stale notification): look again.
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
@@ -84,10 +305,25 @@ impl HboneStream {
 
     /// Gives `n` received bytes' worth of window back to the peer.
     fn release(&mut self, n: usize) -> io::Result<()> {
-        self.recv
-            .flow_control()
-            .release_capacity(n)
-            .map_err(h2_to_io)
+        match &mut self.recv {
+            Recv::Open(recv) => recv.flow_control().release_capacity(n).map_err(h2_to_io),
+            // Nothing can have been received before the response.
+            Recv::Awaiting(_) | Recv::Failed => Ok(()),
+        }
+    }
+
+    /// The next DATA frame, once the tunnel is open; `None` at END_STREAM.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if let Err(err) = ready!(self.poll_opened(cx, Side::Read)) {
+            return Poll::Ready(Some(Err(err)));
+        }
+        match &mut self.recv {
+            Recv::Open(recv) => recv
+                .poll_data(cx)
+                .map(|data| data.map(|d| d.map_err(h2_to_io))),
+            Recv::Awaiting(_) => Poll::Pending,
+            Recv::Failed => Poll::Ready(Some(Err(failed()))),
+        }
     }
 }
 
@@ -100,10 +336,10 @@ impl Endpoint for HboneStream {
     fn poll_read_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         let chunk = if self.pending.is_empty() {
             loop {
-                match ready!(self.recv.poll_data(cx)) {
+                match ready!(self.poll_data(cx)) {
                     Some(Ok(data)) if data.is_empty() => {}
                     Some(Ok(data)) => break data,
-                    Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
                     None => return Poll::Ready(Ok(None)),
                 }
             }
@@ -125,7 +361,7 @@ impl Endpoint for HboneStream {
             return Poll::Ready(Ok(0));
         }
         let n = ready!(self.poll_send_capacity(cx, buf.len()))?;
-        self.send
+        self.send_stream()?
             .send_data(buf.split_to(n).freeze(), false)
             .map_err(h2_to_io)?;
         Poll::Ready(Ok(n))
@@ -135,7 +371,8 @@ impl Endpoint for HboneStream {
 impl fmt::Debug for HboneStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HboneStream")
-            .field("stream_id", &self.send.stream_id())
+            .field("stream_id", &self.send.as_ref().map(SendStream::stream_id))
+            .field("open", &matches!(self.recv, Recv::Open(_)))
             .field("pending", &self.pending.len())
             .field("write_closed", &self.write_closed)
             .finish()
@@ -158,10 +395,10 @@ impl AsyncRead for HboneStream {
                 this.release(n)?;
                 return Poll::Ready(Ok(()));
             }
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(this.poll_data(cx)) {
                 // DATA frames may be empty; loop rather than report a false EOF.
                 Some(Ok(data)) => this.pending = data,
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
                 None => return Poll::Ready(Ok(())),
             }
         }
@@ -179,7 +416,7 @@ impl AsyncWrite for HboneStream {
             return Poll::Ready(Ok(0));
         }
         let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
-        this.send
+        this.send_stream()?
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)
             .map_err(h2_to_io)?;
         Poll::Ready(Ok(n))
@@ -190,14 +427,30 @@ impl AsyncWrite for HboneStream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.write_closed {
+            ready!(this.poll_writable(cx))?;
+            let send = this.send_stream()?;
             // Drop any reservation left: END_STREAM needs no window.
-            this.send.reserve_capacity(0);
-            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+            send.reserve_capacity(0);
+            send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
             this.write_closed = true;
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// What a failed tunnel says after it has reported why.
+fn failed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the tunnel was not opened")
+}
+
+/// A failure to open the tunnel, as the I/O error a read or write of it returns.
+fn open_error(err: HboneError) -> io::Error {
+    let kind = match err {
+        HboneError::Refused { .. } => io::ErrorKind::ConnectionRefused,
+        _ => io::ErrorKind::ConnectionReset,
+    };
+    io::Error::new(kind, err)
 }
