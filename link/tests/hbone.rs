@@ -274,12 +274,7 @@ async fn refused_upstream_gets_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_policy_refuses_a_peer_with_401() {
     let ca = Ca::new("root");
-    let handler = DirectHandler {
-        deny: vec!["intruder".into()],
-        ..Default::default()
-    };
-    let cert = ca.issue(&id("server"), VALID);
-    let server = Server::start_with(&ca, cert, handler, None, Default::default()).await;
+    let server = server_denying_intruder(&ca).await;
     let echo = support::echo_server().await;
     let hbone = client(&Arc::new(CountingSockets::default()));
 
@@ -289,8 +284,8 @@ async fn handler_policy_refuses_a_peer_with_401() {
     assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED), "{err}");
 }
 
-/// Sends one raw request over mTLS + h2 and returns the response status.
-async fn raw_request(ca: &Ca, server: &Server, method: Method, authority: &str) -> StatusCode {
+/// A raw h2 connection over mTLS to `server`, driven in the background, ready to send.
+async fn raw_h2(ca: &Ca, server: &Server) -> h2::client::SendRequest<bytes::Bytes> {
     let tls = ca.client_tls(&id("client"), VALID);
     let config = tls.config_for(&[id("server")]).unwrap();
     let tcp = TcpStream::connect(server.addr).await.unwrap();
@@ -298,7 +293,22 @@ async fn raw_request(ca: &Ca, server: &Server, method: Method, authority: &str) 
     let stream = TlsConnector::from(config).connect(name, tcp).await.unwrap();
     let (send, conn) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(conn);
-    let mut send = send.ready().await.unwrap();
+    send.ready().await.unwrap()
+}
+
+/// A server that refuses the service account "intruder" with 401.
+async fn server_denying_intruder(ca: &Ca) -> Server {
+    let handler = DirectHandler {
+        deny: vec!["intruder".into()],
+        ..Default::default()
+    };
+    let cert = ca.issue(&id("server"), VALID);
+    Server::start_with(ca, cert, handler, None, Default::default()).await
+}
+
+/// Sends one raw request over mTLS + h2 and returns the response status.
+async fn raw_request(ca: &Ca, server: &Server, method: Method, authority: &str) -> StatusCode {
+    let mut send = raw_h2(ca, server).await;
     let uri = match method {
         Method::CONNECT => authority.to_owned(),
         _ => format!("https://{authority}/"),
@@ -380,21 +390,14 @@ async fn dead_connections_leave_the_pool() {
 // === optimistic tunnels: the 200 comes with the first bytes ===
 
 /// A raw CONNECT over mTLS + h2, with or without the defer header; the response future and
-/// the request's send side, on a connection driven in the background.
+/// the request's send side.
 async fn raw_connect(
     ca: &Ca,
     server: &Server,
     authority: std::net::SocketAddr,
     defer: bool,
 ) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
-    let tls = ca.client_tls(&id("client"), VALID);
-    let config = tls.config_for(&[id("server")]).unwrap();
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let name = ServerName::IpAddress(server.addr.ip().into());
-    let stream = TlsConnector::from(config).connect(name, tcp).await.unwrap();
-    let (send, conn) = h2::client::handshake(stream).await.unwrap();
-    tokio::spawn(conn);
-    let mut send = send.ready().await.unwrap();
+    let mut send = raw_h2(ca, server).await;
     let mut req = Request::builder()
         .method(Method::CONNECT)
         .uri(authority.to_string());
@@ -479,12 +482,7 @@ async fn an_optimistic_tunnel_uploads_before_any_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_optimistic_tunnel_reports_its_refusal_on_the_first_read() {
     let ca = Ca::new("root");
-    let handler = DirectHandler {
-        deny: vec!["intruder".into()],
-        ..Default::default()
-    };
-    let cert = ca.issue(&id("server"), VALID);
-    let server = Server::start_with(&ca, cert, handler, None, Default::default()).await;
+    let server = server_denying_intruder(&ca).await;
     let echo = support::echo_server().await;
     let nothing = support::closed_port().await;
     let hbone = client(&Arc::new(CountingSockets::default()));

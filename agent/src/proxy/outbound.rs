@@ -239,28 +239,26 @@ impl Connection {
                 .tunnel(src_workload.as_deref(), w, dst, early_data(&client))
                 .await
                 .map(Upstream::Tunnel)
-                .map_err(|error| Failure {
-                    flags: "UF",
-                    log: Some((error, "opening an HBONE tunnel failed")),
-                }),
+                .map_err(Failure::tunnel),
+        };
+        // No upstream: counted as closed with the failure's flags, and logged.
+        let fail = |mut labels: TcpLabels, failure: Failure| {
+            labels.response_flags = failure.flags;
+            metrics.closed.get_or_create(&labels).inc();
+            if let Some((error, what)) = failure.log {
+                warn!(
+                    src.pod = %self.pod.uid,
+                    src.addr = %self.peer,
+                    dst.addr = %dst,
+                    dst.workload = dst_name,
+                    %error,
+                    "{what}"
+                );
+            }
         };
         let upstream = match upstream {
             Ok(upstream) => upstream,
-            Err(failure) => {
-                labels.response_flags = failure.flags;
-                metrics.closed.get_or_create(&labels).inc();
-                if let Some((error, what)) = failure.log {
-                    warn!(
-                        src.pod = %self.pod.uid,
-                        src.addr = %self.peer,
-                        dst.addr = %dst,
-                        dst.workload = dst_name,
-                        %error,
-                        "{what}"
-                    );
-                }
-                return;
-            }
+            Err(failure) => return fail(labels, failure),
         };
         let (moved, result) = match upstream {
             Upstream::Tcp(mut stream) => {
@@ -279,17 +277,7 @@ impl Connection {
         if let Err(err) = &result
             && let Some(open) = weft_link::hbone::HboneError::of_io(err)
         {
-            labels.response_flags = "UF";
-            metrics.closed.get_or_create(&labels).inc();
-            warn!(
-                src.pod = %self.pod.uid,
-                src.addr = %self.peer,
-                dst.addr = %dst,
-                dst.workload = dst_name,
-                error = %weft_link::error_chain(open),
-                "opening an HBONE tunnel failed"
-            );
-            return;
+            return fail(labels, Failure::tunnel(weft_link::error_chain(open)));
         }
         metrics.closed.get_or_create(&labels).inc();
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -450,6 +438,13 @@ struct Failure {
 }
 
 impl Failure {
+    fn tunnel(error: String) -> Self {
+        Failure {
+            flags: "UF",
+            log: Some((error, "opening an HBONE tunnel failed")),
+        }
+    }
+
     fn connect(err: &io::Error) -> Self {
         Failure {
             flags: "UF",

@@ -213,8 +213,8 @@ impl HboneClient {
                 Ok(mut stream) => {
                     if req.optimistic && pooled {
                         // The server's answer comes after we return: the stream retries.
-                        let (client, tls) = (self.clone(), tls.clone());
-                        stream.set_retry(move || Box::pin(client.reopen(tls, key, req, request)));
+                        let reopen = self.clone().reopen(tls.clone(), key, req, request);
+                        stream.set_retry(Box::pin(reopen));
                     }
                     return Ok(stream);
                 }

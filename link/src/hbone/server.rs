@@ -397,7 +397,7 @@ fn send_refusal(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
     }
 }
 
-fn response(status: StatusCode) -> Response<()> {
+pub(super) fn response(status: StatusCode) -> Response<()> {
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     resp

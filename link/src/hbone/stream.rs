@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::client::ResponseFuture;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::{Response, StatusCode};
+use http::StatusCode;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -38,16 +38,21 @@ const MAX_WRITE_RESERVE: usize = 256 * 1024;
 /// [`HboneError`]. On the server, a tunnel whose client asked for it sends its `200` with its
 /// first bytes (or its END_STREAM) instead of on its own.
 pub struct HboneStream {
-    /// `None` only on the server while the `200` waits for the first bytes.
-    send: Option<SendStream<Bytes>>,
-    /// The server's deferred `200`.
-    respond: Option<SendResponse<Bytes>>,
+    send: SendSide,
     recv: Recv,
     /// Received but not yet read out.
     pending: Bytes,
     write_closed: bool,
     /// Keeps the client's pooled connection counted as in use while the tunnel lives.
     _lease: Option<Lease>,
+}
+
+enum SendSide {
+    Open(SendStream<Bytes>),
+    /// A server tunnel whose `200` waits for the first bytes.
+    Deferred(SendResponse<Bytes>),
+    /// Sending the deferred `200` failed.
+    Closed,
 }
 
 enum Recv {
@@ -66,9 +71,11 @@ struct Awaiting {
     dst: SocketAddr,
     authority: SocketAddr,
     /// Opens the tunnel again when the server did not process the request (REFUSED_STREAM,
-    /// or a GOAWAY below this stream). Only while nothing but the early data was sent, since
-    /// that is all a new request carries; taken by the first write.
-    retry: Option<Box<dyn FnOnce() -> Reopen + Send>>,
+    /// or a GOAWAY below this stream); a future does nothing until polled. Only while
+    /// nothing but the early data was sent, since that is all a new request carries; dropped
+    /// by the first write.
+    retry: Option<Reopen>,
+    /// The retry, once started.
     reopening: Option<Reopen>,
     /// The reader and the writer of a split tunnel both wait for the answer, and a future
     /// keeps only the last waker it was polled with: it is polled with one that wakes both.
@@ -123,8 +130,7 @@ pub(crate) fn unprocessed(err: &h2::Error) -> bool {
 impl HboneStream {
     pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream, lease: Option<Lease>) -> Self {
         Self {
-            send: Some(send),
-            respond: None,
+            send: SendSide::Open(send),
             recv: Recv::Open(recv),
             pending: Bytes::new(),
             write_closed: false,
@@ -142,8 +148,7 @@ impl HboneStream {
     ) -> Self {
         let wakers = Arc::new(BothSides::default());
         Self {
-            send: Some(send),
-            respond: None,
+            send: SendSide::Open(send),
             recv: Recv::Awaiting(Box::new(Awaiting {
                 response,
                 dst,
@@ -160,17 +165,16 @@ impl HboneStream {
     }
 
     /// How to open this tunnel again if the server did not process it.
-    pub(crate) fn set_retry(&mut self, retry: impl FnOnce() -> Reopen + Send + 'static) {
+    pub(crate) fn set_retry(&mut self, retry: Reopen) {
         if let Recv::Awaiting(awaiting) = &mut self.recv {
-            awaiting.retry = Some(Box::new(retry));
+            awaiting.retry = Some(retry);
         }
     }
 
     /// A server tunnel that answers `200` with its first bytes.
     pub(crate) fn deferred(respond: SendResponse<Bytes>, recv: RecvStream) -> Self {
         Self {
-            send: None,
-            respond: Some(respond),
+            send: SendSide::Deferred(respond),
             recv: Recv::Open(recv),
             pending: Bytes::new(),
             write_closed: false,
@@ -178,13 +182,18 @@ impl HboneStream {
         }
     }
 
-    /// Ready once the server's answer is in: `Ok` for `200`, the refusal otherwise. A
+    /// Ready once the server's answer is in: the body for `200`, the refusal otherwise. A
     /// request the server did not process is sent again on a fresh connection first, when
     /// it still can be.
-    fn poll_opened(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<io::Result<()>> {
+    fn poll_opened(
+        &mut self,
+        cx: &mut Context<'_>,
+        side: Side,
+    ) -> Poll<io::Result<&mut RecvStream>> {
         loop {
             let awaiting = match &mut self.recv {
-                Recv::Open(_) => return Poll::Ready(Ok(())),
+                // (Matched again below: returning this borrow from the loop would hold it.)
+                Recv::Open(_) => break,
                 Recv::Failed => return Poll::Ready(Err(failed())),
                 Recv::Awaiting(awaiting) => awaiting,
             };
@@ -213,12 +222,14 @@ impl HboneStream {
                 }
                 Err(err) if unprocessed(&err) && awaiting.retry.is_some() => {
                     tracing::debug!(error = %err, "tunnel not processed; retrying on a new connection");
-                    if let Some(retry) = awaiting.retry.take() {
-                        awaiting.reopening = Some(retry());
-                    }
+                    awaiting.reopening = awaiting.retry.take();
                 }
                 Err(err) => return Poll::Ready(Err(self.fail(HboneError::h2(dst, err)))),
             }
+        }
+        match &mut self.recv {
+            Recv::Open(recv) => Poll::Ready(Ok(recv)),
+            Recv::Awaiting(_) | Recv::Failed => Poll::Ready(Err(failed())),
         }
     }
 
@@ -249,22 +260,25 @@ impl HboneStream {
 
     /// The send side, sending the server's deferred `200` first.
     fn send_stream(&mut self) -> io::Result<&mut SendStream<Bytes>> {
-        if self.send.is_none()
-            && let Some(mut respond) = self.respond.take()
+        if let SendSide::Deferred(_) = self.send
+            && let SendSide::Deferred(mut respond) =
+                std::mem::replace(&mut self.send, SendSide::Closed)
         {
-            let mut ok = Response::new(());
-            *ok.status_mut() = StatusCode::OK;
-            self.send = Some(respond.send_response(ok, false).map_err(h2_to_io)?);
+            let send = respond
+                .send_response(super::server::response(StatusCode::OK), false)
+                .map_err(h2_to_io)?;
+            self.send = SendSide::Open(send);
         }
-        self.send
-            .as_mut()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed"))
+        match &mut self.send {
+            SendSide::Open(send) => Ok(send),
+            SendSide::Deferred(_) | SendSide::Closed => Err(tunnel_closed()),
+        }
     }
 
     /// The error for a send side that h2 has closed: the peer's reset reason if it sent one.
     fn send_closed(&mut self, cx: &mut Context<'_>) -> io::Error {
-        let Some(send) = self.send.as_mut() else {
-            return io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed");
+        let SendSide::Open(send) = &mut self.send else {
+            return tunnel_closed();
         };
         match send.poll_reset(cx) {
             Poll::Ready(Ok(reason)) => io::Error::new(
@@ -314,15 +328,11 @@ impl HboneStream {
 
     /// The next DATA frame, once the tunnel is open; `None` at END_STREAM.
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        if let Err(err) = ready!(self.poll_opened(cx, Side::Read)) {
-            return Poll::Ready(Some(Err(err)));
-        }
-        match &mut self.recv {
-            Recv::Open(recv) => recv
+        match ready!(self.poll_opened(cx, Side::Read)) {
+            Ok(recv) => recv
                 .poll_data(cx)
                 .map(|data| data.map(|d| d.map_err(h2_to_io))),
-            Recv::Awaiting(_) => Poll::Pending,
-            Recv::Failed => Poll::Ready(Some(Err(failed()))),
+            Err(err) => Poll::Ready(Some(Err(err))),
         }
     }
 }
@@ -371,7 +381,13 @@ impl Endpoint for HboneStream {
 impl fmt::Debug for HboneStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HboneStream")
-            .field("stream_id", &self.send.as_ref().map(SendStream::stream_id))
+            .field(
+                "stream_id",
+                &match &self.send {
+                    SendSide::Open(send) => Some(send.stream_id()),
+                    SendSide::Deferred(_) | SendSide::Closed => None,
+                },
+            )
             .field("open", &matches!(self.recv, Recv::Open(_)))
             .field("pending", &self.pending.len())
             .field("write_closed", &self.write_closed)
@@ -439,6 +455,10 @@ impl AsyncWrite for HboneStream {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+fn tunnel_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "tunnel closed")
 }
 
 /// What a failed tunnel says after it has reported why.
