@@ -70,17 +70,23 @@ struct Awaiting {
     response: ResponseFuture,
     dst: SocketAddr,
     authority: SocketAddr,
-    /// Opens the tunnel again when the server did not process the request (REFUSED_STREAM,
-    /// or a GOAWAY below this stream); a future does nothing until polled. Only while
-    /// nothing but the early data was sent, since that is all a new request carries; dropped
-    /// by the first write.
-    retry: Option<Reopen>,
-    /// The retry, once started.
-    reopening: Option<Reopen>,
+    retry: Retry,
     /// The reader and the writer of a split tunnel both wait for the answer, and a future
     /// keeps only the last waker it was polled with: it is polled with one that wakes both.
     wakers: Arc<BothSides>,
     waker: Waker,
+}
+
+/// Opening the tunnel again when the server did not process the request (REFUSED_STREAM, or
+/// a GOAWAY below this stream). Only while nothing but the early data was sent, since that is
+/// all a new request carries.
+enum Retry {
+    /// Not possible (a fresh connection, or a write went out).
+    Spent,
+    /// The same request on a fresh connection; a future does nothing until polled.
+    Ready(Reopen),
+    /// The retry, started: writes wait for it.
+    Running(Reopen),
 }
 
 /// Which half of the tunnel is waiting for the answer.
@@ -153,8 +159,7 @@ impl HboneStream {
                 response,
                 dst,
                 authority,
-                retry: None,
-                reopening: None,
+                retry: Retry::Spent,
                 waker: Waker::from(wakers.clone()),
                 wakers,
             })),
@@ -167,7 +172,7 @@ impl HboneStream {
     /// How to open this tunnel again if the server did not process it.
     pub(crate) fn set_retry(&mut self, retry: Reopen) {
         if let Recv::Awaiting(awaiting) = &mut self.recv {
-            awaiting.retry = Some(retry);
+            awaiting.retry = Retry::Ready(retry);
         }
     }
 
@@ -199,7 +204,7 @@ impl HboneStream {
             };
             awaiting.wakers.register(side, cx.waker());
             let mut both = Context::from_waker(&awaiting.waker);
-            if let Some(reopening) = &mut awaiting.reopening {
+            if let Retry::Running(reopening) = &mut awaiting.retry {
                 match ready!(reopening.as_mut().poll(&mut both)) {
                     Ok(reopened) => *self = reopened,
                     Err(err) => return Poll::Ready(Err(self.fail(err))),
@@ -220,11 +225,13 @@ impl HboneStream {
                     };
                     return Poll::Ready(Err(self.fail(refused)));
                 }
-                Err(err) if unprocessed(&err) && awaiting.retry.is_some() => {
-                    tracing::debug!(error = %err, "tunnel not processed; retrying on a new connection");
-                    awaiting.reopening = awaiting.retry.take();
-                }
-                Err(err) => return Poll::Ready(Err(self.fail(HboneError::h2(dst, err)))),
+                Err(err) => match std::mem::replace(&mut awaiting.retry, Retry::Spent) {
+                    Retry::Ready(reopen) if unprocessed(&err) => {
+                        tracing::debug!(error = %err, "tunnel not processed; retrying on a new connection");
+                        awaiting.retry = Retry::Running(reopen);
+                    }
+                    _ => return Poll::Ready(Err(self.fail(HboneError::h2(dst, err)))),
+                },
             }
         }
         match &mut self.recv {
@@ -250,10 +257,10 @@ impl HboneStream {
         if self.poll_opened(cx, Side::Write)?.is_pending()
             && let Recv::Awaiting(awaiting) = &mut self.recv
         {
-            if awaiting.reopening.is_some() {
+            if let Retry::Running(_) = awaiting.retry {
                 return Poll::Pending;
             }
-            awaiting.retry = None;
+            awaiting.retry = Retry::Spent;
         }
         Poll::Ready(Ok(()))
     }
