@@ -217,16 +217,28 @@ pub fn run(
                 }
             }
         }
-        metrics.enrolled_pods.set(enrolled.len() as i64);
+        metrics.enrolled_pods.set(statuses.len() as i64);
+        metrics.captured_pods.set(enrolled.len() as i64);
         *admin_state.pods.write() = statuses;
         drop(watcher);
         info!(pods = enrolled.len(), "agent ready");
 
         let signal = shutdown_signal().await;
         info!(signal, "shutting down: releasing capture, draining connections");
+        // From here until a new agent attaches again, the pods' new connections bypass the
+        // mesh (the fail-open window the README describes); say so where operators look.
         for pod in &mut enrolled {
             pod.release_capture();
         }
+        metrics.captured_pods.set(0);
+        for status in admin_state.pods.write().iter_mut() {
+            status.captured = false;
+            status.error = Some("capture released: the agent is shutting down".into());
+        }
+        warn!(
+            pods = enrolled.len(),
+            "capture released: new connections of this node's pods bypass the mesh until an agent captures them again"
+        );
         let in_time = trigger.drain(config.drain_deadline).await;
         if !in_time {
             warn!(deadline = ?config.drain_deadline, "connections still open at the drain deadline; closing them");

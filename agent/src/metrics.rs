@@ -134,6 +134,9 @@ pub struct Metrics {
     pub no_orig_dst: Counter,
     pub active_connections: Gauge,
     pub enrolled_pods: Gauge,
+    /// Enrolled pods whose capture programs are attached now. It falls to 0 when the agent
+    /// releases capture to drain: from then on those pods' new connections bypass the mesh.
+    pub captured_pods: Gauge,
     /// Connections refused by policy, by reason.
     pub denials: Family<DenialLabels, Counter>,
 }
@@ -148,6 +151,7 @@ impl Metrics {
             no_orig_dst: Counter::default(),
             active_connections: Gauge::default(),
             enrolled_pods: Gauge::default(),
+            captured_pods: Gauge::default(),
             denials: Family::default(),
         };
         let istio = registry.sub_registry_with_prefix("istio");
@@ -186,8 +190,14 @@ impl Metrics {
         );
         weft.register(
             "enrolled_pods",
-            "Pods on this node whose traffic is captured",
+            "Pods enrolled on this node, captured or not",
             m.enrolled_pods.clone(),
+        );
+        weft.register(
+            "captured_pods",
+            "Enrolled pods whose traffic the kernel programs steer to the agent now; \
+             below weft_enrolled_pods, the others' connections bypass the mesh",
+            m.captured_pods.clone(),
         );
         weft.register(
             "connections_denied",
