@@ -5,8 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{mesh, one_connection_with_bytes, source_counters, wait_for_growth};
-use weft_tests::scenario;
+use common::{
+    COUNTER_WAIT, eventually, mesh, one_connection_with_bytes, source_counters, wait_for_growth,
+};
+use weft_tests::scenario::{self, TcpCounters};
 
 /// curl exit codes of a clean failure: connection refused (7), empty reply (52), reset
 /// while receiving (56). A timeout (28) is not clean: the pod would hang.
@@ -43,6 +45,26 @@ fn pods_are_captured_again_after_an_agent_restart() {
             String::from_utf8_lossy(&out.stdout),
             "pod-2a",
             "direct path, wrong pod"
+        );
+        // The bypass is visible where the README says: the destination's agent counts a
+        // plaintext connection from a mesh workload.
+        eventually(
+            "node-2 to count pod-1a's bypassing connection as plaintext",
+            COUNTER_WAIT,
+            || {
+                let m = tb.metrics("node-2").expect("scraping node-2");
+                TcpCounters::select(
+                    &m,
+                    &[
+                        ("reporter", "destination"),
+                        ("source_workload", "pod-1a"),
+                        ("destination_workload", "pod-2a"),
+                        ("connection_security_policy", "none"),
+                    ],
+                )
+                .opened
+                    >= 1.0
+            },
         );
     } else {
         assert!(
