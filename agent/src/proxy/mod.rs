@@ -192,3 +192,22 @@ pub fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     }
     Guard(Some(f))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_own_ports_are_the_mesh_ports_and_the_node_ports() {
+        let ports = AgentPorts::new([15000, 15020, 15021, 15020]);
+        for port in [15000, 15001, 15006, 15008, 15020, 15021] {
+            assert!(ports.contains(port), "{port}");
+        }
+        for port in [80, 8000, 15007, 15009, 15012, 15090] {
+            assert!(!ports.contains(port), "{port}");
+        }
+        // Configured elsewhere, the node ports follow.
+        let moved = AgentPorts::new([9000]);
+        assert!(moved.contains(9000) && moved.contains(15006) && !moved.contains(15020));
+    }
+}
