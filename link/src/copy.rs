@@ -305,7 +305,7 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
-    /// Reads until EOF or an error; whether it ended with a reset.
+    /// Reads to the end: the bytes, or the error that ended the stream.
     async fn read_until_end(stream: &mut tokio::net::TcpStream) -> io::Result<Vec<u8>> {
         let mut got = Vec::new();
         stream.read_to_end(&mut got).await.map(|_| got)
