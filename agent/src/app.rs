@@ -32,7 +32,7 @@ use crate::{
     pods::{self, PodStatus},
     policy::{PolicyHandler, PolicyIndex},
     preflight::{self, PreflightError},
-    proxy::ProxyContext,
+    proxy::{AgentPorts, ProxyContext},
     state::{self, StateError, WorkloadStore},
 };
 
@@ -200,6 +200,12 @@ pub fn run(
             metrics: metrics.clone(),
             home,
             connect_timeout: config.connect_timeout,
+            agent_ports: AgentPorts::new([
+                config.admin_addr.port(),
+                config.metrics_addr.port(),
+                config.readiness_addr.port(),
+            ]),
+            drain_deadline: config.drain_deadline,
         });
         let (trigger, watcher) = drain::new();
         let mut enrolled = Vec::new();

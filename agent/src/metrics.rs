@@ -105,6 +105,11 @@ impl DenialLabels {
     pub const STRICT_MTLS: DenialLabels = DenialLabels {
         reason: "peer_authentication_strict",
     };
+    /// A connection or CONNECT to one of the agent's own ports (15001, 15006, 15008, admin,
+    /// metrics, readiness).
+    pub const AGENT_PORT: DenialLabels = DenialLabels {
+        reason: "agent_port",
+    };
 }
 
 /// Workload, namespace, principal and app of one end of a connection.
@@ -201,7 +206,7 @@ impl Metrics {
         );
         weft.register(
             "connections_denied",
-            "Connections refused by authorization policy or STRICT peer authentication",
+            "Connections refused by authorization policy, STRICT peer authentication, or because they were for one of the agent's own ports",
             m.denials.clone(),
         );
         m

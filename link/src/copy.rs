@@ -4,7 +4,13 @@
 //!
 //! Buffers are never zeroed (reads go into spare capacity) and start small, so a short
 //! connection costs two 16 KiB allocations; a direction whose reads keep filling its buffer
-//! doubles it, up to 256 KiB, for bulk transfers.
+//! doubles it, up to 256 KiB, for bulk transfers. A direction with nothing to read and
+//! nothing left to write gives its buffer back, and one whose reads no longer fill a quarter
+//! of it halves the next size: an idle connection holds no buffer, whatever burst it carried.
+//!
+//! A copy that fails resets both sides ([`Endpoint::abort`]): an upstream's reset reaches the
+//! client as a reset, never as the clean close that makes a truncated stream look complete
+//! (RFC 9113 §8.5 asks the same of a CONNECT proxy: TCP RST <-> RST_STREAM CONNECT_ERROR).
 //!
 //! An HBONE tunnel holds its bytes in owned buffers (h2 DATA frames), so the copy hands them
 //! over instead of copying them: a frame received from a tunnel is written to the socket
@@ -51,9 +57,22 @@ pub trait Endpoint: AsyncRead + AsyncWrite + Unpin {
         buf.advance(n);
         Poll::Ready(Ok(n))
     }
+
+    /// Ends the stream with a reset rather than a close when it is dropped or finished: the
+    /// copy calls it on both sides when either fails. The default does nothing (a pipe has no
+    /// reset).
+    fn abort(&mut self) {}
 }
 
-impl Endpoint for tokio::net::TcpStream {}
+impl Endpoint for tokio::net::TcpStream {
+    /// SO_LINGER 0: the close that follows sends RST and frees the socket at once.
+    fn abort(&mut self) {
+        if let Err(err) = socket2::SockRef::from(&*self).set_linger(Some(std::time::Duration::ZERO))
+        {
+            tracing::debug!(%err, "setting SO_LINGER 0 to reset a connection failed");
+        }
+    }
+}
 impl Endpoint for tokio::io::DuplexStream {}
 
 /// What a finished copy moved, and how it ended.
@@ -67,9 +86,10 @@ pub struct Outcome {
     pub error: Option<io::Error>,
 }
 
-/// Copies until both directions have seen end-of-stream, or either fails. `on_a_to_b` and
-/// `on_b_to_a` are told of every delivered chunk (live metrics). Counts are of bytes
-/// delivered, not read, and are exact even when the copy fails part-way.
+/// Copies until both directions have seen end-of-stream, or either fails; a failure aborts
+/// both sides, so each peer sees a reset. `on_a_to_b` and `on_b_to_a` are told of every
+/// delivered chunk (live metrics). Counts are of bytes delivered, not read, and are exact
+/// even when the copy fails part-way.
 pub async fn bidirectional<A, B>(
     a: &mut A,
     b: &mut B,
@@ -92,6 +112,10 @@ where
         }
     })
     .await;
+    if result.is_err() {
+        a.abort();
+        b.abort();
+    }
     Outcome {
         a_to_b: up.delivered,
         b_to_a: down.delivered,
@@ -105,7 +129,8 @@ struct OneWay {
     buf: BytesMut,
     /// Taken from a chunked reader and not yet written.
     chunk: Bytes,
-    /// The next buffer's size (doubles while reads fill the current one).
+    /// The next buffer's size (doubles while reads fill the current one, halves while they
+    /// fill less than a quarter of it).
     next_capacity: usize,
     read_eof: bool,
     done: bool,
@@ -179,9 +204,7 @@ impl OneWay {
                 let capacity = self.buf.capacity();
                 tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, &mut self.buf).map_ok(
                     |n| {
-                        if n >= capacity && capacity < MAX_BUFFER {
-                            self.next_capacity = (capacity * 2).min(MAX_BUFFER);
-                        }
+                        self.next_capacity = next_capacity(capacity, n);
                         n == 0
                     },
                 )
@@ -190,12 +213,27 @@ impl OneWay {
                 Poll::Ready(Ok(eof)) => self.read_eof = eof,
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => {
+                    // Nothing to read and (the loop above) nothing left to write: an idle
+                    // direction keeps no buffer. The next read allocates `next_capacity`.
+                    self.buf = BytesMut::new();
                     // Nothing more to send for now: push out what the writer holds.
                     ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                     return Poll::Pending;
                 }
             }
         }
+    }
+}
+
+/// The buffer size after a read of `n` bytes into `capacity`: double when the read filled
+/// it, half when it used less than a quarter, within [`INITIAL_BUFFER`, `MAX_BUFFER`].
+fn next_capacity(capacity: usize, n: usize) -> usize {
+    if n >= capacity {
+        (capacity * 2).clamp(INITIAL_BUFFER, MAX_BUFFER)
+    } else if n < capacity / 4 {
+        (capacity / 2).clamp(INITIAL_BUFFER, MAX_BUFFER)
+    } else {
+        capacity.clamp(INITIAL_BUFFER, MAX_BUFFER)
     }
 }
 
@@ -257,5 +295,105 @@ mod tests {
         let outcome = bidirectional(&mut a, &mut b, |_| {}, |_| {}).await;
         assert!(outcome.error.is_some(), "a write to a closed pipe fails");
         assert_eq!(outcome.a_to_b, 0, "nothing was delivered");
+    }
+
+    /// A connected pair of loopback sockets.
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    /// Reads to the end: the bytes, or the error that ended the stream.
+    async fn read_until_end(stream: &mut tokio::net::TcpStream) -> io::Result<Vec<u8>> {
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.map(|_| got)
+    }
+
+    #[tokio::test]
+    async fn an_upstream_reset_reaches_the_client_as_a_reset_and_the_other_way_round() {
+        for upstream_resets in [true, false] {
+            // client <-> (a | b) <-> server
+            let (mut client, mut a) = tcp_pair().await;
+            let (mut b, mut server) = tcp_pair().await;
+            let copy =
+                tokio::spawn(async move { bidirectional(&mut a, &mut b, |_| {}, |_| {}).await });
+            client.write_all(b"request").await.unwrap();
+            let mut request = [0u8; 7];
+            server.read_exact(&mut request).await.unwrap();
+            // The side that resets: SO_LINGER 0, then close.
+            let (resetting, mut other) = if upstream_resets {
+                (server, client)
+            } else {
+                (client, server)
+            };
+            socket2::SockRef::from(&resetting)
+                .set_linger(Some(std::time::Duration::ZERO))
+                .unwrap();
+            drop(resetting);
+            let outcome = copy.await.unwrap();
+            assert!(outcome.error.is_some(), "the copy reports the reset");
+            let end = read_until_end(&mut other).await;
+            let err = end.expect_err("the other side saw a clean close, not a reset");
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::ConnectionReset,
+                "upstream_resets={upstream_resets}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_stays_a_clean_close() {
+        let (mut client, mut a) = tcp_pair().await;
+        let (mut b, mut server) = tcp_pair().await;
+        let copy = tokio::spawn(async move { bidirectional(&mut a, &mut b, |_| {}, |_| {}).await });
+        server.write_all(b"whole answer").await.unwrap();
+        server.shutdown().await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_until_end(&mut client).await.unwrap(), b"whole answer");
+        assert!(copy.await.unwrap().error.is_none());
+    }
+
+    #[tokio::test]
+    async fn buffers_grow_for_a_burst_and_shrink_back_after_it() {
+        const BURST: usize = 1 << 20;
+        // reader_peer -> reader | OneWay | writer -> writer_peer, pipes that hold the burst.
+        let (mut reader_peer, mut reader) = tokio::io::duplex(BURST);
+        let (mut writer, mut writer_peer) = tokio::io::duplex(BURST);
+        let mut way = OneWay::new();
+        let mut step = async |way: &mut OneWay| {
+            poll_fn(|cx| {
+                let polled = way.poll(cx, &mut reader, &mut writer, &mut |_| {});
+                Poll::Ready(polled.is_pending())
+            })
+            .await
+        };
+
+        reader_peer.write_all(&vec![7u8; BURST]).await.unwrap();
+        assert!(step(&mut way).await, "the copy waits for more");
+        assert_eq!(way.delivered, BURST as u64);
+        assert!(
+            way.next_capacity >= MAX_BUFFER / 2,
+            "the burst grew the buffer: {}",
+            way.next_capacity
+        );
+        assert_eq!(way.buf.capacity(), 0, "an idle direction holds no buffer");
+        let mut sink = vec![0u8; BURST];
+        writer_peer.read_exact(&mut sink).await.unwrap();
+
+        // Small messages after the burst: each read fills a sliver of the buffer.
+        for _ in 0..8 {
+            reader_peer.write_all(b"ping").await.unwrap();
+            assert!(step(&mut way).await);
+            assert_eq!(way.buf.capacity(), 0);
+            let mut ping = [0u8; 4];
+            writer_peer.read_exact(&mut ping).await.unwrap();
+        }
+        assert_eq!(
+            way.next_capacity, INITIAL_BUFFER,
+            "the buffer shrank back to its initial size"
+        );
     }
 }

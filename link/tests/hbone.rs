@@ -589,3 +589,69 @@ async fn an_optimistic_tunnel_the_server_did_not_process_is_sent_again() {
     assert!(err.to_string().contains("refused"), "{err}");
     assert_eq!(sockets.dialled(), 1, "no retry once more was sent");
 }
+
+/// Accepts one connection on a fresh port and hands it to `serve`; the port.
+async fn one_upstream<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        serve(stream).await;
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_cross_the_tunnel_both_ways() {
+    let ca = Ca::new("root");
+    let server = Server::start(&ca, &id("server")).await;
+    let tls = ca.client_tls(&id("client"), VALID);
+    let hbone = client(&Arc::new(CountingSockets::default()));
+
+    // The upstream answers, then resets: the tunnel's reader sees a reset (RST_STREAM
+    // CONNECT_ERROR), not the clean end that would make the answer look complete.
+    let upstream = one_upstream(|mut s| async move {
+        s.write_all(b"partial").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        socket2::SockRef::from(&s)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+    })
+    .await;
+    let req = ConnectRequest::new(server.addr, id("server"), upstream);
+    let mut tunnel = hbone.connect(&tls, req).await.unwrap();
+    let mut got = Vec::new();
+    let err = tunnel
+        .read_to_end(&mut got)
+        .await
+        .expect_err("an upstream reset came through as a clean end");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    // CONNECT_ERROR, as RFC 9113 §8.5 has it, rather than the CANCEL of a dropped stream.
+    let reason = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason);
+    assert_eq!(reason, Some(h2::Reason::CONNECT_ERROR), "{err}");
+
+    // The client's side aborts: the upstream sees a reset.
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let upstream = one_upstream(|mut s| async move {
+        let mut got = Vec::new();
+        let _ = seen_tx.send(s.read_to_end(&mut got).await.map_err(|e| e.kind()));
+    })
+    .await;
+    let req = ConnectRequest::new(server.addr, id("server"), upstream);
+    let mut tunnel = hbone.connect(&tls, req).await.unwrap();
+    tunnel.write_all(b"request").await.unwrap();
+    weft_link::copy::Endpoint::abort(&mut tunnel);
+    drop(tunnel);
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), seen_rx)
+        .await
+        .expect("the upstream connection stayed open")
+        .unwrap();
+    assert_eq!(seen, Err(std::io::ErrorKind::ConnectionReset));
+}

@@ -23,12 +23,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, INBOUND_PLAINTEXT_PORT};
 use weft_link::{
-    hbone::{ConnectHandler, HboneServer, InboundConnect, Refusal, TunnelSummary},
+    hbone::{ConnectHandler, HboneServer, InboundConnect, Refusal, ServerOptions, TunnelSummary},
     tls::{TrustBundle, server_config_with},
 };
 
 use super::{
-    ProxyContext, connect_hint, copy, listen_in_pod as bind_in_pod, outbound::Pod, scopeguard,
+    ProxyContext, connect_hint, copy, listen_in_pod as bind_in_pod, outbound::Pod, reset,
+    scopeguard,
 };
 use crate::{
     drain::DrainWatcher,
@@ -51,13 +52,15 @@ pub fn bind_hbone(pod: &Pod, home: &Netns) -> Result<Vec<TcpListener>, ListenerE
     Ok(listeners)
 }
 
-/// Serves HBONE on `listener` until the drain starts.
+/// Serves HBONE on `listener` until the drain starts, then lets the open tunnels finish
+/// within the drain deadline. The watcher is held until they have: the agent's drain waits
+/// for inbound tunnels as it waits for outbound connections.
 pub async fn run_hbone(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
     pod: Arc<Pod>,
     bundle: Arc<TrustBundle>,
-    mut drain: DrainWatcher,
+    drain: DrainWatcher,
 ) {
     let resolver = Arc::new(PodCertificate {
         ctx: ctx.clone(),
@@ -70,14 +73,21 @@ pub async fn run_hbone(
             return;
         }
     };
+    let options = ServerOptions {
+        drain_timeout: ctx.drain_deadline,
+        ..ServerOptions::default()
+    };
     let handler = Arc::new(HboneInbound {
         ctx,
         pod: pod.clone(),
     });
+    let mut signal = drain.clone();
     HboneServer::new(listener, tls, handler)
-        .run(async move { drain.signalled().await })
+        .with_options(options)
+        .run(async move { signal.signalled().await })
         .await;
-    debug!(pod = %pod.uid, "HBONE listener closed");
+    drop(drain);
+    debug!(pod = %pod.uid, "HBONE listener closed and its tunnels drained");
 }
 
 /// Presents the pod's current certificate: looked up per handshake, so a pod whose identity
@@ -170,13 +180,27 @@ impl tokio::io::AsyncWrite for Upstream {
     }
 }
 
-impl weft_link::copy::Endpoint for Upstream {}
+impl weft_link::copy::Endpoint for Upstream {
+    fn abort(&mut self) {
+        weft_link::copy::Endpoint::abort(&mut self.stream);
+    }
+}
 
 impl ConnectHandler for HboneInbound {
     type Upstream = Upstream;
 
     async fn connect(&self, req: InboundConnect) -> Result<Upstream, Refusal> {
         let metrics = &self.ctx.metrics;
+        if self
+            .ctx
+            .refuse_agent_port("inbound_hbone", req.remote, req.authority)
+        {
+            // ztunnel answers a CONNECT to its own ports with 400 too.
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("{} is one of the agent's own ports", req.authority),
+            ));
+        }
         let (dst, src_workload) = {
             let workloads = self.ctx.workloads.load();
             (
@@ -333,6 +357,11 @@ async fn serve_plaintext(
             return;
         }
     };
+    // Reached directly (sk_lookup passes the mesh ports): passing it on would dial this
+    // listener again.
+    if ctx.refuse_agent_port("inbound_plaintext", peer, dst) {
+        return reset(client);
+    }
     let (dst_workload, src_workload) = {
         let workloads = ctx.workloads.load();
         (
@@ -427,14 +456,4 @@ fn deny(ctx: &ProxyContext, labels: &mut TcpLabels, why: DenialLabels, client: T
     ctx.metrics.closed.get_or_create(labels).inc();
     ctx.metrics.denials.get_or_create(&why).inc();
     reset(client);
-}
-
-/// Closes with a reset, so the client sees "connection refused/reset" at once rather than
-/// an orderly end of an empty stream.
-fn reset(stream: TcpStream) {
-    // A zero linger never blocks: close sends RST and frees the socket at once.
-    if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO)) {
-        debug!(%err, "setting SO_LINGER failed");
-    }
-    drop(stream);
 }

@@ -22,13 +22,15 @@ use std::{
 use arc_swap::ArcSwap;
 use parking_lot::RwLock;
 use tokio::net::{TcpSocket, TcpStream};
+use tracing::{debug, info};
+use weft_ebpf_common::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use weft_link::identity::{SpiffeId, TrustDomain};
 
 use crate::{
     capture::Capture,
     identity::Identities,
     inpod::{Netns, agent_socket},
-    metrics::Metrics,
+    metrics::{DenialLabels, Metrics},
     policy::PolicyIndex,
     state::{Workload, WorkloadStore, WorkloadUid},
 };
@@ -51,12 +53,58 @@ pub struct ProxyContext {
     /// The agent's own network namespace, to return to after creating a socket in a pod's.
     pub home: Netns,
     pub connect_timeout: Duration,
+    /// Ports no connection may reach through the agent.
+    pub agent_ports: AgentPorts,
+    /// How long connections, inbound tunnels included, get to finish after SIGTERM.
+    pub drain_deadline: Duration,
+}
+
+/// The agent's own ports: the mesh ports it listens on in every pod (15001, 15006, 15008) and
+/// the node's admin, metrics and readiness ports. A connection or CONNECT to one of them is
+/// refused, as ztunnel refuses them: the agent would otherwise connect to itself, and a
+/// connection to a pod's 15006 would be accepted by 15006 again, without end, until the
+/// agent runs out of file descriptors.
+#[derive(Debug, Clone)]
+pub struct AgentPorts(Vec<u16>);
+
+impl AgentPorts {
+    /// The mesh ports and `node_ports` (the admin, metrics and readiness ports).
+    pub fn new(node_ports: impl IntoIterator<Item = u16>) -> Self {
+        let mut ports = vec![OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT];
+        ports.extend(node_ports);
+        ports.sort_unstable();
+        ports.dedup();
+        AgentPorts(ports)
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.binary_search(&port).is_ok()
+    }
 }
 
 impl ProxyContext {
     /// The SPIFFE identity of `w` in this mesh's trust domain.
     pub fn identity_of(&self, w: &Workload) -> Option<SpiffeId> {
         w.identity(&self.trust_domain)
+    }
+
+    /// Whether `dst` is one of the agent's own ports; if so the refusal is counted and logged
+    /// here, and the caller refuses the connection (`path` says which listener saw it).
+    pub fn refuse_agent_port(&self, path: &'static str, src: SocketAddr, dst: SocketAddr) -> bool {
+        if !self.agent_ports.contains(dst.port()) {
+            return false;
+        }
+        self.metrics
+            .denials
+            .get_or_create(&DenialLabels::AGENT_PORT)
+            .inc();
+        info!(
+            path,
+            src.addr = %src,
+            dst.addr = %dst,
+            "refused: the destination is one of the agent's own ports"
+        );
+        true
     }
 
     /// Connects to `dst` from inside `netns` with an agent socket (marked, never captured).
@@ -122,6 +170,16 @@ pub fn connect_hint(err: &io::Error) -> &'static str {
     }
 }
 
+/// Closes with a reset, so the client sees "connection reset" at once rather than an orderly
+/// end of a stream that never carried its answer.
+pub fn reset(stream: TcpStream) {
+    // A zero linger never blocks: close sends RST and frees the socket at once.
+    if let Err(err) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+        debug!(%err, "setting SO_LINGER failed");
+    }
+    drop(stream);
+}
+
 /// Runs `f` when dropped (on every exit path of a connection).
 pub fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -133,4 +191,23 @@ pub fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_own_ports_are_the_mesh_ports_and_the_node_ports() {
+        let ports = AgentPorts::new([15000, 15020, 15021, 15020]);
+        for port in [15000, 15001, 15006, 15008, 15020, 15021] {
+            assert!(ports.contains(port), "{port}");
+        }
+        for port in [80, 8000, 15007, 15009, 15012, 15090] {
+            assert!(!ports.contains(port), "{port}");
+        }
+        // Configured elsewhere, the node ports follow.
+        let moved = AgentPorts::new([9000]);
+        assert!(moved.contains(9000) && moved.contains(15006) && !moved.contains(15020));
+    }
 }

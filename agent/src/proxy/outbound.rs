@@ -24,7 +24,7 @@ use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, OUTBOUND_PORT, TupleKey};
 use weft_link::hbone::{ConnectRequest, HboneClient, SocketFactory, TraceParent};
 
-use super::{ProxyContext, address_like, connect_hint, copy, listen_in_pod, scopeguard};
+use super::{ProxyContext, address_like, connect_hint, copy, listen_in_pod, reset, scopeguard};
 use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
@@ -186,7 +186,7 @@ impl Connection {
                  kernel's tuple map may have overflowed, or something in the pod dialled the \
                  capture port directly)"
             );
-            return;
+            return reset(client);
         };
         let dst = orig.socket_addr();
         let (src_workload, dst_workload) = {
@@ -208,6 +208,12 @@ impl Connection {
             Some(w) if w.protocol == TunnelProtocol::Hbone => Route::Hbone(w),
             _ => Route::Direct,
         };
+        // A mesh workload's agent ports are the agent itself (a pod dialling its own
+        // 15006 would have the agent dial it again); outside the mesh they are anyone's.
+        if !matches!(route, Route::Direct) && self.ctx.refuse_agent_port("outbound", self.peer, dst)
+        {
+            return reset(client);
+        }
         let mut labels = TcpLabels::outbound(
             src_workload.as_deref(),
             dst_workload.as_deref(),
@@ -256,9 +262,14 @@ impl Connection {
                 );
             }
         };
+        // A connection that fails before relaying is reset: a clean close would look like an
+        // empty answer.
         let upstream = match upstream {
             Ok(upstream) => upstream,
-            Err(failure) => return fail(labels, failure),
+            Err(failure) => {
+                reset(client);
+                return fail(labels, failure);
+            }
         };
         let (moved, result) = match upstream {
             Upstream::Tcp(mut stream) => {

@@ -383,6 +383,17 @@ impl Endpoint for HboneStream {
             .map_err(h2_to_io)?;
         Poll::Ready(Ok(n))
     }
+
+    /// RST_STREAM with CONNECT_ERROR: RFC 9113 §8.5 has a CONNECT proxy signal a TCP error
+    /// (a reset included) this way, and the peer's agent resets its TCP connection in turn.
+    /// A refused or failed tunnel has nothing to reset.
+    fn abort(&mut self) {
+        match &mut self.send {
+            SendSide::Open(send) => send.send_reset(h2::Reason::CONNECT_ERROR),
+            SendSide::Deferred(respond) => respond.send_reset(h2::Reason::CONNECT_ERROR),
+            SendSide::Closed => {}
+        }
+    }
 }
 
 impl fmt::Debug for HboneStream {
