@@ -25,7 +25,9 @@ use http::StatusCode;
 
 pub use client::{ClientOptions, ConnectRequest, HboneClient, PlainSocketFactory, SocketFactory};
 pub use server::{
-    ConnectHandler, HboneServer, InboundConnect, Refusal, ServerOptions, TunnelSummary,
+    ConnectHandler, DEFAULT_IDLE_TIMEOUT as DEFAULT_SERVER_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    HboneServer, InboundConnect, PeerConnections, Refusal, ServerOptions, TunnelSummary,
 };
 pub use stream::HboneStream;
 pub use trace::{TraceParent, TraceParentError};
