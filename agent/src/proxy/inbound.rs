@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, INBOUND_PLAINTEXT_PORT};
 use weft_link::{
-    hbone::{ConnectHandler, HboneServer, InboundConnect, Refusal, TunnelSummary},
+    hbone::{ConnectHandler, HboneServer, InboundConnect, PeerConnections, Refusal, TunnelSummary},
     tls::{TrustBundle, server_config_with},
 };
 
@@ -57,6 +57,7 @@ pub async fn run_hbone(
     ctx: Arc<ProxyContext>,
     pod: Arc<Pod>,
     bundle: Arc<TrustBundle>,
+    peers: Arc<PeerConnections>,
     mut drain: DrainWatcher,
 ) {
     let resolver = Arc::new(PodCertificate {
@@ -70,11 +71,14 @@ pub async fn run_hbone(
             return;
         }
     };
+    let ctx_options = ctx.hbone.clone();
     let handler = Arc::new(HboneInbound {
         ctx,
         pod: pod.clone(),
     });
     HboneServer::new(listener, tls, handler)
+        .with_options(ctx_options)
+        .with_peer_limit(peers)
         .run(async move { drain.signalled().await })
         .await;
     debug!(pod = %pod.uid, "HBONE listener closed");
@@ -111,13 +115,12 @@ struct HboneInbound {
 }
 
 impl HboneInbound {
-    fn labels(&self, peer: &str, remote: SocketAddr, authority: SocketAddr) -> TcpLabels {
+    fn labels(&self, peer: &str, remote: SocketAddr) -> TcpLabels {
         let workloads = self.ctx.workloads.load();
         TcpLabels::inbound(
             workloads.by_ip(remote.ip()).map(Arc::as_ref),
             Some(peer),
             workloads.by_uid(&self.pod.uid).map(Arc::as_ref),
-            authority.to_string(),
             "mutual_tls",
         )
     }
@@ -204,7 +207,6 @@ impl ConnectHandler for HboneInbound {
             src_workload.as_deref(),
             Some(req.peer.as_str()),
             Some(&dst),
-            req.authority.to_string(),
             "mutual_tls",
         );
         let source = Source {
@@ -252,7 +254,7 @@ impl ConnectHandler for HboneInbound {
 
     fn on_close(&self, summary: &TunnelSummary) {
         let metrics = &self.ctx.metrics;
-        let labels = self.labels(summary.peer.as_str(), summary.remote, summary.authority);
+        let labels = self.labels(summary.peer.as_str(), summary.remote);
         metrics.closed.get_or_create(&labels).inc();
         metrics
             .received_bytes
@@ -350,13 +352,7 @@ async fn serve_plaintext(
         reset(client);
         return;
     };
-    let mut labels = TcpLabels::inbound(
-        src_workload.as_deref(),
-        None,
-        Some(&dst_workload),
-        dst.to_string(),
-        "none",
-    );
+    let mut labels = TcpLabels::inbound(src_workload.as_deref(), None, Some(&dst_workload), "none");
     let policies = ctx.policies.load();
     if policies.peer_auth_mode(&dst_workload, dst.port()) == PeerAuthMode::Strict {
         info!(

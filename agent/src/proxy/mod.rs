@@ -51,6 +51,8 @@ pub struct ProxyContext {
     /// The agent's own network namespace, to return to after creating a socket in a pod's.
     pub home: Netns,
     pub connect_timeout: Duration,
+    /// Limits and timeouts of the HBONE listeners (port 15008).
+    pub hbone: weft_link::hbone::ServerOptions,
 }
 
 impl ProxyContext {
