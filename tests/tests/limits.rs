@@ -292,8 +292,8 @@ fn out_of_file_descriptors_the_agent_backs_off_and_serves_again() {
 // === HBONE connections per peer identity ===
 
 /// Opens a tunnel to `pod`'s HTTP server through its port 15008 as `who`, from `from`'s
-/// network namespace, on a connection of its own.
-async fn tunnel_as(
+/// network namespace, on a connection of its own (a client per tunnel: its pool holds one).
+async fn open_tunnel(
     tb: &Testbed,
     from: &str,
     pod: &str,
@@ -317,15 +317,20 @@ async fn tunnel_as(
         SocketAddr::new(ip, scenario::HTTP_PORT),
     );
     let netns = Path::new("/run/netns").join(&tb.node(from).unwrap().netns);
-    // A client per tunnel: its pool holds one connection.
     let hbone = HboneClient::new(Arc::new(NetnsSockets(netns)), ClientOptions::default());
-    let mut tunnel = hbone
+    let tunnel = hbone
         .connect(&tls, req)
         .await
         .map_err(|e| weft_link::error_chain(&e))?;
+    Ok((hbone, tunnel))
+}
+
+/// Sends the rest of a `GET /whoami.txt` (after `sent`) and checks the status line.
+async fn finish_whoami(tunnel: &mut HboneStream, sent: &[u8]) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = b"GET /whoami.txt HTTP/1.1\r\nHost: x\r\n\r\n";
     tunnel
-        .write_all(b"GET /whoami.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(&request[sent.len()..])
         .await
         .map_err(|e| e.to_string())?;
     let mut buf = [0; 12];
@@ -334,7 +339,73 @@ async fn tunnel_as(
         .await
         .map_err(|e| weft_link::error_chain(&e))?;
     assert_eq!(&buf, b"HTTP/1.0 200");
+    Ok(())
+}
+
+/// [`open_tunnel`], then a request through it.
+async fn tunnel_as(
+    tb: &Testbed,
+    from: &str,
+    pod: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    who: &SpiffeId,
+) -> Result<(HboneClient, HboneStream), String> {
+    let (hbone, mut tunnel) = open_tunnel(tb, from, pod, issuer, who).await?;
+    finish_whoami(&mut tunnel, b"").await?;
     Ok((hbone, tunnel))
+}
+
+/// The mesh CA of the testbed, to issue SVIDs for any identity.
+fn mesh_ca(tb: &Testbed) -> Issuer<'static, KeyPair> {
+    let control = tb.state_dir().join("control");
+    let root_pem = std::fs::read_to_string(control.join("root-cert.pem")).unwrap();
+    let root_key =
+        KeyPair::from_pem(&std::fs::read_to_string(control.join("root-key.pem")).unwrap()).unwrap();
+    Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap()
+}
+
+#[test]
+fn an_idle_hbone_connection_is_closed_and_a_busy_one_is_not() {
+    let tb = mesh_with(
+        "weft-e2e-lim-idle",
+        2,
+        1,
+        &[],
+        &["--hbone-idle-timeout", "1s"],
+    );
+    let _server = scenario::serve_http(&tb, "pod-2a").unwrap();
+    let ca = mesh_ca(&tb);
+    let client = id_of(&tb, "pod-1a");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // A tunnel open (half a request sent) for longer than the idle timeout keeps its
+        // connection.
+        let (busy_client, mut busy) = open_tunnel(&tb, "node-1", "pod-2a", &ca, &client)
+            .await
+            .unwrap();
+        let half = b"GET /whoami.txt HTTP/1.1\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut busy, half)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(busy_client.pooled_connections(), 1);
+        finish_whoami(&mut busy, half).await.unwrap();
+
+        // Once its tunnel is over, the connection is closed by the server (GOAWAY), well
+        // before the client's own pool would retire it.
+        drop(busy);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while busy_client.pooled_connections() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the idle HBONE connection is still open"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 #[test]
@@ -347,11 +418,7 @@ fn one_identity_gets_at_most_its_hbone_connections_while_another_connects() {
         &["--hbone-max-connections-per-identity", "2"],
     );
     let _server = scenario::serve_http(&tb, "pod-2a").unwrap();
-    let control = tb.state_dir().join("control");
-    let root_pem = std::fs::read_to_string(control.join("root-cert.pem")).unwrap();
-    let root_key =
-        KeyPair::from_pem(&std::fs::read_to_string(control.join("root-key.pem")).unwrap()).unwrap();
-    let mesh_ca = Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+    let mesh_ca = mesh_ca(&tb);
     let greedy = id_of(&tb, "pod-1a");
     let ns = tb.pod("pod-1a").unwrap().namespace.clone();
     let other = SpiffeId::new(TD.parse().unwrap(), &ns, "other").unwrap();
