@@ -25,9 +25,8 @@ use http::StatusCode;
 
 pub use client::{ClientOptions, ConnectRequest, HboneClient, PlainSocketFactory, SocketFactory};
 pub use server::{
-    ConnectHandler, DEFAULT_IDLE_TIMEOUT as DEFAULT_SERVER_IDLE_TIMEOUT,
-    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_PEER,
-    HboneServer, InboundConnect, PeerConnections, Refusal, ServerOptions, TunnelSummary,
+    ConnectHandler, HboneServer, InboundConnect, PeerConnections, Refusal, ServerOptions,
+    TunnelSummary,
 };
 pub use stream::HboneStream;
 pub use trace::{TraceParent, TraceParentError};

@@ -198,11 +198,6 @@ impl PeerConnections {
         })
     }
 
-    /// Connections `peer` holds now.
-    pub fn open(&self, peer: &SpiffeId) -> usize {
-        self.open.lock().get(peer).copied().unwrap_or(0)
-    }
-
     /// Counts a connection of `peer`, or returns how many it already holds at the limit.
     fn admit(self: &Arc<Self>, peer: &SpiffeId) -> Result<PeerSlot, usize> {
         let mut open = self.open.lock();
