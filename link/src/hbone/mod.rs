@@ -171,7 +171,8 @@ impl HboneError {
         if refused && let Self::H2 { cause, .. } = &mut err {
             cause.push_str(
                 "; the server closed the connection during the handshake: it probably \
-                 refused this client's certificate or identity (its log says why)",
+                 refused this client's certificate or identity, or this identity already \
+                 holds the most connections it allows (its log says why)",
             );
         }
         err
