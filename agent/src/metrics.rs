@@ -117,6 +117,10 @@ impl DenialLabels {
     pub const STRICT_MTLS: DenialLabels = DenialLabels {
         reason: "peer_authentication_strict",
     };
+    /// An HBONE connection beyond the limit per peer identity.
+    pub const CONNECTIONS_PER_IDENTITY: DenialLabels = DenialLabels {
+        reason: "hbone_connections_per_identity",
+    };
 }
 
 /// Workload, namespace, principal and app of one end of a connection.
@@ -212,7 +216,8 @@ impl Metrics {
         );
         weft.register(
             "connections_denied",
-            "Connections refused by authorization policy or STRICT peer authentication",
+            "Connections refused by authorization policy, STRICT peer authentication or the \
+             HBONE connection limit per identity",
             m.denials.clone(),
         );
         m

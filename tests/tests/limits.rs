@@ -461,4 +461,9 @@ fn one_identity_gets_at_most_its_hbone_connections_while_another_connects() {
         log.contains("HBONE connection refused"),
         "the refusal should be logged"
     );
+    let refused = tb.metrics("node-2").unwrap().sum(
+        "weft_connections_denied_total",
+        &[("reason", "hbone_connections_per_identity")],
+    );
+    assert!(refused >= 1.0, "the refusal should be counted");
 }

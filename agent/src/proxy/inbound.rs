@@ -252,6 +252,14 @@ impl ConnectHandler for HboneInbound {
         }
     }
 
+    fn on_connection_limit(&self, _peer: &weft_link::identity::SpiffeId) {
+        self.ctx
+            .metrics
+            .denials
+            .get_or_create(&DenialLabels::CONNECTIONS_PER_IDENTITY)
+            .inc();
+    }
+
     fn on_close(&self, summary: &TunnelSummary) {
         let metrics = &self.ctx.metrics;
         let labels = self.labels(summary.peer.as_str(), summary.remote);

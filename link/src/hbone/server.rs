@@ -167,6 +167,10 @@ pub trait ConnectHandler: Send + Sync + 'static {
 
     /// Called once per opened tunnel when it closes, e.g. for metrics.
     fn on_close(&self, _summary: &TunnelSummary) {}
+
+    /// Called when a connection of `peer` is refused because the identity holds
+    /// [`ServerOptions::max_connections_per_peer`] already, e.g. for metrics.
+    fn on_connection_limit(&self, _peer: &SpiffeId) {}
 }
 
 /// Serves HBONE on a listener: mTLS, HTTP/2, one [`ConnectHandler`] call per CONNECT.
@@ -370,6 +374,7 @@ async fn serve_connection<H: ConnectHandler>(
                 "HBONE connection refused: this identity holds the most connections allowed \
                  per peer (--hbone-max-connections-per-identity)"
             );
+            handler.on_connection_limit(&peer);
             conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
             let closed = poll_fn(|cx| {
                 let closed = conn.poll_closed(cx);
