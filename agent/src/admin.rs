@@ -2,17 +2,26 @@
 //! probe: admin (`/config_dump`, `/logging`), Prometheus (`/metrics`) and readiness
 //! (`/healthz/ready`).
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
-use parking_lot::RwLock;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use tracing::{debug, warn};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, debug_span, warn};
 
 use weft_link::control::ConnectionState;
 use weft_proto::discovery::v1::ResourceType;
@@ -34,7 +43,25 @@ pub struct AdminState {
     /// The discovery stream's state.
     pub control: ConnectionState,
     pub set_log_level: SetLogLevel,
+    /// Timeouts of every connection to these endpoints.
+    pub limits: HttpLimits,
 }
+
+/// Timeouts of the admin, metrics and readiness connections: all three are reachable by
+/// whoever can reach the node (metrics and readiness on every address), so none may hold a
+/// socket and a task for as long as it likes.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Time a client gets to send a request's headers (also while a kept-alive connection
+    /// waits for its next request).
+    pub header_timeout: Duration,
+    /// A connection that moves no byte either way for this long is closed, e.g. a client
+    /// that stopped reading its response.
+    pub idle_timeout: Duration,
+}
+
+/// After `accept` fails (e.g. EMFILE), wait before the next try instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -86,22 +113,115 @@ pub async fn serve(listener: std::net::TcpListener, endpoint: Endpoint, state: A
         }
     };
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(%err, endpoint = endpoint.name(), "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
         };
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(endpoint, &state, req)) }
-            });
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%err, "admin connection ended");
-            }
+        let limits = state.limits;
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(route(endpoint, &state, req)) }
         });
+        let span = debug_span!("http_conn", endpoint = endpoint.name(), %remote);
+        tokio::spawn(serve_connection(stream, limits, service).instrument(span));
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted connection within `limits`.
+async fn serve_connection<S>(stream: TcpStream, limits: HttpLimits, service: S)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    let (stream, last) = Activity::new(stream);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        served = conn => if let Err(err) = served {
+            debug!(%err, "connection ended");
+        },
+        () = idle(&last, limits.idle_timeout) => {
+            debug!(timeout = ?limits.idle_timeout, "connection idle; closing it");
+        }
+    }
+}
+
+/// Resolves once no byte has moved for `timeout` since the last activity in `last`.
+async fn idle(last: &Mutex<Instant>, timeout: Duration) {
+    loop {
+        let deadline = *last.lock() + timeout;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// A stream that records when a byte last moved through it, either way.
+struct Activity<T> {
+    inner: T,
+    last: Arc<Mutex<Instant>>,
+}
+
+impl<T> Activity<T> {
+    fn new(inner: T) -> (Self, Arc<Mutex<Instant>>) {
+        let last = Arc::new(Mutex::new(Instant::now()));
+        let this = Activity {
+            inner,
+            last: last.clone(),
+        };
+        (this, last)
+    }
+
+    fn moved(&self, n: usize) {
+        if n > 0 {
+            *self.last.lock() = Instant::now();
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.moved(buf.filled().len().saturating_sub(before));
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.moved(n);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -253,3 +373,7 @@ fn cert_json(status: &weft_link::certs::CertStatus) -> serde_json::Value {
         "next_renewal_unix": unix(status.next_renewal),
     })
 }
+
+#[cfg(test)]
+#[path = "admin_tests.rs"]
+mod tests;

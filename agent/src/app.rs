@@ -21,7 +21,7 @@ use weft_link::{
 use weft_proto::discovery::v1::{ClientKind, ResourceType};
 
 use crate::{
-    admin::{self, AdminState, Endpoint, SetLogLevel},
+    admin::{self, AdminState, Endpoint, HttpLimits, SetLogLevel},
     capture::{Capture, CaptureError, KernelLogger},
     config::Config,
     discovery::WorkloadHandler,
@@ -33,6 +33,7 @@ use crate::{
     policy::{PolicyHandler, PolicyIndex},
     preflight::{self, PreflightError},
     proxy::{AgentPorts, ProxyContext},
+    rlimit,
     state::{self, StateError, WorkloadStore},
 };
 
@@ -85,6 +86,23 @@ pub fn run(
 ) -> Result<(), AppError> {
     let host = preflight::check(&config.bpffs)?;
     info!(node = %config.node, cgroup2 = %host.cgroup2_mount.display(), "starting");
+    // Not fatal: the agent serves fewer connections, and the log and the gauge say so.
+    let open_files = match rlimit::raise_fd_limit() {
+        Ok(limit) => {
+            info!(
+                before = limit.before,
+                now = limit.soft,
+                hard = limit.hard,
+                "open-files limit"
+            );
+            limit.soft
+        }
+        Err(err) => {
+            warn!(%err, "running with the open-files limit as it is");
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(0, |(soft, _)| soft)
+        }
+    };
     let enrolments = state::load_enrolments(&config.pods)?;
     let trust_domain: TrustDomain =
         config
@@ -161,6 +179,9 @@ pub fn run(
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
+        metrics
+            .open_files_limit
+            .set(i64::try_from(open_files).unwrap_or(i64::MAX));
         registry.register_collector(Box::new(VerdictCollector(capture.clone())));
         registry.register_collector(Box::new(CertificateCollector(identities.clone())));
         let admin_state = Arc::new(AdminState {
@@ -186,6 +207,10 @@ pub fn run(
             ),
             control: control.state(),
             set_log_level,
+            limits: HttpLimits {
+                header_timeout: config.http_header_timeout,
+                idle_timeout: config.http_idle_timeout,
+            },
         });
         let admin_thread = spawn_admin(admin_listeners, admin_state.clone(), control)?;
 
@@ -205,7 +230,7 @@ pub fn run(
                 config.metrics_addr.port(),
                 config.readiness_addr.port(),
             ]),
-            drain_deadline: config.drain_deadline,
+            hbone: config.hbone_server_options(),
         });
         let (trigger, watcher) = drain::new();
         let mut enrolled = Vec::new();

@@ -21,6 +21,26 @@ pub const DEFAULT_WORKER_THREADS: usize = 2;
 pub const DEFAULT_DRAIN_DEADLINE: &str = "5s";
 /// A destination that has not answered a SYN in this long is treated as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
+/// Admin, metrics and readiness clients (Prometheus, the kubelet, an operator's curl) send
+/// their request headers at once; one that trickles them (slowloris) only holds a socket.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: &str = "10s";
+/// An admin, metrics or readiness connection that moves no byte either way for this long is
+/// closed: longer than any scrape or probe takes, shorter than a stalled reader should hold
+/// a socket. Clients that keep connections alive between scrapes reconnect.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: &str = "60s";
+/// An HBONE connection without open tunnels for this long is closed. Twice the client pool's
+/// idle timeout (5 minutes), so an honest client always closes first.
+pub const DEFAULT_HBONE_IDLE_TIMEOUT: &str = "10m";
+/// How often an HBONE connection is PINGed, to find peers that vanished without a FIN.
+pub const DEFAULT_HBONE_KEEPALIVE_INTERVAL: &str = "30s";
+/// An unanswered PING closes its HBONE connection after this long; an honest peer answers in
+/// a round trip.
+pub const DEFAULT_HBONE_KEEPALIVE_TIMEOUT: &str = "10s";
+/// HBONE connections one peer identity may hold to one pod. A client pools one connection
+/// per (source pod, destination) carrying 100 tunnels, so even hundreds of replicas sharing a
+/// service account stay below it; it keeps one identity (a leaked certificate, a runaway
+/// client) from taking every socket of the node.
+pub const DEFAULT_HBONE_MAX_CONNECTIONS_PER_IDENTITY: usize = 1024;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -97,6 +117,31 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = DEFAULT_CONNECT_TIMEOUT, value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
+    /// Time an admin, metrics or readiness client gets to send a request's headers.
+    #[arg(long, env = "WEFT_HTTP_HEADER_TIMEOUT", default_value = DEFAULT_HTTP_HEADER_TIMEOUT, value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// An admin, metrics or readiness connection idle (no byte either way) this long is closed.
+    #[arg(long, env = "WEFT_HTTP_IDLE_TIMEOUT", default_value = DEFAULT_HTTP_IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// An HBONE connection (port 15008) without open tunnels this long is closed.
+    #[arg(long, env = "WEFT_HBONE_IDLE_TIMEOUT", default_value = DEFAULT_HBONE_IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub hbone_idle_timeout: Duration,
+
+    /// How often an HBONE connection is PINGed.
+    #[arg(long, env = "WEFT_HBONE_KEEPALIVE_INTERVAL", default_value = DEFAULT_HBONE_KEEPALIVE_INTERVAL, value_parser = parse_duration)]
+    pub hbone_keepalive_interval: Duration,
+
+    /// How long a PING may go unanswered before its HBONE connection is closed.
+    #[arg(long, env = "WEFT_HBONE_KEEPALIVE_TIMEOUT", default_value = DEFAULT_HBONE_KEEPALIVE_TIMEOUT, value_parser = parse_duration)]
+    pub hbone_keepalive_timeout: Duration,
+
+    /// HBONE connections one peer identity may hold open to one pod; more are refused
+    /// (GOAWAY, ENHANCE_YOUR_CALM) while other identities still connect.
+    #[arg(long, env = "WEFT_HBONE_MAX_CONNECTIONS_PER_IDENTITY", default_value_t = DEFAULT_HBONE_MAX_CONNECTIONS_PER_IDENTITY, value_parser = parse_at_least_one)]
+    pub hbone_max_connections_per_identity: usize,
+
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -132,6 +177,29 @@ impl Config {
             read("certificate (--node-cert)", &self.node_cert)?,
             read("key (--node-key)", &self.node_key)?,
         ))
+    }
+}
+
+impl Config {
+    /// The HBONE server's settings from the `--hbone-*` flags.
+    pub fn hbone_server_options(&self) -> weft_link::hbone::ServerOptions {
+        weft_link::hbone::ServerOptions {
+            idle_timeout: self.hbone_idle_timeout,
+            keepalive_interval: self.hbone_keepalive_interval,
+            keepalive_timeout: self.hbone_keepalive_timeout,
+            max_connections_per_peer: self.hbone_max_connections_per_identity,
+            drain_timeout: self.drain_deadline,
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses a count that must be at least 1 (0 would refuse everything).
+pub fn parse_at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
     }
 }
 
@@ -190,6 +258,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
         assert_eq!(c.drain_deadline, Duration::from_secs(5));
+        // The HBONE defaults are the server's own, stated once more here for --help.
+        let server = weft_link::hbone::ServerOptions::default();
+        let hbone = c.hbone_server_options();
+        assert_eq!(hbone.idle_timeout, server.idle_timeout);
+        assert_eq!(hbone.keepalive_interval, server.keepalive_interval);
+        assert_eq!(hbone.keepalive_timeout, server.keepalive_timeout);
+        assert_eq!(
+            hbone.max_connections_per_peer,
+            server.max_connections_per_peer
+        );
     }
 
     #[test]

@@ -18,4 +18,5 @@ pub mod pods;
 pub mod policy;
 pub mod preflight;
 pub mod proxy;
+pub mod rlimit;
 pub mod state;

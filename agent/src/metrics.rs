@@ -21,7 +21,15 @@ use crate::{capture::Capture, identity::Identities, state::Workload};
 /// The trust domain of metric principals when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
+/// The value of a label whose end of the connection the mesh does not name, as Istio's.
+pub const UNKNOWN: &str = "unknown";
+
 /// Labels of Istio's `istio_tcp_*` metrics (the subset that a node proxy can know).
+///
+/// Every value comes from the mesh's configuration (workloads, identities proved by a mesh
+/// certificate) or is a constant, never from what a peer chose: no address or port, which
+/// anyone outside the mesh could vary to create a series per connection (a port scan of a
+/// pod would otherwise add one per port).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub reporter: &'static str,
@@ -33,7 +41,9 @@ pub struct TcpLabels {
     pub destination_workload_namespace: String,
     pub destination_principal: String,
     pub destination_app: String,
-    pub destination_address: String,
+    /// `<workload>.<namespace>` of a known destination, `unknown` otherwise. Weft resolves no
+    /// service VIPs, so the destination workload stands in for Istio's service host.
+    pub destination_service: String,
     pub request_protocol: &'static str,
     /// Envoy's response flags: `-` for none, `UF` for an upstream connection failure,
     /// `NR` for no route (no original destination).
@@ -44,7 +54,7 @@ pub struct TcpLabels {
 impl TcpLabels {
     /// Labels of a connection from `src` to `dst`; either is `unknown` when the workload list
     /// does not name it (a destination outside the mesh, or a pod not yet listed).
-    pub fn outbound(src: Option<&Workload>, dst: Option<&Workload>, dst_addr: String) -> Self {
+    pub fn outbound(src: Option<&Workload>, dst: Option<&Workload>) -> Self {
         let (source_workload, source_workload_namespace, source_principal, source_app) =
             identity_labels(src);
         let (
@@ -63,7 +73,10 @@ impl TcpLabels {
             destination_workload_namespace,
             destination_principal,
             destination_app,
-            destination_address: dst_addr,
+            destination_service: dst.map_or_else(
+                || UNKNOWN.to_string(),
+                |w| format!("{}.{}", w.name, w.namespace),
+            ),
             request_protocol: "tcp",
             response_flags: "-",
             // HBONE sets "mutual_tls".
@@ -79,12 +92,11 @@ impl TcpLabels {
         src: Option<&Workload>,
         src_principal: Option<&str>,
         dst: Option<&Workload>,
-        dst_addr: String,
         security: &'static str,
     ) -> Self {
-        let mut labels = Self::outbound(src, dst, dst_addr);
+        let mut labels = Self::outbound(src, dst);
         labels.reporter = "destination";
-        labels.source_principal = src_principal.unwrap_or("unknown").to_string();
+        labels.source_principal = src_principal.unwrap_or(UNKNOWN).to_string();
         labels.connection_security_policy = security;
         labels
     }
@@ -110,6 +122,10 @@ impl DenialLabels {
     pub const AGENT_PORT: DenialLabels = DenialLabels {
         reason: "agent_port",
     };
+    /// An HBONE connection beyond the limit per peer identity.
+    pub const CONNECTIONS_PER_IDENTITY: DenialLabels = DenialLabels {
+        reason: "hbone_connections_per_identity",
+    };
 }
 
 /// Workload, namespace, principal and app of one end of a connection.
@@ -122,7 +138,7 @@ fn identity_labels(w: Option<&Workload>) -> (String, String, String, String) {
             w.app().to_string(),
         ),
         None => {
-            let unknown = || "unknown".to_string();
+            let unknown = || UNKNOWN.to_string();
             (unknown(), unknown(), unknown(), unknown())
         }
     }
@@ -144,6 +160,8 @@ pub struct Metrics {
     pub captured_pods: Gauge,
     /// Connections refused by policy, by reason.
     pub denials: Family<DenialLabels, Counter>,
+    /// The open-files limit (RLIMIT_NOFILE) the agent runs with, after raising it at start.
+    pub open_files_limit: Gauge,
 }
 
 impl Metrics {
@@ -158,6 +176,7 @@ impl Metrics {
             enrolled_pods: Gauge::default(),
             captured_pods: Gauge::default(),
             denials: Family::default(),
+            open_files_limit: Gauge::default(),
         };
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register(
@@ -205,8 +224,16 @@ impl Metrics {
             m.captured_pods.clone(),
         );
         weft.register(
+            "open_files_limit",
+            "The open-files limit (RLIMIT_NOFILE soft limit) the agent runs with; every \
+             connection it proxies takes two",
+            m.open_files_limit.clone(),
+        );
+        weft.register(
             "connections_denied",
-            "Connections refused by authorization policy, STRICT peer authentication, or because they were for one of the agent's own ports",
+            "Connections refused by authorization policy, STRICT peer authentication, the \
+             HBONE connection limit per identity, or because they were for one of the \
+             agent's own ports",
             m.denials.clone(),
         );
         m

@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use weft_link::hbone::{ClientOptions, HboneClient};
+use weft_link::hbone::{ClientOptions, HboneClient, PeerConnections};
 
 use crate::{
     capture::{CaptureError, InboundLinks, PodLinks},
@@ -168,12 +168,15 @@ pub fn enrol(
         .map(|l| tokio::spawn(l.run(ctx.clone(), drain.clone())))
         .collect();
     let bundle = ctx.identities.bundle();
+    // One count per pod: its IPv4 and IPv6 listeners share the per-identity limit.
+    let peers = PeerConnections::new(ctx.hbone.max_connections_per_peer);
     tasks.extend(hbone.into_iter().map(|l| {
         tokio::spawn(inbound::run_hbone(
             l,
             ctx.clone(),
             pod.clone(),
             bundle.clone(),
+            peers.clone(),
             drain.clone(),
         ))
     }));

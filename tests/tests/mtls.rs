@@ -414,7 +414,7 @@ fn the_destination_refuses_foreign_expired_unexpected_and_malformed_clients() {
         scenario::CONNECTIONS_CLOSED,
         &[
             ("reporter", "source"),
-            ("destination_address", &format!("{pod_ip}:9")),
+            ("destination_workload", "pod-2a"),
             ("response_flags", "UF"),
         ],
     );

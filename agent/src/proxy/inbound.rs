@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, INBOUND_PLAINTEXT_PORT};
 use weft_link::{
-    hbone::{ConnectHandler, HboneServer, InboundConnect, Refusal, ServerOptions, TunnelSummary},
+    hbone::{ConnectHandler, HboneServer, InboundConnect, PeerConnections, Refusal, TunnelSummary},
     tls::{TrustBundle, server_config_with},
 };
 
@@ -60,6 +60,7 @@ pub async fn run_hbone(
     ctx: Arc<ProxyContext>,
     pod: Arc<Pod>,
     bundle: Arc<TrustBundle>,
+    peers: Arc<PeerConnections>,
     drain: DrainWatcher,
 ) {
     let resolver = Arc::new(PodCertificate {
@@ -73,10 +74,7 @@ pub async fn run_hbone(
             return;
         }
     };
-    let options = ServerOptions {
-        drain_timeout: ctx.drain_deadline,
-        ..ServerOptions::default()
-    };
+    let options = ctx.hbone.clone();
     let handler = Arc::new(HboneInbound {
         ctx,
         pod: pod.clone(),
@@ -84,6 +82,7 @@ pub async fn run_hbone(
     let mut signal = drain.clone();
     HboneServer::new(listener, tls, handler)
         .with_options(options)
+        .with_peer_limit(peers)
         .run(async move { signal.signalled().await })
         .await;
     drop(drain);
@@ -121,13 +120,12 @@ struct HboneInbound {
 }
 
 impl HboneInbound {
-    fn labels(&self, peer: &str, remote: SocketAddr, authority: SocketAddr) -> TcpLabels {
+    fn labels(&self, peer: &str, remote: SocketAddr) -> TcpLabels {
         let workloads = self.ctx.workloads.load();
         TcpLabels::inbound(
             workloads.by_ip(remote.ip()).map(Arc::as_ref),
             Some(peer),
             workloads.by_uid(&self.pod.uid).map(Arc::as_ref),
-            authority.to_string(),
             "mutual_tls",
         )
     }
@@ -228,7 +226,6 @@ impl ConnectHandler for HboneInbound {
             src_workload.as_deref(),
             Some(req.peer.as_str()),
             Some(&dst),
-            req.authority.to_string(),
             "mutual_tls",
         );
         let source = Source {
@@ -274,9 +271,17 @@ impl ConnectHandler for HboneInbound {
         }
     }
 
+    fn on_connection_limit(&self, _peer: &weft_link::identity::SpiffeId) {
+        self.ctx
+            .metrics
+            .denials
+            .get_or_create(&DenialLabels::CONNECTIONS_PER_IDENTITY)
+            .inc();
+    }
+
     fn on_close(&self, summary: &TunnelSummary) {
         let metrics = &self.ctx.metrics;
-        let labels = self.labels(summary.peer.as_str(), summary.remote, summary.authority);
+        let labels = self.labels(summary.peer.as_str(), summary.remote);
         metrics.closed.get_or_create(&labels).inc();
         metrics
             .received_bytes
@@ -379,13 +384,7 @@ async fn serve_plaintext(
         reset(client);
         return;
     };
-    let mut labels = TcpLabels::inbound(
-        src_workload.as_deref(),
-        None,
-        Some(&dst_workload),
-        dst.to_string(),
-        "none",
-    );
+    let mut labels = TcpLabels::inbound(src_workload.as_deref(), None, Some(&dst_workload), "none");
     let policies = ctx.policies.load();
     if policies.peer_auth_mode(&dst_workload, dst.port()) == PeerAuthMode::Strict {
         info!(

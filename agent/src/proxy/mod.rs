@@ -55,8 +55,9 @@ pub struct ProxyContext {
     pub connect_timeout: Duration,
     /// Ports no connection may reach through the agent.
     pub agent_ports: AgentPorts,
-    /// How long connections, inbound tunnels included, get to finish after SIGTERM.
-    pub drain_deadline: Duration,
+    /// Limits and timeouts of the HBONE listeners (port 15008); their drain timeout is
+    /// `--drain-deadline`, so inbound tunnels drain as outbound connections do.
+    pub hbone: weft_link::hbone::ServerOptions,
 }
 
 /// The agent's own ports: the mesh ports it listens on in every pod (15001, 15006, 15008) and

@@ -214,11 +214,7 @@ impl Connection {
         {
             return reset(client);
         }
-        let mut labels = TcpLabels::outbound(
-            src_workload.as_deref(),
-            dst_workload.as_deref(),
-            dst.to_string(),
-        );
+        let mut labels = TcpLabels::outbound(src_workload.as_deref(), dst_workload.as_deref());
         if matches!(route, Route::Hbone(_)) {
             labels.connection_security_policy = "mutual_tls";
         }

@@ -25,7 +25,8 @@ use http::StatusCode;
 
 pub use client::{ClientOptions, ConnectRequest, HboneClient, PlainSocketFactory, SocketFactory};
 pub use server::{
-    ConnectHandler, HboneServer, InboundConnect, Refusal, ServerOptions, TunnelSummary,
+    ConnectHandler, HboneServer, InboundConnect, PeerConnections, Refusal, ServerOptions,
+    TunnelSummary,
 };
 pub use stream::HboneStream;
 pub use trace::{TraceParent, TraceParentError};
@@ -170,7 +171,8 @@ impl HboneError {
         if refused && let Self::H2 { cause, .. } = &mut err {
             cause.push_str(
                 "; the server closed the connection during the handshake: it probably \
-                 refused this client's certificate or identity (its log says why)",
+                 refused this client's certificate or identity, or this identity already \
+                 holds the most connections it allows (its log says why)",
             );
         }
         err

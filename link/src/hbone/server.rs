@@ -1,5 +1,6 @@
 //! Accepting HBONE tunnels.
 
+use std::collections::HashMap;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
@@ -37,8 +38,34 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection. 100 is what RFC 9113 §6.5.2 recommends as a minimum.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 
+/// A connection with no open tunnel for this long is closed (GOAWAY). Twice the client
+/// pool's idle timeout, so an honest client closes its idle connection first and never races
+/// a CONNECT against the server's GOAWAY; the limit is for peers that open connections and
+/// leave them, each holding a socket and a task here.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// How often the server PINGs a connection. A peer that vanished without a FIN or RST (a
+/// node that lost power, a NAT that dropped the flow) holds its connection, and its tunnels'
+/// upstream sockets, until a write fails; TCP would take minutes to hours to notice.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A PING unanswered for this long closes the connection: an honest peer answers in a round
+/// trip, and even a busy one within seconds.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections one peer identity may hold open to one destination pod. An honest client
+/// pools one connection per (its pod, destination) with 100 tunnels each, so even a
+/// deployment of hundreds of replicas sharing a service account stays well below it; the
+/// limit keeps one identity (a leaked certificate, a runaway client) from taking every
+/// socket of the node.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 1024;
+
 /// After `accept` fails (e.g. EMFILE), wait before the next try instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A connection told to go away (idle, refused) gets this long to close before it is cut:
+/// h2's graceful shutdown waits for the peer, which need not cooperate.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// When a connection ends, its tunnels get this long to notice and report before they are
 /// aborted: a handler stuck connecting upstream must not outlive the connection for long.
@@ -53,6 +80,16 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// SETTINGS_MAX_CONCURRENT_STREAMS announced to clients.
     pub max_concurrent_streams: u32,
+    /// A connection without open tunnels for this long is closed.
+    pub idle_timeout: Duration,
+    /// How often a connection is PINGed.
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Connections one peer identity may hold at once; further ones get GOAWAY
+    /// (ENHANCE_YOUR_CALM). Counted per server unless [`HboneServer::with_peer_limit`]
+    /// shares a count between servers.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +98,10 @@ impl Default for ServerOptions {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
         }
     }
 }
@@ -126,6 +167,10 @@ pub trait ConnectHandler: Send + Sync + 'static {
 
     /// Called once per opened tunnel when it closes, e.g. for metrics.
     fn on_close(&self, _summary: &TunnelSummary) {}
+
+    /// Called when a connection of `peer` is refused because the identity holds
+    /// [`ServerOptions::max_connections_per_peer`] already, e.g. for metrics.
+    fn on_connection_limit(&self, _peer: &SpiffeId) {}
 }
 
 /// Serves HBONE on a listener: mTLS, HTTP/2, one [`ConnectHandler`] call per CONNECT.
@@ -134,7 +179,63 @@ pub struct HboneServer<H> {
     acceptor: TlsAcceptor,
     handler: Arc<H>,
     options: ServerOptions,
+    peers: Option<Arc<PeerConnections>>,
 }
+
+// === impl PeerConnections ===
+
+/// Open connections per peer identity, shared by the listeners of one destination (its IPv4
+/// and IPv6 sockets). An entry exists only while its identity holds a connection, so the
+/// map is bounded by the open connections, each of which proved a mesh certificate.
+#[derive(Debug)]
+pub struct PeerConnections {
+    max: usize,
+    open: parking_lot::Mutex<HashMap<SpiffeId, usize>>,
+}
+
+impl PeerConnections {
+    /// At most `max` connections per identity.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a connection of `peer`, or returns how many it already holds at the limit.
+    fn admit(self: &Arc<Self>, peer: &SpiffeId) -> Result<PeerSlot, usize> {
+        let mut open = self.open.lock();
+        let count = open.entry(peer.clone()).or_insert(0);
+        if *count >= self.max {
+            return Err(*count);
+        }
+        *count += 1;
+        Ok(PeerSlot {
+            peers: self.clone(),
+            peer: peer.clone(),
+        })
+    }
+}
+
+/// One counted connection; uncounted when dropped, on every exit path of the connection.
+struct PeerSlot {
+    peers: Arc<PeerConnections>,
+    peer: SpiffeId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.open.lock();
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+// === impl HboneServer ===
 
 impl<H: ConnectHandler> HboneServer<H> {
     /// `listener` is bound by the caller, normally to port 15008 inside a pod's network
@@ -145,11 +246,19 @@ impl<H: ConnectHandler> HboneServer<H> {
             acceptor: TlsAcceptor::from(tls),
             handler,
             options: ServerOptions::default(),
+            peers: None,
         }
     }
 
     pub fn with_options(mut self, options: ServerOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Counts connections per peer identity in `peers`, shared with other servers, instead
+    /// of per server with [`ServerOptions::max_connections_per_peer`].
+    pub fn with_peer_limit(mut self, peers: Arc<PeerConnections>) -> Self {
+        self.peers = Some(peers);
         self
     }
 
@@ -161,6 +270,10 @@ impl<H: ConnectHandler> HboneServer<H> {
     /// have `drain_timeout` to finish before they are cut.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (drain_tx, drain_rx) = watch::channel(false);
+        let peers = self
+            .peers
+            .clone()
+            .unwrap_or_else(|| PeerConnections::new(self.options.max_connections_per_peer));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -175,6 +288,7 @@ impl<H: ConnectHandler> HboneServer<H> {
                             self.acceptor.clone(),
                             self.handler.clone(),
                             self.options.clone(),
+                            peers.clone(),
                             drain_rx.clone(),
                         );
                         conns.spawn(conn.instrument(span));
@@ -210,6 +324,7 @@ async fn serve_connection<H: ConnectHandler>(
     acceptor: TlsAcceptor,
     handler: Arc<H>,
     options: ServerOptions,
+    peers: Arc<PeerConnections>,
     mut drain: watch::Receiver<bool>,
 ) {
     if let Err(err) = tcp.set_nodelay(true) {
@@ -249,10 +364,46 @@ async fn serve_connection<H: ConnectHandler>(
             }
         };
     tracing::Span::current().record("peer", field::display(&peer));
+    let _slot = match peers.admit(&peer) {
+        Ok(slot) => slot,
+        Err(open) => {
+            info!(
+                %peer,
+                %remote,
+                open,
+                "HBONE connection refused: this identity holds the most connections allowed \
+                 per peer (--hbone-max-connections-per-identity)"
+            );
+            handler.on_connection_limit(&peer);
+            conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+            let closed = poll_fn(|cx| {
+                let closed = conn.poll_closed(cx);
+                if let Poll::Ready(Err(err)) = flusher.poll_flush(cx) {
+                    return Poll::Ready(Err(err));
+                }
+                closed.map_err(io::Error::other)
+            });
+            let _ = tokio::time::timeout(GOAWAY_GRACE, closed).await;
+            return;
+        }
+    };
     debug!("HBONE connection established");
 
     let mut streams = JoinSet::new();
     let mut draining = false;
+    // Idle while no tunnel is open; re-armed whenever the last one ends.
+    let idle = tokio::time::sleep(options.idle_timeout);
+    tokio::pin!(idle);
+    let keepalive = keepalive(
+        conn.ping_pong(),
+        options.keepalive_interval,
+        options.keepalive_timeout,
+    );
+    tokio::pin!(keepalive);
+    // Set once the connection is told to go away: it is cut if still open then.
+    let close_by = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(close_by);
+    let mut closing = false;
     loop {
         // After every poll of h2, what it wrote goes out in one TLS write.
         let accept = poll_fn(|cx| {
@@ -280,12 +431,37 @@ async fn serve_connection<H: ConnectHandler>(
                 }
                 Ok(None) => break,
             },
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            Some(_) = streams.join_next(), if !streams.is_empty() => {
+                if streams.is_empty() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + options.idle_timeout);
+                }
+            }
+            () = &mut idle, if streams.is_empty() && !draining => {
+                debug!(timeout = ?options.idle_timeout, "HBONE connection idle; closing it");
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            why = &mut keepalive => {
+                debug!(reason = %why, "HBONE keepalive failed; closing the connection");
+                break;
+            }
             // Also fires when the server is gone (sender dropped): drain then, too.
             _ = drain.changed(), if !draining => {
                 draining = true;
                 conn.graceful_shutdown();
             }
+            () = &mut close_by, if closing => {
+                debug!("the peer did not close after GOAWAY; cutting the connection");
+                break;
+            }
+        }
+        // Told to go away (idle, or the server drains) with no tunnel left: the peer gets
+        // GOAWAY_GRACE to close, then the connection is cut.
+        if draining && !closing && streams.is_empty() {
+            closing = true;
+            close_by
+                .as_mut()
+                .reset(tokio::time::Instant::now() + GOAWAY_GRACE);
         }
     }
     // The connection is over, so no tunnel can move data; give them a moment to report.
@@ -294,6 +470,22 @@ async fn serve_connection<H: ConnectHandler>(
     })
     .await;
     streams.shutdown().await;
+}
+
+/// Resolves when a PING goes unanswered for `timeout`, PINGing every `interval`; never when
+/// the connection gives no PING handle.
+async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Duration) -> String {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(err)) => return format!("PING failed: {err}"),
+            Err(_) => return format!("no answer to a PING within {timeout:?}"),
+        }
+    }
 }
 
 async fn serve_stream<H: ConnectHandler>(
