@@ -417,6 +417,27 @@ fn shutdown_drains_an_inbound_hbone_tunnel_carrying_a_transfer() {
     let agent2 = tb.node("node-2").unwrap().agent.unwrap();
     let stopping = Instant::now();
     agent2.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Draining, the agent has released capture: the window in which the node's pods bypass
+    // the mesh, which its metrics and readiness must show (the README's fail-open section).
+    eventually(
+        "node-2 to report capture released",
+        Duration::from_secs(5),
+        || {
+            tb.metrics("node-2").is_ok_and(|m| {
+                m.sum("weft_captured_pods", &[]) == 0.0 && m.sum("weft_enrolled_pods", &[]) == 1.0
+            })
+        },
+    );
+    let readiness = tb.node("node-2").unwrap().readiness_addr;
+    let ready = tb
+        .node_http_get("node-2", readiness, weft_tests::testbed::READY_PATH)
+        .unwrap();
+    assert_eq!(
+        ready.status, 503,
+        "a draining agent is not ready: {}",
+        ready.body
+    );
+    assert!(ready.body.contains("capture released"), "{}", ready.body);
     assert!(
         agent2.wait_exit(Duration::from_secs(25)),
         "node-2's agent did not exit within its drain deadline"

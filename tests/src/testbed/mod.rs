@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use agent::AgentConfig;
+pub use agent::{AgentConfig, READY_PATH};
 pub use error::{Error, Result};
 pub use exec::Background;
 pub use topology::{Node, Pod};
