@@ -381,6 +381,47 @@ mod tests {
     }
 
     #[test]
+    fn first_start_and_empty_config_are_explicit_flags() {
+        let args = Args::try_parse_from(["weft-control", "--config-dir", "c", "--state-dir", "s"])
+            .unwrap();
+        assert!(!args.init_ca && !args.allow_empty_config);
+        let args = Args::try_parse_from([
+            "weft-control",
+            "--config-dir",
+            "c",
+            "--state-dir",
+            "s",
+            "--init-ca",
+            "--allow-empty-config",
+        ])
+        .unwrap();
+        assert!(args.init_ca && args.allow_empty_config);
+    }
+
+    #[test]
+    fn operator_credential_parses_and_validates_the_name() {
+        let parse = |name: &str| {
+            Args::try_parse_from([
+                "weft-control",
+                "operator-credential",
+                "--state-dir",
+                "s",
+                "--name",
+                name,
+                "--out-dir",
+                "o",
+            ])
+        };
+        let Some(Command::OperatorCredential(oc)) = parse("alice").unwrap().command else {
+            panic!("no subcommand");
+        };
+        assert_eq!(oc.name.as_str(), "alice");
+        assert_eq!(oc.ttl, Duration::from_secs(30 * 24 * 3600));
+        let err = parse("Alice").unwrap_err().to_string();
+        assert!(err.contains("operator name \"Alice\" is invalid"), "{err}");
+    }
+
+    #[test]
     fn node_credential_parses_and_validates_the_node() {
         let args = Args::try_parse_from([
             "weft-control",

@@ -1,5 +1,6 @@
-//! A subscriber that vanishes without closing its connection (a crashed node, a dropped
-//! NAT entry) is found by the server's HTTP/2 pings and dropped, with its stream and queue.
+//! Per-connection bounds: a subscriber that vanishes without closing its connection (a
+//! crashed node, a dropped NAT entry) is found by the server's HTTP/2 pings and dropped,
+//! with its stream and queue; one connection holds a bounded number of streams.
 
 mod support;
 
@@ -134,5 +135,53 @@ async fn a_silent_subscriber_is_dropped_by_keepalive() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(tx);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_connection_gets_a_bounded_number_of_streams() {
+    let config = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    write(config.path(), "mesh.yaml", WORKLOADS);
+    let server = Server::start(config.path(), state.path(), "127.0.0.1:0".parse().unwrap()).await;
+    // One channel is one HTTP/2 connection.
+    let client = server.admin().await;
+    let limit = weft_control::server::limits::MAX_STREAMS_PER_CONNECTION as usize;
+    let mut open = Vec::new();
+    for i in 0..limit {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(SubscribeRequest {
+            message: Some(Message::Hello(ClientHello {
+                kind: ClientKind::Ctl.into(),
+                name: format!("watcher-{i}"),
+                node: String::new(),
+                client_version: "test".into(),
+                resource_types: vec![ResourceType::Workload.into()],
+            })),
+        })
+        .await
+        .unwrap();
+        let mut inbound = client
+            .clone()
+            .subscribe(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        inbound.message().await.unwrap().unwrap();
+        open.push((tx, inbound));
+    }
+    // Every stream is taken: the next call waits for one to end.
+    let mut status = client.clone();
+    let mut next = tokio::spawn(async move { status.status(StatusRequest {}).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut next)
+            .await
+            .is_err(),
+        "a stream beyond the limit was served"
+    );
+    drop(open.pop());
+    let answered = tokio::time::timeout(WAIT, next).await.unwrap().unwrap();
+    assert!(answered.is_ok(), "{answered:?}");
+    drop(open);
     server.stop().await;
 }

@@ -135,8 +135,8 @@ async fn status_and_config_dump_against_a_real_control_plane() {
     let server = tokio::spawn(cp.run(async {
         let _ = stopped.await;
     }));
-    let ca = state.path().join("root-cert.pem");
-    let ca = path(&ca).to_string();
+    let state_ca = state.path().join("root-cert.pem");
+    let ca = path(&state_ca).to_string();
 
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
@@ -180,6 +180,25 @@ async fn status_and_config_dump_against_a_real_control_plane() {
     let (code, out, err) = run(base(&["status"])).await.unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("configuration version 1"), "{out}");
+
+    // The credential from the environment, as the README sets it up.
+    let (c, k, ctl) = (cert.clone(), key.clone(), control.clone());
+    let by_env = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .args(["status", "--control", &ctl, "--ca-cert"])
+            .arg(path(&state_ca))
+            .env("WEFTCTL_CERT", c)
+            .env("WEFTCTL_KEY", k)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        by_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_env.stderr)
+    );
     assert!(out.contains("no clients connected"), "{out}");
 
     let (code, out, err) = run(base(&["status", "-o", "json"])).await.unwrap();
