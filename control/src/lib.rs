@@ -9,6 +9,8 @@
 //!   certificates;
 //! - [`node`]: node credentials, the client certificates that scope what an agent may ask
 //!   the CA and the discovery server for;
+//! - [`principal`]: who may call the control plane (node, operator and gateway
+//!   credentials);
 //! - [`server`]: the gRPC server (`weft.discovery.v1.Discovery`,
 //!   `weft.identity.v1.Certificates`) and the store that versions configurations and
 //!   pushes deltas to subscribers;
@@ -19,4 +21,5 @@ pub mod config;
 pub mod duration;
 pub mod metrics;
 pub mod node;
+pub mod principal;
 pub mod server;

@@ -13,7 +13,11 @@ use weft_control::{
         kubernetes::{KubernetesOptions, KubernetesSource},
     },
     duration::parse_duration,
-    node::{NodeName, write_node_credential},
+    node::{NodeName, write_credential, write_node_credential},
+    principal::{
+        GATEWAY_CERT_FILE, GATEWAY_KEY_FILE, OPERATOR_CERT_FILE, OPERATOR_KEY_FILE, OperatorName,
+        gateway_spiffe_id, operator_spiffe_id,
+    },
     server::{ControlPlane, DEFAULT_LISTEN, ServerConfig, check_cert_ttl},
 };
 use weft_link::identity::TrustDomain;
@@ -26,8 +30,10 @@ use weft_link::identity::TrustDomain;
 /// endpoint slices, network policies, the Istio and Gateway API kinds and the weft.dev
 /// CRDs); there an invalid object is skipped on its own.
 ///
-/// `weft-control node-credential` issues the client certificate an agent authenticates
-/// with instead (see its --help).
+/// Every caller needs a client certificate from the mesh root: `weft-control
+/// node-credential` issues an agent's, `operator-credential` weftctl's and
+/// `gateway-credential` the gateway's (see their --help). The first start needs --init-ca
+/// to generate the root in --state-dir.
 #[derive(Debug, Parser)]
 #[command(
     name = "weft-control",
@@ -57,6 +63,18 @@ struct Args {
     /// Directory for persistent state: the generated root CA (root-cert.pem, root-key.pem).
     #[arg(long, env = "WEFT_STATE_DIR", required = true)]
     state_dir: Option<PathBuf>,
+    /// Generate a new root CA in --state-dir (created if missing) when it holds none: the
+    /// first start. Without it a missing or empty state directory is an error, so that a lost
+    /// volume never silently replaces the root every node trusts. An existing root is
+    /// always loaded, never replaced.
+    #[arg(long, env = "WEFT_INIT_CA")]
+    init_ca: bool,
+    /// Publish an empty configuration when the source becomes empty (or start with one).
+    /// Without it an emptied configuration directory (an unmounted volume) is refused, logged
+    /// and counted (weft_control_config_reloads{result="refused_empty"}), and the last
+    /// configuration stays in force.
+    #[arg(long, env = "WEFT_ALLOW_EMPTY_CONFIG")]
+    allow_empty_config: bool,
     /// Extra IP address or DNS name for the server certificate (repeatable); localhost,
     /// 127.0.0.1 and ::1 are always included. Give the addresses agents connect to.
     #[arg(long = "san")]
@@ -84,20 +102,40 @@ struct Args {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::enum_variant_names,
+    reason = "the subcommands are named after what they issue"
+)]
 enum Command {
     /// Issue the client certificate a node's agent authenticates with (--node-cert/--node-key).
     ///
     /// A node credential is spiffe://<trust-domain>/node/<node>, for client authentication
     /// only; the CA signs only the identities of that node's workloads for its holder, and a
     /// discovery subscriber presenting it may only subscribe as that node. Writes node-cert.pem,
-    /// node-key.pem (mode 0600) and root-cert.pem into --out-dir. Uses the root in
-    /// --state-dir (generating one there if there is none yet, as the server does) or the
-    /// operator's --ca-cert/--ca-key.
+    /// node-key.pem (mode 0600) and root-cert.pem into --out-dir (never over existing files).
+    /// Uses the root in --state-dir (which must exist: start the server with --init-ca
+    /// first) or the operator's --ca-cert/--ca-key.
     NodeCredential(NodeCredentialArgs),
+    /// Issue the client certificate weftctl presents (--cert/--key, or WEFTCTL_CERT and
+    /// WEFTCTL_KEY).
+    ///
+    /// An operator credential is spiffe://<trust-domain>/operator/<name>, for client
+    /// authentication only. It may read the control plane's Status and any node's
+    /// ConfigDump, and subscribe; it cannot obtain workload certificates. Writes
+    /// operator-cert.pem, operator-key.pem (mode 0600) and root-cert.pem into --out-dir.
+    OperatorCredential(OperatorCredentialArgs),
+    /// Issue the client certificate the edge gateway subscribes with.
+    ///
+    /// A gateway credential carries the gateway's workload identity,
+    /// spiffe://<trust-domain>/ns/weft-system/sa/weft-gateway, for client authentication
+    /// only; it alone receives consumers' API-key hashes. Writes gateway-cert.pem,
+    /// gateway-key.pem (mode 0600) and root-cert.pem into --out-dir.
+    GatewayCredential(GatewayCredentialArgs),
 }
 
+/// The root a credential is issued from.
 #[derive(Debug, clap::Args)]
-struct NodeCredentialArgs {
+struct RootArgs {
     /// The control plane's state directory, holding the root CA.
     #[arg(long, env = "WEFT_STATE_DIR", required_unless_present = "ca_cert")]
     state_dir: Option<PathBuf>,
@@ -107,6 +145,25 @@ struct NodeCredentialArgs {
     /// Private key (PEM) of --ca-cert.
     #[arg(long, requires = "ca_cert", env = "WEFT_CA_KEY")]
     ca_key: Option<PathBuf>,
+    /// The mesh's trust domain; must be the control plane's --trust-domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = weft_link::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: TrustDomain,
+}
+
+impl RootArgs {
+    fn load(&self) -> anyhow::Result<CertificateAuthority> {
+        Ok(match (&self.ca_cert, &self.ca_key, &self.state_dir) {
+            (Some(cert), Some(key), _) => CertificateAuthority::from_files(cert, key)?,
+            (_, _, Some(dir)) => CertificateAuthority::load(dir)?,
+            _ => anyhow::bail!("give --state-dir, or --ca-cert and --ca-key"),
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeCredentialArgs {
+    #[command(flatten)]
+    root: RootArgs,
     /// The node's name, as workloads name it (their `node`, Kubernetes' spec.nodeName).
     #[arg(long)]
     node: NodeName,
@@ -114,10 +171,38 @@ struct NodeCredentialArgs {
     /// missing).
     #[arg(long)]
     out_dir: PathBuf,
-    /// The mesh's trust domain; must be the control plane's --trust-domain.
-    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = weft_link::identity::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: TrustDomain,
     /// How long the credential is valid (e.g. 365d, 30d, 12h).
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    ttl: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct OperatorCredentialArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Who the credential is for (a DNS name: alice, ci.example); shown in the control
+    /// plane's log of the calls it makes.
+    #[arg(long)]
+    name: OperatorName,
+    /// Directory to write operator-cert.pem, operator-key.pem and root-cert.pem into
+    /// (created if missing).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// How long the credential is valid (e.g. 30d, 12h). Shorter than a node's: people
+    /// and their laptops change more often than nodes.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    ttl: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct GatewayCredentialArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Directory to write gateway-cert.pem, gateway-key.pem and root-cert.pem into
+    /// (created if missing).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// How long the credential is valid.
     #[arg(long, default_value = "365d", value_parser = parse_duration)]
     ttl: Duration,
 }
@@ -152,15 +237,55 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(Command::NodeCredential(args)) = args.command {
-        return node_credential(args);
+    match args.command {
+        Some(Command::NodeCredential(a)) => {
+            let ca = a.root.load()?;
+            let files =
+                write_node_credential(&ca, &a.root.trust_domain, &a.node, a.ttl, &a.out_dir)?;
+            return report_credential(&files);
+        }
+        Some(Command::OperatorCredential(a)) => {
+            let ca = a.root.load()?;
+            let id = operator_spiffe_id(&a.root.trust_domain, &a.name);
+            let files = write_credential(
+                &ca,
+                &id,
+                a.name.as_str(),
+                a.ttl,
+                &a.out_dir,
+                (OPERATOR_CERT_FILE, OPERATOR_KEY_FILE),
+            )?;
+            report_credential(&files)?;
+            println!(
+                "use it with: weftctl status --ca-cert {} --cert {} --key {}",
+                files.root.display(),
+                files.cert.display(),
+                files.key.display()
+            );
+            return Ok(());
+        }
+        Some(Command::GatewayCredential(a)) => {
+            let ca = a.root.load()?;
+            let id = gateway_spiffe_id(&a.root.trust_domain);
+            let files = write_credential(
+                &ca,
+                &id,
+                "weft-gateway",
+                a.ttl,
+                &a.out_dir,
+                (GATEWAY_CERT_FILE, GATEWAY_KEY_FILE),
+            )?;
+            return report_credential(&files);
+        }
+        None => {}
     }
     let state_dir = args.state_dir.context("--state-dir is required to serve")?;
     let ca = args.ca_cert.clone().zip(args.ca_key.clone());
     if args.print_root {
         let ca = match &ca {
             Some((cert, key)) => CertificateAuthority::from_files(cert, key)?,
-            None => CertificateAuthority::load_or_generate(&state_dir)?,
+            None if args.init_ca => CertificateAuthority::load_or_initialize(&state_dir)?,
+            None => CertificateAuthority::load(&state_dir)?,
         };
         print!("{}", ca.root_pem());
         return Ok(());
@@ -184,6 +309,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.metrics_addr = args.metrics_addr;
     config.trust_domain = args.trust_domain;
     config.cert_ttl = args.cert_ttl;
+    config.init_ca = args.init_ca;
+    config.allow_empty_config = args.allow_empty_config;
     let server = ControlPlane::new(config).await?;
     tracing::info!(addr = %server.local_addr()?, "serving the agent protocol");
     server
@@ -195,14 +322,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn node_credential(args: NodeCredentialArgs) -> anyhow::Result<()> {
-    let ca = match (&args.ca_cert, &args.ca_key, &args.state_dir) {
-        (Some(cert), Some(key), _) => CertificateAuthority::from_files(cert, key)?,
-        (_, _, Some(dir)) => CertificateAuthority::load_or_generate(dir)?,
-        _ => anyhow::bail!("give --state-dir, or --ca-cert and --ca-key"),
-    };
-    let files =
-        write_node_credential(&ca, &args.trust_domain, &args.node, args.ttl, &args.out_dir)?;
+fn report_credential(files: &weft_control::node::CredentialFiles) -> anyhow::Result<()> {
     println!(
         "issued {} (valid until {}):\n  {}\n  {}\n  {}",
         files.spiffe_id,
@@ -261,6 +381,47 @@ mod tests {
     }
 
     #[test]
+    fn first_start_and_empty_config_are_explicit_flags() {
+        let args = Args::try_parse_from(["weft-control", "--config-dir", "c", "--state-dir", "s"])
+            .unwrap();
+        assert!(!args.init_ca && !args.allow_empty_config);
+        let args = Args::try_parse_from([
+            "weft-control",
+            "--config-dir",
+            "c",
+            "--state-dir",
+            "s",
+            "--init-ca",
+            "--allow-empty-config",
+        ])
+        .unwrap();
+        assert!(args.init_ca && args.allow_empty_config);
+    }
+
+    #[test]
+    fn operator_credential_parses_and_validates_the_name() {
+        let parse = |name: &str| {
+            Args::try_parse_from([
+                "weft-control",
+                "operator-credential",
+                "--state-dir",
+                "s",
+                "--name",
+                name,
+                "--out-dir",
+                "o",
+            ])
+        };
+        let Some(Command::OperatorCredential(oc)) = parse("alice").unwrap().command else {
+            panic!("no subcommand");
+        };
+        assert_eq!(oc.name.as_str(), "alice");
+        assert_eq!(oc.ttl, Duration::from_secs(30 * 24 * 3600));
+        let err = parse("Alice").unwrap_err().to_string();
+        assert!(err.contains("operator name \"Alice\" is invalid"), "{err}");
+    }
+
+    #[test]
     fn node_credential_parses_and_validates_the_node() {
         let args = Args::try_parse_from([
             "weft-control",
@@ -277,6 +438,7 @@ mod tests {
             panic!("no subcommand: {args:?}");
         };
         assert_eq!(nc.node.as_str(), "node-1");
+        assert_eq!(nc.root.state_dir, Some(PathBuf::from("s")));
         assert_eq!(nc.ttl, Duration::from_secs(365 * 24 * 3600));
         let err = Args::try_parse_from([
             "weft-control",

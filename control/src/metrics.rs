@@ -20,7 +20,8 @@ use crate::server::Store;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
-    /// `applied`, `unchanged` or `rejected`.
+    /// `applied`, `unchanged`, `rejected` (errors) or `refused_empty` (the source became
+    /// empty and `--allow-empty-config` is off).
     pub result: String,
 }
 
@@ -37,6 +38,12 @@ pub struct SignLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// `Subscribe`, `Status` or `ConfigDump`.
+    pub call: &'static str,
+}
+
 /// The control plane's metrics. Clones share the same series.
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
@@ -46,6 +53,7 @@ pub struct Metrics {
     pub resyncs: Counter,
     pub config_version: Gauge,
     pub clients: Family<KindLabels, Gauge>,
+    pub unauthenticated: Family<CallLabels, Counter>,
 }
 
 impl Metrics {
@@ -73,10 +81,21 @@ impl Metrics {
             self.config_version.clone(),
         );
         r.register(
+            "unauthenticated_calls",
+            "Discovery calls refused for want of a credential, by call",
+            self.unauthenticated.clone(),
+        );
+        r.register(
             "connected_clients",
             "Clients with an open discovery stream",
             self.clients.clone(),
         );
+    }
+
+    pub fn unauthenticated(&self, call: &'static str) {
+        self.unauthenticated
+            .get_or_create(&CallLabels { call })
+            .inc();
     }
 
     pub fn reload(&self, result: &str) {

@@ -60,31 +60,35 @@ impl FromStr for NodeName {
     type Err = NodeNameError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let reason = if s.is_empty() {
-            Some("it is empty")
-        } else if s.len() > MAX_NAME_LEN {
-            Some("it is longer than 253 characters")
-        } else if s
-            .bytes()
-            .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
-        {
-            Some("only lowercase letters, digits, '-' and '.' are allowed")
-        } else if s.split('.').any(str::is_empty) {
-            Some("it has an empty label (a leading, trailing or double '.')")
-        } else if s.split('.').any(|l| l.len() > MAX_LABEL_LEN) {
-            Some("a label is longer than 63 characters")
-        } else if s.split('.').any(|l| l.starts_with('-') || l.ends_with('-')) {
-            Some("a label starts or ends with '-'")
-        } else {
-            None
-        };
-        match reason {
+        match dns_name_problem(s) {
             Some(reason) => Err(NodeNameError {
                 name: s.to_owned(),
                 reason,
             }),
             None => Ok(NodeName(Arc::from(s))),
         }
+    }
+}
+
+/// What makes `s` not a lowercase RFC 1123 DNS name, if anything.
+pub(crate) fn dns_name_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("it is empty")
+    } else if s.len() > MAX_NAME_LEN {
+        Some("it is longer than 253 characters")
+    } else if s
+        .bytes()
+        .any(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
+    {
+        Some("only lowercase letters, digits, '-' and '.' are allowed")
+    } else if s.split('.').any(str::is_empty) {
+        Some("it has an empty label (a leading, trailing or double '.')")
+    } else if s.split('.').any(|l| l.len() > MAX_LABEL_LEN) {
+        Some("a label is longer than 63 characters")
+    } else if s.split('.').any(|l| l.starts_with('-') || l.ends_with('-')) {
+        Some("a label starts or ends with '-'")
+    } else {
+        None
     }
 }
 
@@ -143,13 +147,13 @@ pub fn node_of_peer(leaf: Option<&[u8]>, trust_domain: &TrustDomain) -> Result<N
     Ok(name.parse()?)
 }
 
-/// Where [`write_node_credential`] put the files.
+/// Where a credential's files were written.
 #[derive(Debug, Clone)]
 pub struct CredentialFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub root: PathBuf,
-    /// The node's SPIFFE ID, the certificate's only URI SAN.
+    /// The credential's SPIFFE ID, the certificate's only URI SAN.
     pub spiffe_id: String,
     pub issued: Issued,
 }
@@ -163,17 +167,42 @@ pub fn write_node_credential(
     lifetime: Duration,
     out_dir: &Path,
 ) -> Result<CredentialFiles, CaError> {
-    let spiffe_id = node_spiffe_id(trust_domain, node);
-    let (issued, key_pem) = ca.issue_node_credential(trust_domain, node, lifetime)?;
-    std::fs::create_dir_all(out_dir).map_err(|source| CaError::Write {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
+    write_credential(
+        ca,
+        &node_spiffe_id(trust_domain, node),
+        node.as_str(),
+        lifetime,
+        out_dir,
+        (NODE_CERT_FILE, NODE_KEY_FILE),
+    )
+}
+
+/// Issues a client credential for `spiffe_id` and writes its certificate, its key (mode
+/// 0600) and `root-cert.pem` into `out_dir`, creating it (0700) if needed. Existing files
+/// are not replaced: re-issuing goes to a fresh directory, or after removing the old files.
+pub fn write_credential(
+    ca: &CertificateAuthority,
+    spiffe_id: &str,
+    common_name: &str,
+    lifetime: Duration,
+    out_dir: &Path,
+    (cert_file, key_file): (&str, &str),
+) -> Result<CredentialFiles, CaError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let (issued, key_pem) = ca.issue_client_credential(spiffe_id, common_name, lifetime)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(out_dir)
+        .map_err(|source| CaError::Write {
+            path: out_dir.to_path_buf(),
+            source,
+        })?;
     let files = CredentialFiles {
-        cert: out_dir.join(NODE_CERT_FILE),
-        key: out_dir.join(NODE_KEY_FILE),
+        cert: out_dir.join(cert_file),
+        key: out_dir.join(key_file),
         root: out_dir.join(ROOT_CERT_FILE),
-        spiffe_id,
+        spiffe_id: spiffe_id.to_string(),
         issued,
     };
     // The key first, as for the root: a certificate never sits next to a missing key.

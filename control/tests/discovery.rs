@@ -16,7 +16,7 @@ async fn snapshot_then_deltas_on_file_changes() {
     let state = tempfile::tempdir().unwrap();
     write(config.path(), "mesh.yaml", WORKLOADS);
     let server = Server::start(config.path(), state.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let mut client = TestClient::start(&server.url(), &server.root_pem, TYPES.to_vec(), vec![]);
+    let mut client = TestClient::start(&server, TYPES.to_vec(), vec![]);
 
     let w = client.next().await;
     assert_eq!(
@@ -68,12 +68,7 @@ async fn acks_and_nacks_are_recorded_in_status() {
     let state = tempfile::tempdir().unwrap();
     write(config.path(), "mesh.yaml", WORKLOADS);
     let server = Server::start(config.path(), state.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let mut client = TestClient::start(
-        &server.url(),
-        &server.root_pem,
-        TYPES.to_vec(),
-        vec![ResourceType::Service],
-    );
+    let mut client = TestClient::start(&server, TYPES.to_vec(), vec![ResourceType::Service]);
     client.next().await;
     client.next().await;
 
@@ -126,7 +121,7 @@ async fn a_bad_document_keeps_the_last_good_config() {
     let state = tempfile::tempdir().unwrap();
     write(config.path(), "mesh.yaml", WORKLOADS);
     let server = Server::start(config.path(), state.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let mut client = TestClient::start(&server.url(), &server.root_pem, TYPES.to_vec(), vec![]);
+    let mut client = TestClient::start(&server, TYPES.to_vec(), vec![]);
     client.next().await;
     client.next().await;
 
@@ -173,7 +168,7 @@ async fn client_reconnects_and_resyncs_after_a_restart() {
     write(config.path(), "mesh.yaml", WORKLOADS);
     let server = Server::start(config.path(), state.path(), "127.0.0.1:0".parse().unwrap()).await;
     let addr = server.addr;
-    let mut client = TestClient::start(&server.url(), &server.root_pem, TYPES.to_vec(), vec![]);
+    let mut client = TestClient::start(&server, TYPES.to_vec(), vec![]);
     client.next().await;
     client.next().await;
     let mut watch = client.state.watch();

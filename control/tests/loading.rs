@@ -45,6 +45,7 @@ async fn serves_prometheus_metrics() {
     );
     sc.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     sc.debounce = Duration::from_millis(50);
+    sc.init_ca = true;
     let cp = ControlPlane::new(sc).await.unwrap();
     let metrics = cp.metrics_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -10,8 +10,7 @@ use tonic::Code;
 use weft_control::ca::CertificateAuthority;
 use weft_link::control::ClientIdentity;
 use weft_proto::discovery::v1::{
-    ClientHello, ClientKind, ResourceType, StatusRequest, SubscribeRequest,
-    subscribe_request::Message,
+    ClientHello, ClientKind, ResourceType, SubscribeRequest, subscribe_request::Message,
 };
 use x509_parser::{
     extensions::GeneralName,
@@ -26,6 +25,8 @@ fn weft_control() -> Command {
 #[test]
 fn node_credential_writes_a_client_certificate_for_the_node() {
     let state = tempfile::tempdir().unwrap();
+    // The root exists already: the server made it on its first start (--init-ca).
+    let ca = CertificateAuthority::load_or_initialize(state.path()).unwrap();
     let out = tempfile::tempdir().unwrap();
     let out_dir = out.path().join("node-1");
     let run = weft_control()
@@ -47,9 +48,7 @@ fn node_credential_writes_a_client_certificate_for_the_node() {
         "{stdout}"
     );
 
-    // The root was generated in the state directory on first use, as the server would, and
-    // copied next to the credential.
-    let ca = CertificateAuthority::load_or_generate(state.path()).unwrap();
+    // The state directory's root, copied next to the credential.
     let root = std::fs::read_to_string(out_dir.join("root-cert.pem")).unwrap();
     assert_eq!(root, ca.root_pem());
     let mode = |name: &str| {
@@ -230,15 +229,8 @@ async fn a_node_credential_subscribes_only_as_its_node() {
         err.message()
     );
 
-    // Without a client certificate, as before: any node may be claimed (weftctl, tests).
-    assert_eq!(
-        subscribe(&mesh, None, "node-b").await.unwrap(),
-        ResourceType::Workload
-    );
-    // And the one-off calls work without one too.
-    mesh.discovery(None)
-        .status(StatusRequest {})
-        .await
-        .expect("Status without a client certificate");
+    // Without a client certificate nothing: no snapshot, no status (see auth.rs).
+    let err = subscribe(&mesh, None, "node-b").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     mesh.stop().await;
 }

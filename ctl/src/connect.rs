@@ -3,6 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use tonic::transport::Channel;
+use weft_link::control::ClientIdentity;
 use weft_proto::discovery::v1::discovery_client::DiscoveryClient;
 
 use crate::CtlError;
@@ -26,6 +27,14 @@ pub struct ControlArgs {
     /// its SANs.
     #[arg(long)]
     pub server_name: Option<String>,
+    /// The operator credential's certificate (PEM) presented to the control plane, which
+    /// answers nobody without one: `weft-control operator-credential --name <you>
+    /// --out-dir <dir>` writes <dir>/operator-cert.pem.
+    #[arg(long, env = "WEFTCTL_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The operator credential's private key (PEM), <dir>/operator-key.pem.
+    #[arg(long, env = "WEFTCTL_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 impl ControlArgs {
@@ -43,19 +52,36 @@ impl ControlArgs {
             path: self.ca_cert.clone(),
             source,
         })?;
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let read = |path: &PathBuf| {
+                    std::fs::read_to_string(path).map_err(|source| CtlError::CredentialFile {
+                        path: path.clone(),
+                        source,
+                    })
+                };
+                Some(ClientIdentity::new(read(cert)?, read(key)?))
+            }
+            _ => None,
+        };
         let url = self.url();
-        let endpoint =
-            weft_link::control::endpoint(&url, &pem, self.server_name.as_deref(), CONNECT_TIMEOUT)
-                .map_err(|e| match e {
-                    weft_link::control::ClientError::Address { .. } => CtlError::Address {
-                        address: self.control.clone(),
-                    },
-                    other => CtlError::Connect {
-                        address: url.clone(),
-                        detail: weft_link::error_chain(&other),
-                    },
-                })?
-                .timeout(CALL_TIMEOUT);
+        let endpoint = weft_link::control::endpoint_with_identity(
+            &url,
+            &pem,
+            self.server_name.as_deref(),
+            identity.as_ref(),
+            CONNECT_TIMEOUT,
+        )
+        .map_err(|e| match e {
+            weft_link::control::ClientError::Address { .. } => CtlError::Address {
+                address: self.control.clone(),
+            },
+            other => CtlError::Connect {
+                address: url.clone(),
+                detail: weft_link::error_chain(&other),
+            },
+        })?
+        .timeout(CALL_TIMEOUT);
         let channel = endpoint.connect().await.map_err(|e| CtlError::Connect {
             address: url,
             detail: weft_link::error_chain(&e),

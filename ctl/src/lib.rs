@@ -24,23 +24,46 @@ pub enum CtlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the operator credential {path}: {source}")]
+    CredentialFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid control plane address {address:?}: expected host:port or https://host:port")]
     Address { address: String },
     #[error(
         "cannot connect to the control plane at {address}: {detail} (is it running, and does --ca-cert hold its root?)"
     )]
     Connect { address: String, detail: String },
-    #[error("the control plane answered {code}: {message}")]
-    Rpc { code: tonic::Code, message: String },
+    #[error("the control plane answered {code}: {message}{hint}")]
+    Rpc {
+        code: tonic::Code,
+        message: String,
+        hint: &'static str,
+    },
     #[error("cannot render the output: {0}")]
     Render(String),
 }
 
 impl From<tonic::Status> for CtlError {
     fn from(status: tonic::Status) -> Self {
+        let hint = match status.code() {
+            // The control plane's message already says which credential to present.
+            tonic::Code::Unauthenticated if !status.message().contains("--cert") => {
+                " (give weftctl an operator credential with --cert/--key or WEFTCTL_CERT and \
+                 WEFTCTL_KEY)"
+            }
+            tonic::Code::PermissionDenied => {
+                " (is --cert an operator credential? node and gateway credentials cannot \
+                 do this)"
+            }
+            _ => "",
+        };
         CtlError::Rpc {
             code: status.code(),
             message: status.message().to_string(),
+            hint,
         }
     }
 }

@@ -40,6 +40,8 @@ fn weftctl(args: &[&str]) -> (i32, String, String) {
         .args(args)
         .env_remove("WEFT_CONTROL")
         .env_remove("WEFT_CA_CERT")
+        .env_remove("WEFTCTL_CERT")
+        .env_remove("WEFTCTL_KEY")
         .output()
         .expect("weftctl runs");
     (
@@ -109,20 +111,32 @@ async fn status_and_config_dump_against_a_real_control_plane() {
     let config = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     std::fs::write(config.path().join("mesh.yaml"), GOOD).unwrap();
-    let cp = ControlPlane::new(ServerConfig::new(
+    let mut server_config = ServerConfig::new(
         Source::Directory(config.path().to_path_buf()),
         "127.0.0.1:0".parse().unwrap(),
         state.path().to_path_buf(),
-    ))
-    .await
+    );
+    server_config.init_ca = true;
+    let cp = ControlPlane::new(server_config).await.unwrap();
+    // The operator credential, as `weft-control operator-credential --name admin` writes it.
+    let credential = tempfile::tempdir().unwrap();
+    let files = weft_control::node::write_credential(
+        &weft_control::ca::CertificateAuthority::load(state.path()).unwrap(),
+        "spiffe://cluster.local/operator/admin",
+        "admin",
+        std::time::Duration::from_secs(3600),
+        credential.path(),
+        ("operator-cert.pem", "operator-key.pem"),
+    )
     .unwrap();
+    let (cert, key) = (path(&files.cert).to_string(), path(&files.key).to_string());
     let control = format!("127.0.0.1:{}", cp.local_addr().unwrap().port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(cp.run(async {
         let _ = stopped.await;
     }));
-    let ca = state.path().join("root-cert.pem");
-    let ca = path(&ca).to_string();
+    let state_ca = state.path().join("root-cert.pem");
+    let ca = path(&state_ca).to_string();
 
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
@@ -137,13 +151,54 @@ async fn status_and_config_dump_against_a_real_control_plane() {
             control.clone(),
             "--ca-cert".into(),
             ca.clone(),
+            "--cert".into(),
+            cert.clone(),
+            "--key".into(),
+            key.clone(),
         ]);
         v
     };
 
+    // Without the operator credential: UNAUTHENTICATED, nothing shown, and what to do.
+    for cmd in [&["status"][..], &["config", "dump", "--node", "node-1"]] {
+        let mut args = base(cmd);
+        args.truncate(args.len() - 4);
+        let (code, out, err) = run(args).await.unwrap();
+        assert_eq!(code, 2, "{out}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains("Status needs a credential")
+                || err.contains("ConfigDump needs a credential"),
+            "{err}"
+        );
+        assert!(
+            err.contains("operator-credential") && err.contains("--cert"),
+            "{err}"
+        );
+    }
+
     let (code, out, err) = run(base(&["status"])).await.unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("configuration version 1"), "{out}");
+
+    // The credential from the environment, as the README sets it up.
+    let (c, k, ctl) = (cert.clone(), key.clone(), control.clone());
+    let by_env = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .args(["status", "--control", &ctl, "--ca-cert"])
+            .arg(path(&state_ca))
+            .env("WEFTCTL_CERT", c)
+            .env("WEFTCTL_KEY", k)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        by_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_env.stderr)
+    );
     assert!(out.contains("no clients connected"), "{out}");
 
     let (code, out, err) = run(base(&["status", "-o", "json"])).await.unwrap();
@@ -171,7 +226,7 @@ async fn status_and_config_dump_against_a_real_control_plane() {
 
     // A wrong CA is a clear connection error, exit 2.
     let other = tempfile::tempdir().unwrap();
-    weft_control::ca::CertificateAuthority::load_or_generate(other.path()).unwrap();
+    weft_control::ca::CertificateAuthority::load_or_initialize(other.path()).unwrap();
     let bogus_ca = path(&other.path().join("root-cert.pem")).to_string();
     let (code, _, err) = run(vec![
         "status".into(),

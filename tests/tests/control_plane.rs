@@ -170,3 +170,48 @@ fn control_plane_restart_under_traffic_fails_no_connection() {
         |c| c.opened >= f64::from(REQUESTS),
     );
 }
+
+/// weftctl against the testbed's control plane: refused without the operator credential
+/// the testbed issues, answered with it.
+#[test]
+fn weftctl_needs_the_operator_credential() {
+    let tb = mesh("weft-e2e-ctl-op", 1, 1);
+    let node = &tb.nodes()[0];
+    let weftctl = tb
+        .agent_config()
+        .unwrap()
+        .control_bin()
+        .with_file_name("weftctl");
+    let status = |credential: bool| {
+        let mut command = std::process::Command::new("nsenter");
+        command
+            .arg(format!("--net={}", node.netns_path.display()))
+            .arg(&weftctl)
+            .args(["status", "--control", &tb.control_url(), "--ca-cert"])
+            .arg(tb.control_ca())
+            .env_remove("WEFTCTL_CERT")
+            .env_remove("WEFTCTL_KEY");
+        if credential {
+            command
+                .arg("--cert")
+                .arg(tb.operator_cert())
+                .arg("--key")
+                .arg(tb.operator_key());
+        }
+        command.output().unwrap()
+    };
+    let refused = status(false);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("Status needs a credential"), "{stderr}");
+    assert!(refused.stdout.is_empty());
+
+    let answered = status(true);
+    let stdout = String::from_utf8_lossy(&answered.stdout);
+    assert!(
+        answered.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    assert!(stdout.contains(&node.name), "the agent is listed: {stdout}");
+}

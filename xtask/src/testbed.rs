@@ -196,10 +196,13 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     );
     if let Some(node) = tb.nodes().first() {
         println!(
-            "  weftctl: nsenter --net={} target/debug/weftctl status --control {} --ca-cert {}",
+            "  weftctl: nsenter --net={} target/debug/weftctl status --control {} --ca-cert {} \
+             --cert {} --key {}",
             node.netns_path.display(),
             tb.control_url(),
-            tb.control_ca().display()
+            tb.control_ca().display(),
+            tb.operator_cert().display(),
+            tb.operator_key().display()
         );
     }
     println!();
@@ -274,6 +277,8 @@ fn status_json(tb: &Testbed) -> serde_json::Value {
         "control": {
             "address": tb.control_url(),
             "ca_cert": tb.control_ca(),
+            "operator_cert": tb.operator_cert(),
+            "operator_key": tb.operator_key(),
             "config_dir": tb.config_dir(),
             "applied": tb.applied_files(),
             "metrics_addr": tb.control_metrics_addr(),

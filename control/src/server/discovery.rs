@@ -1,4 +1,15 @@
 //! The `weft.discovery.v1.Discovery` service: Subscribe, Status, ConfigDump.
+//!
+//! Every call needs a credential ([`Principal`]); without one it is refused with
+//! UNAUTHENTICATED before anything is read or sent. What each may do:
+//!
+//! - Subscribe: a node as an agent of its own node only, the gateway as a gateway, an
+//!   operator as anything;
+//! - Status: operators (it lists every client);
+//! - ConfigDump: operators for any node, a node for itself.
+//!
+//! API-key hashes (`Consumer.api_key_sha256`) go to the gateway only; everyone else gets
+//! consumers without them.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,13 +23,14 @@ use weft_proto::discovery::v1::{
 };
 
 use super::{
-    certificates::caller_node,
+    limits::{self, sanitize},
     store::{self, Store, Subscription, now_ms},
 };
 use crate::{
     config::{ALL_TYPES, ResourceSet},
     metrics::Metrics,
-    node::NotANode,
+    node::NodeName,
+    principal::Principal,
 };
 
 /// How long a new stream may take to send its hello; a client that opens a stream and says
@@ -59,21 +71,8 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        // A client with a node credential may only speak for its own node. Clients without
-        // one (weftctl, or an agent not yet given a credential) are trusted with what they
-        // claim, as the configuration they read is not secret; the CA is what needs the node.
-        let credential = match caller_node(&request, &self.trust_domain) {
-            Ok(node) => Some(node),
-            Err(NotANode::NoCertificate) => None,
-            Err(reason) => {
-                debug!(%peer, %reason, "client certificate is not a node credential");
-                None
-            }
-        };
+        let peer = peer_of(&request);
+        let principal = self.authenticate(&request, "Subscribe")?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -87,15 +86,16 @@ impl Discovery for DiscoveryService {
             }
         };
         check_hello(&hello)?;
-        if let Some(node) = &credential
-            && hello.node != node.as_str()
-        {
-            warn!(%peer, credential = %node, claimed = %hello.node, "refused a subscriber claiming another node");
-            return Err(Status::permission_denied(format!(
-                "ClientHello.node is {:?} but the client's node credential is for node {node};                  a node may only subscribe as itself",
-                hello.node
-            )));
-        }
+        authorize_hello(&principal, &hello).inspect_err(|status| {
+            warn!(
+                %peer,
+                %principal,
+                kind = hello.kind().as_str_name(),
+                claimed = %sanitize(&hello.node, limits::MAX_HELLO_NAME),
+                reason = status.message(),
+                "refused a subscriber"
+            );
+        })?;
         let sub = self.store.subscribe(hello.clone(), peer.clone());
         let span = info_span!(
             "subscriber",
@@ -103,19 +103,30 @@ impl Discovery for DiscoveryService {
             kind = hello.kind().as_str_name(),
             name = %hello.name,
             node = %hello.node,
+            %principal,
             %peer,
         );
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let store = self.store.clone();
         let shutdown = self.shutdown.clone();
-        tokio::spawn(run_stream(store, sub, inbound, tx, shutdown).instrument(span));
+        let redact = !principal.sees_api_key_hashes();
+        tokio::spawn(run_stream(store, sub, inbound, tx, shutdown, redact).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        match self.authenticate(&request, "Status")? {
+            Principal::Operator(_) => {}
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "Status is for operators; the client is {other} (weftctl presents an \
+                     operator credential: weft-control operator-credential)"
+                )));
+            }
+        }
         Ok(Response::new(self.store.status(env!("CARGO_PKG_VERSION"))))
     }
 
@@ -123,9 +134,21 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::ConfigDumpRequest>,
     ) -> Result<Response<pb::ConfigDumpResponse>, Status> {
+        let principal = self.authenticate(&request, "ConfigDump")?;
         let request = request.into_inner();
         if request.node.is_empty() {
             return Err(Status::invalid_argument("node is required"));
+        }
+        match &principal {
+            Principal::Operator(_) => {}
+            Principal::Node(node) if node.as_str() == request.node => {}
+            other => {
+                return Err(Status::permission_denied(format!(
+                    "ConfigDump of node {:?} is for operators and that node; the client is \
+                     {other}",
+                    sanitize(&request.node, limits::MAX_HELLO_NAME)
+                )));
+            }
         }
         let mut types: Vec<ResourceType> = request
             .resource_types()
@@ -139,9 +162,81 @@ impl Discovery for DiscoveryService {
         // with node identity, and will apply here and in Subscribe alike.
         let snapshots = types
             .into_iter()
-            .map(|ty| store::snapshot(ty, version, &resources))
+            .map(|ty| {
+                let mut snapshot = store::snapshot(ty, version, &resources);
+                if !principal.sees_api_key_hashes() {
+                    redact_api_keys(&mut snapshot);
+                }
+                snapshot
+            })
             .collect();
         Ok(Response::new(pb::ConfigDumpResponse { version, snapshots }))
+    }
+}
+
+impl DiscoveryService {
+    /// The caller's credential, or UNAUTHENTICATED (logged, counted) before anything else.
+    fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        call: &'static str,
+    ) -> Result<Principal, Status> {
+        let certs = request.peer_certs();
+        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        Principal::of_peer(leaf, &self.trust_domain).map_err(|reason| {
+            warn!(peer = %peer_of(request), call, %reason, "refused an unauthenticated call");
+            self.store.metrics().unauthenticated(call);
+            Status::unauthenticated(format!(
+                "{call} needs a credential: {reason}. Agents present their node credential \
+                 (--node-cert/--node-key, from `weft-control node-credential`); weftctl an \
+                 operator credential (--cert/--key or WEFTCTL_CERT/WEFTCTL_KEY, from \
+                 `weft-control operator-credential --name <you> --out-dir <dir>`)"
+            ))
+        })
+    }
+}
+
+fn peer_of<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
+/// What a credential may subscribe as: a node as its own node's agent, the gateway as a
+/// gateway, an operator as anything.
+fn authorize_hello(principal: &Principal, hello: &pb::ClientHello) -> Result<(), Status> {
+    match principal {
+        Principal::Operator(_) => Ok(()),
+        Principal::Gateway if hello.kind() == ClientKind::Gateway => Ok(()),
+        Principal::Gateway => Err(Status::permission_denied(format!(
+            "a gateway credential subscribes as a gateway only, not {}",
+            hello.kind().as_str_name()
+        ))),
+        Principal::Node(node) if hello.kind() != ClientKind::Agent => {
+            Err(Status::permission_denied(format!(
+                "node {node}'s credential subscribes as an agent only, not {}",
+                hello.kind().as_str_name()
+            )))
+        }
+        Principal::Node(node) if hello.node != node.as_str() => {
+            Err(Status::permission_denied(format!(
+                "ClientHello.node is {:?} but the client's node credential is for node {node}; \
+                 a node may only subscribe as itself",
+                sanitize(&hello.node, limits::MAX_HELLO_NAME)
+            )))
+        }
+        Principal::Node(_) => Ok(()),
+    }
+}
+
+/// Clears every consumer's API-key hashes: a hash is as good as the key to whoever can
+/// try keys offline, so only the gateway, which checks keys, receives them.
+fn redact_api_keys(response: &mut pb::DiscoveryResponse) {
+    for resource in &mut response.resources {
+        if let Some(pb::resource::Kind::Consumer(consumer)) = &mut resource.kind {
+            consumer.api_key_sha256.clear();
+        }
     }
 }
 
@@ -152,15 +247,47 @@ fn check_hello(hello: &pb::ClientHello) -> Result<(), Status> {
     if hello.name.is_empty() {
         return Err(Status::invalid_argument("ClientHello.name is required"));
     }
+    for (field, value, max) in [
+        ("name", &hello.name, limits::MAX_HELLO_NAME),
+        (
+            "client_version",
+            &hello.client_version,
+            limits::MAX_CLIENT_VERSION,
+        ),
+    ] {
+        if value.len() > max || limits::has_control(value) {
+            return Err(Status::invalid_argument(format!(
+                "ClientHello.{field} must be at most {max} bytes without control characters; \
+                 got {} bytes starting {:?}",
+                value.len(),
+                sanitize(value, 64)
+            )));
+        }
+    }
     if hello.kind() == ClientKind::Agent && hello.node.is_empty() {
         return Err(Status::invalid_argument(
             "ClientHello.node is required for agents",
         ));
     }
+    if !hello.node.is_empty()
+        && let Err(e) = hello.node.parse::<NodeName>()
+    {
+        return Err(Status::invalid_argument(format!(
+            "ClientHello.node: {}",
+            sanitize(&e.to_string(), 2 * limits::MAX_HELLO_NAME)
+        )));
+    }
     if hello.resource_types.is_empty() {
         return Err(Status::invalid_argument(
             "ClientHello.resource_types must name at least one type",
         ));
+    }
+    if hello.resource_types.len() > limits::MAX_HELLO_TYPES {
+        return Err(Status::invalid_argument(format!(
+            "ClientHello.resource_types lists {} types; there are fewer than {}",
+            hello.resource_types.len(),
+            limits::MAX_HELLO_TYPES
+        )));
     }
     for t in &hello.resource_types {
         match ResourceType::try_from(*t) {
@@ -181,6 +308,8 @@ struct Writer {
     next_nonce: u64,
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
     info: Arc<parking_lot::Mutex<store::SubscriberInfo>>,
+    /// Clear API-key hashes (every client but the gateway).
+    redact: bool,
 }
 
 /// The client went away.
@@ -190,6 +319,9 @@ impl Writer {
     async fn send(&mut self, mut response: pb::DiscoveryResponse) -> Result<(), Gone> {
         self.next_nonce += 1;
         response.nonce = format!("{}-{}", self.stream, self.next_nonce);
+        if self.redact {
+            redact_api_keys(&mut response);
+        }
         if let Some(t) = self.info.lock().types.get_mut(&response.resource_type()) {
             t.last_sent_version = response.version;
         }
@@ -223,6 +355,7 @@ async fn run_stream(
     inbound: Streaming<pb::SubscribeRequest>,
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
     mut shutdown: watch::Receiver<bool>,
+    redact: bool,
 ) {
     let types: Vec<ResourceType> = sub.info.lock().types.keys().copied().collect();
     info!(types = ?types.iter().map(|t| t.as_str_name()).collect::<Vec<_>>(), "subscribed");
@@ -234,6 +367,7 @@ async fn run_stream(
         next_nonce: 0,
         tx: tx.clone(),
         info: sub.info.clone(),
+        redact,
     };
     // Changes up to this version are contained in the last snapshot sent.
     let mut floor = sub.version;
@@ -300,19 +434,23 @@ async fn read_answers(
             }
             Some(Message::Nack(nack)) => {
                 metrics.nacks.inc();
+                // Free text from the client: bounded and escaped before it is logged or kept
+                // for `weftctl status`.
+                let resource_name = sanitize(&nack.resource_name, limits::MAX_NACK_RESOURCE);
+                let reason = sanitize(&nack.reason, limits::MAX_NACK_REASON);
                 warn!(
                     r#type = nack.resource_type().as_str_name(),
                     version = nack.version,
-                    resource = %nack.resource_name,
-                    reason = %nack.reason,
+                    resource = %resource_name,
+                    reason = %reason,
                     "client rejected a version"
                 );
                 let mut info = info.lock();
                 if let Some(t) = info.types.get_mut(&nack.resource_type()) {
                     t.last_nack = Some(pb::NackRecord {
                         version: nack.version,
-                        resource_name: nack.resource_name,
-                        reason: nack.reason,
+                        resource_name,
+                        reason,
                         at_unix_ms: now_ms(),
                     });
                 }

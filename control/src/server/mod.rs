@@ -3,6 +3,7 @@
 
 mod certificates;
 mod discovery;
+pub mod limits;
 pub mod store;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -60,6 +61,16 @@ pub struct ServerConfig {
     pub trust_domain: TrustDomain,
     /// The longest lifetime of an issued workload certificate; at least [`MIN_CERT_TTL`].
     pub cert_ttl: Duration,
+    /// Generate a root in `state_dir` if there is none (`--init-ca`). Off by default: a
+    /// missing or empty state directory is then an error, never a silent new root.
+    pub init_ca: bool,
+    /// Publish a configuration source that became empty (`--allow-empty-config`). Off by
+    /// default: an emptied directory (an unmounted volume) keeps the last configuration.
+    pub allow_empty_config: bool,
+    /// How often the server pings each connection, and how long it waits for the answer
+    /// before dropping it (and its subscriptions).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -75,6 +86,10 @@ impl ServerConfig {
             metrics_addr: None,
             trust_domain: TrustDomain::default(),
             cert_ttl: DEFAULT_CERT_TTL,
+            init_ca: false,
+            allow_empty_config: false,
+            keepalive_interval: limits::DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: limits::DEFAULT_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -98,6 +113,12 @@ pub enum ServerError {
          agents would do little but renew"
     )]
     CertTtl { ttl: String },
+    #[error(
+        "the configuration source ({source_name}) holds no configuration; refusing to start \
+         and serve an empty mesh, which would wipe every agent's workloads and policies (is \
+         the volume mounted?). Pass --allow-empty-config if the mesh is meant to be empty"
+    )]
+    EmptyConfig { source_name: String },
     #[error("the configuration has {count} error(s), refusing to start:\n{errors}")]
     InvalidConfig { count: usize, errors: String },
     #[error("cannot listen on {addr}: {source} (is another control plane running?)")]
@@ -123,6 +144,7 @@ pub struct ControlPlane {
     metrics_listener: Option<TcpListener>,
     trust_domain: TrustDomain,
     cert_ttl: Duration,
+    keepalive: (Duration, Duration),
 }
 
 impl ControlPlane {
@@ -132,7 +154,8 @@ impl ControlPlane {
         let cert_ttl = check_cert_ttl(config.cert_ttl)?;
         let ca = match &config.ca {
             Some((cert, key)) => CertificateAuthority::from_files(cert, key)?,
-            None => CertificateAuthority::load_or_generate(&config.state_dir)?,
+            None if config.init_ca => CertificateAuthority::load_or_initialize(&config.state_dir)?,
+            None => CertificateAuthority::load(&config.state_dir)?,
         };
         let (chain, key) = ca.issue_serving(&config.sans)?;
         let source = config.source.clone();
@@ -154,17 +177,26 @@ impl ControlPlane {
                 errors: errors.join("\n"),
             });
         }
+        // A directory that is empty at start is as likely an unmounted volume as one that
+        // empties later; a cluster may legitimately hold nothing yet.
+        if loaded.resources.is_empty()
+            && !config.allow_empty_config
+            && matches!(source, Source::Directory(_))
+        {
+            return Err(ServerError::EmptyConfig {
+                source_name: source.to_string(),
+            });
+        }
         info!(
             files = loaded.files,
             documents = loaded.documents,
             resources = loaded.resources.len(),
             "configuration loaded"
         );
-        let store = Arc::new(Store::new(
-            loaded,
-            source.to_string(),
-            config.subscriber_queue,
-        ));
+        let store = Arc::new(
+            Store::new(loaded, source.to_string(), config.subscriber_queue)
+                .allow_empty(config.allow_empty_config),
+        );
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -190,6 +222,7 @@ impl ControlPlane {
             debounce: config.debounce,
             trust_domain: config.trust_domain,
             cert_ttl,
+            keepalive: (config.keepalive_interval, config.keepalive_timeout),
         })
     }
 
@@ -251,6 +284,10 @@ impl ControlPlane {
                                 "configuration rejected, previous version stays in force"
                             )
                         }
+                        ApplyOutcome::RefusedEmpty => warn!(
+                            "the configuration source became empty; the previous version \
+                             stays in force (--allow-empty-config publishes an empty one)"
+                        ),
                     },
                     async move {
                         let _ = watch_stop.changed().await;
@@ -263,8 +300,9 @@ impl ControlPlane {
         });
 
         // Client certificates are asked for and verified against the mesh root, but not
-        // required: weftctl and the Status/ConfigDump calls work without one; Sign refuses a
-        // caller without a node credential, and Subscribe scopes a caller that has one.
+        // required by TLS, so that a caller without one gets a gRPC UNAUTHENTICATED that
+        // says what to present rather than a bare handshake failure; every call then checks
+        // the credential itself (see `principal`).
         let tls = ServerTlsConfig::new()
             .identity(self.identity)
             .client_ca_root(Certificate::from_pem(self.ca.root_pem()))
@@ -281,11 +319,22 @@ impl ControlPlane {
             self.cert_ttl,
         );
         let mut serve_stop = stop_rx;
+        let (keepalive_interval, keepalive_timeout) = self.keepalive;
         let server = Server::builder()
             .tls_config(tls)
             .map_err(ServerError::Tls)?
-            .add_service(DiscoveryServer::new(discovery))
-            .add_service(CertificatesServer::new(certificates))
+            .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+            .concurrency_limit_per_connection(limits::MAX_REQUESTS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(keepalive_interval))
+            .http2_keepalive_timeout(Some(keepalive_timeout))
+            .add_service(
+                DiscoveryServer::new(discovery)
+                    .max_decoding_message_size(limits::MAX_DISCOVERY_REQUEST),
+            )
+            .add_service(
+                CertificatesServer::new(certificates)
+                    .max_decoding_message_size(limits::MAX_SIGN_REQUEST),
+            )
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), async move {
                 let _ = serve_stop.changed().await;
             });

@@ -45,6 +45,10 @@ pub enum ApplyOutcome {
     Unchanged,
     /// It was published as this version.
     Applied { version: u64 },
+    /// It was valid but empty while the one in force is not, and empty configurations are
+    /// not allowed: the previous configuration stays in force (an unmounted volume must not
+    /// wipe every agent's workloads and policies).
+    RefusedEmpty,
 }
 
 /// What a subscriber is: its hello, its address, and what it has been sent and answered.
@@ -99,6 +103,8 @@ pub struct Store {
     started_at_ms: u64,
     source: String,
     metrics: Metrics,
+    /// Whether a configuration that became empty is published (`--allow-empty-config`).
+    allow_empty: bool,
 }
 
 pub fn now_ms() -> u64 {
@@ -129,7 +135,14 @@ impl Store {
             started_at_ms: now,
             source,
             metrics: Metrics::default(),
+            allow_empty: false,
         }
+    }
+
+    /// Publishes configurations that became empty instead of refusing them.
+    pub fn allow_empty(mut self, allow: bool) -> Self {
+        self.allow_empty = allow;
+        self
     }
 
     /// The store's metrics (register them with [`Metrics::register`]).
@@ -176,6 +189,23 @@ impl Store {
             return ApplyOutcome::Rejected { errors };
         }
         let mut inner = self.inner.lock();
+        if loaded.resources.is_empty() && !inner.resources.is_empty() && !self.allow_empty {
+            warn!(
+                version = inner.version,
+                resources = inner.resources.len(),
+                "the configuration source became empty; refusing to publish it, the previous \
+                 version stays in force (was a volume unmounted? --allow-empty-config \
+                 publishes empty configurations)"
+            );
+            inner.problems = vec![
+                "the configuration source became empty; the previous version stays in force \
+                 (--allow-empty-config publishes empty configurations)"
+                    .to_string(),
+            ];
+            inner.last_rejected = true;
+            self.metrics.reload("refused_empty");
+            return ApplyOutcome::RefusedEmpty;
+        }
         inner.problems = problems;
         inner.last_rejected = false;
         let deltas = inner.resources.diff(&loaded.resources);

@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use tonic::transport::Channel;
-use weft_control::{
-    ca::CertificateAuthority, config::Source, node::NodeName, server::ServerConfig,
-};
-use weft_link::{control::ClientIdentity, identity::TrustDomain};
+use weft_control::{ca::CertificateAuthority, config::Source, server::ServerConfig};
+use weft_link::control::ClientIdentity;
 use weft_proto::{
     discovery::v1::discovery_client::DiscoveryClient,
     identity::v1::certificates_client::CertificatesClient,
@@ -73,12 +71,13 @@ impl Mesh {
             state_dir.path().to_path_buf(),
         );
         config.cert_ttl = cert_ttl;
+        config.init_ca = true;
         config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
         let server = support::Server::run(config).await;
         let url = server.url();
         let root_pem = server.root_pem.clone();
         // The same root the server loaded, from the state directory it generated it in.
-        let ca = CertificateAuthority::load_or_generate(state_dir.path()).unwrap();
+        let ca = CertificateAuthority::load(state_dir.path()).unwrap();
         assert_eq!(ca.root_pem(), root_pem);
         Mesh {
             url,
@@ -92,12 +91,15 @@ impl Mesh {
 
     /// A node credential for `node` from the mesh root.
     pub fn node_identity(&self, node: &str) -> ClientIdentity {
-        let node: NodeName = node.parse().unwrap();
-        let (issued, key) = self
-            .ca
-            .issue_node_credential(&TrustDomain::default(), &node, Duration::from_secs(3600))
-            .unwrap();
-        ClientIdentity::new(issued.cert_pem, key)
+        support::node_identity(&self.ca, node)
+    }
+
+    pub fn operator_identity(&self) -> ClientIdentity {
+        support::operator_identity(&self.ca)
+    }
+
+    pub fn gateway_identity(&self) -> ClientIdentity {
+        self.server.gateway_identity()
     }
 
     pub fn channel(&self, identity: Option<&ClientIdentity>) -> Channel {

@@ -11,10 +11,16 @@ use tokio::{
     task::JoinHandle,
 };
 use weft_control::{
+    ca::CertificateAuthority,
     config::Source,
+    node::NodeName,
+    principal::{OperatorName, gateway_spiffe_id, operator_spiffe_id},
     server::{ControlPlane, ServerConfig},
 };
-use weft_link::control::{Client, ClientConfig, ConnectionState, Rejection, Update};
+use weft_link::{
+    control::{Client, ClientConfig, ClientIdentity, ConnectionState, Rejection, Update},
+    identity::TrustDomain,
+};
 use weft_proto::discovery::v1::{ClientKind, ResourceType, discovery_client::DiscoveryClient};
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -34,6 +40,8 @@ pub async fn get_metrics(addr: SocketAddr) -> String {
 pub struct Server {
     pub addr: SocketAddr,
     pub root_pem: String,
+    /// The server's CA, to issue credentials from.
+    pub ca: CertificateAuthority,
     /// Where `/metrics` is served, when the config asked for it.
     pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
@@ -48,14 +56,21 @@ impl Server {
             state_dir.to_path_buf(),
         );
         config.debounce = Duration::from_millis(100);
+        config.init_ca = true;
         Server::run(config).await
     }
 
     /// Starts a control plane with `config` on a task; [`Server::stop`] ends it.
     pub async fn run(config: ServerConfig) -> Server {
+        let state_dir = config.state_dir.clone();
+        let operator_ca = config.ca.clone();
         let cp = ControlPlane::new(config)
             .await
             .expect("control plane starts");
+        let ca = match operator_ca {
+            Some((cert, key)) => CertificateAuthority::from_files(&cert, &key).unwrap(),
+            None => CertificateAuthority::load(&state_dir).unwrap(),
+        };
         let addr = cp.local_addr().unwrap();
         let root_pem = cp.root_pem().to_string();
         let metrics_addr = cp.metrics_addr();
@@ -70,6 +85,7 @@ impl Server {
         Server {
             addr,
             root_pem,
+            ca,
             metrics_addr,
             stop: Some(stop),
             task: Some(task),
@@ -92,11 +108,59 @@ impl Server {
         }
     }
 
+    /// A discovery client with an operator credential.
     pub async fn admin(&self) -> DiscoveryClient<tonic::transport::Channel> {
-        let endpoint =
-            weft_link::control::endpoint(&self.url(), &self.root_pem, None, WAIT).unwrap();
-        DiscoveryClient::new(endpoint.connect().await.expect("admin connects"))
+        self.client(Some(&self.operator_identity())).await
     }
+
+    /// A discovery client presenting `identity`, or nothing.
+    pub async fn client(
+        &self,
+        identity: Option<&ClientIdentity>,
+    ) -> DiscoveryClient<tonic::transport::Channel> {
+        let endpoint = weft_link::control::endpoint_with_identity(
+            &self.url(),
+            &self.root_pem,
+            None,
+            identity,
+            WAIT,
+        )
+        .unwrap();
+        DiscoveryClient::new(endpoint.connect().await.expect("client connects"))
+    }
+
+    pub fn node_identity(&self, node: &str) -> ClientIdentity {
+        node_identity(&self.ca, node)
+    }
+
+    pub fn operator_identity(&self) -> ClientIdentity {
+        operator_identity(&self.ca)
+    }
+
+    pub fn gateway_identity(&self) -> ClientIdentity {
+        credential(&self.ca, &gateway_spiffe_id(&TrustDomain::default()))
+    }
+}
+
+/// A client credential for `spiffe_id` from `ca`.
+pub fn credential(ca: &CertificateAuthority, spiffe_id: &str) -> ClientIdentity {
+    let (issued, key) = ca
+        .issue_client_credential(spiffe_id, "test", Duration::from_secs(3600))
+        .unwrap();
+    ClientIdentity::new(issued.cert_pem, key)
+}
+
+pub fn node_identity(ca: &CertificateAuthority, node: &str) -> ClientIdentity {
+    let node: NodeName = node.parse().unwrap();
+    let (issued, key) = ca
+        .issue_node_credential(&TrustDomain::default(), &node, Duration::from_secs(3600))
+        .unwrap();
+    ClientIdentity::new(issued.cert_pem, key)
+}
+
+pub fn operator_identity(ca: &CertificateAuthority) -> ClientIdentity {
+    let name: OperatorName = "admin".parse().unwrap();
+    credential(ca, &operator_spiffe_id(&TrustDomain::default(), &name))
 }
 
 /// A running client whose handler forwards every update to `updates`, and rejects the
@@ -108,15 +172,18 @@ pub struct TestClient {
 }
 
 impl TestClient {
-    pub fn start(
-        url: &str,
-        root_pem: &str,
-        types: Vec<ResourceType>,
-        reject: Vec<ResourceType>,
-    ) -> Self {
+    /// An agent of node-1, with node-1's credential.
+    pub fn start(server: &Server, types: Vec<ResourceType>, reject: Vec<ResourceType>) -> Self {
         let (tx, updates) = mpsc::unbounded_channel();
-        let mut config =
-            ClientConfig::new(url, root_pem, ClientKind::Agent, "agent-1", "node-1", types);
+        let mut config = ClientConfig::new(
+            server.url(),
+            server.root_pem.clone(),
+            ClientKind::Agent,
+            "agent-1",
+            "node-1",
+            types,
+        );
+        config.identity = Some(server.node_identity("node-1"));
         config.client_version = "test".into();
         config.initial_backoff = Duration::from_millis(50);
         config.max_backoff = Duration::from_millis(400);

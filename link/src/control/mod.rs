@@ -396,6 +396,10 @@ fn status_message(status: &tonic::Status, address: &str) -> String {
         tonic::Code::PermissionDenied => {
             " (the node credential (--node-cert) is for another node than this client's --node)"
         }
+        tonic::Code::Unauthenticated => {
+            " (the control plane answers only clients with a credential from its root: a node \
+             credential, --node-cert/--node-key)"
+        }
         _ => "",
     };
     format!("{address}: {}: {}{hint}", status.code(), status.message())

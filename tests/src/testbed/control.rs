@@ -9,12 +9,16 @@
 //! /run/weft-testbed/<name>/control/control.log
 //! /run/weft-testbed/<name>/<node>/node-cert.pem  the node credential, --node-cert
 //! /run/weft-testbed/<name>/<node>/node-key.pem   its key (0600), --node-key
+//! /run/weft-testbed/<name>/operator/operator-cert.pem  weftctl's credential, --cert
+//! /run/weft-testbed/<name>/operator/operator-key.pem   its key (0600), --key
 //! ```
 //!
 //! Once the control plane serves (and so has generated its root), `start_control` issues
 //! every node's credential with `weft-control node-credential`, as an operator would at
 //! bootstrap; the agents present it to the control plane, whose CA signs only the
-//! identities of the presenting node's workloads.
+//! identities of the presenting node's workloads. It also issues an operator credential
+//! (`weft-control operator-credential`), which weftctl needs to be answered. The control
+//! plane starts with `--init-ca`: the testbed's state directory is new at every `up`.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
@@ -47,6 +51,10 @@ const ROOT_CERT_FILE: &str = "root-cert.pem";
 /// What `weft-control node-credential` writes into a node's directory.
 const NODE_CERT_FILE: &str = "node-cert.pem";
 const NODE_KEY_FILE: &str = "node-key.pem";
+/// What `weft-control operator-credential` writes into the operator's directory.
+const OPERATOR_DIR: &str = "operator";
+const OPERATOR_CERT_FILE: &str = "operator-cert.pem";
+const OPERATOR_KEY_FILE: &str = "operator-key.pem";
 
 pub fn config_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("config")
@@ -146,6 +154,16 @@ impl Testbed {
         SocketAddr::from((CONTROL_IPV4, CONTROL_METRICS_PORT))
     }
 
+    /// The operator credential's certificate, weftctl's `--cert`.
+    pub fn operator_cert(&self) -> PathBuf {
+        self.state_dir.join(OPERATOR_DIR).join(OPERATOR_CERT_FILE)
+    }
+
+    /// The operator credential's key, weftctl's `--key`.
+    pub fn operator_key(&self) -> PathBuf {
+        self.state_dir.join(OPERATOR_DIR).join(OPERATOR_KEY_FILE)
+    }
+
     /// The mesh root certificate, which agents and weftctl verify the control plane with.
     pub fn control_ca(&self) -> PathBuf {
         control_dir(&self.state_dir).join(ROOT_CERT_FILE)
@@ -188,6 +206,7 @@ impl Testbed {
             .arg(self.config_dir())
             .arg("--state-dir")
             .arg(&dir)
+            .arg("--init-ca")
             .args(["--listen", &listen.to_string()])
             .args(["--san", &CONTROL_IPV4.to_string()])
             .args(["--metrics-addr", &self.control_metrics_addr().to_string()])
@@ -209,7 +228,8 @@ impl Testbed {
     }
 
     /// Writes every node's credential (`<state>/<node>/node-cert.pem`, `node-key.pem`) with
-    /// `weft-control node-credential`, from the root the control plane uses.
+    /// `weft-control node-credential`, and the operator's (`<state>/operator/`) with
+    /// `weft-control operator-credential`, from the root the control plane uses.
     fn issue_node_credentials(&self) -> Result<()> {
         let agent = self.agent.as_ref().ok_or_else(|| Error::NoAgent {
             testbed: self.name.clone(),
@@ -228,6 +248,18 @@ impl Testbed {
             }
             cmd::run(&mut command)?;
         }
+        let mut command = Command::new(agent.control_bin());
+        command
+            .arg("operator-credential")
+            .arg("--state-dir")
+            .arg(control_dir(&self.state_dir))
+            .args(["--name", "testbed"])
+            .arg("--out-dir")
+            .arg(self.state_dir.join(OPERATOR_DIR));
+        if let Some(td) = trust_domain_flag(&agent.control_extra_args) {
+            command.args(["--trust-domain", td]);
+        }
+        cmd::run(&mut command)?;
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 use weft_control::ca::ROOT_CERT_FILE;
+use weft_link::control::ClientIdentity;
 
 /// How long the control plane gets to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -41,6 +42,8 @@ pub struct ControlProcess {
     pid: u32,
     pub addr: SocketAddr,
     pub root_pem: String,
+    /// The credential the fleet and the status client present.
+    pub operator: ClientIdentity,
     pub log: PathBuf,
     /// From spawn until it accepted connections: reading, validating and compiling the
     /// whole configuration dominates.
@@ -76,6 +79,7 @@ impl ControlProcess {
             .arg(config_dir)
             .arg("--state-dir")
             .arg(state_dir)
+            .arg("--init-ca")
             .arg("--listen")
             .arg(addr.to_string())
             .env("RUST_LOG", log_level)
@@ -108,7 +112,17 @@ impl ControlProcess {
         // Written at start-up, before the port is bound (ControlPlane::new loads the CA first).
         let root_pem = std::fs::read_to_string(state_dir.join(ROOT_CERT_FILE))
             .context("reading the control plane's root certificate from its state directory")?;
+        // One operator credential for the measuring clients: an operator may subscribe as
+        // any node, so the fleet needs no credential per simulated node.
+        let ca = weft_control::ca::CertificateAuthority::load(state_dir)?;
+        let (issued, key) = ca.issue_client_credential(
+            "spiffe://cluster.local/operator/weft-control-scale",
+            "weft-control-scale",
+            Duration::from_secs(24 * 3600),
+        )?;
+        let operator = ClientIdentity::new(issued.cert_pem, key);
         Ok(ControlProcess {
+            operator,
             child,
             pid,
             addr,

@@ -11,7 +11,7 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
 };
-use weft_link::control::{Client, ClientConfig, ConnectionState, Update};
+use weft_link::control::{Client, ClientConfig, ClientIdentity, ConnectionState, Update};
 use weft_proto::discovery::v1::{self as pb, ClientKind, ResourceType};
 
 /// The types a node agent subscribes to.
@@ -48,6 +48,7 @@ pub struct Event {
 pub struct Fleet {
     address: String,
     root_pem: String,
+    identity: ClientIdentity,
     nodes: usize,
     events_tx: mpsc::UnboundedSender<Event>,
     pub events: mpsc::UnboundedReceiver<Event>,
@@ -57,12 +58,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(address: String, root_pem: String, nodes: usize) -> Self {
+    pub fn new(address: String, root_pem: String, identity: ClientIdentity, nodes: usize) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         Fleet {
             address,
             root_pem,
+            identity,
             nodes: nodes.max(1),
             events_tx,
             events,
@@ -89,6 +91,7 @@ impl Fleet {
             AGENT_TYPES.to_vec(),
         );
         config.client_version = env!("CARGO_PKG_VERSION").to_string();
+        config.identity = Some(self.identity.clone());
         config.initial_backoff = BACKOFF;
         let events = self.events_tx.clone();
         let handler = move |update: Update| {

@@ -250,7 +250,12 @@ async fn measure(
         sync_timeout: Duration::from_secs(args.sync_timeout),
         round_timeout: Duration::from_secs(args.round_timeout),
     };
-    let mut fleet = Fleet::new(cp.url(), cp.root_pem.clone(), params.nodes);
+    let mut fleet = Fleet::new(
+        cp.url(),
+        cp.root_pem.clone(),
+        cp.operator.clone(),
+        params.nodes,
+    );
     let result = measure_with_fleet(params, &plan, report, cp, mesh, &mut fleet).await;
     fleet.stop().await;
     // What the subscribers' streams held (and whether it is given back when they go).
@@ -280,10 +285,11 @@ async fn measure_with_fleet(
     tokio::time::sleep(IDLE_SETTLE).await;
     report.control.synced = cp.memory()?;
 
-    let endpoint = weft_link::control::endpoint(
+    let endpoint = weft_link::control::endpoint_with_identity(
         &cp.url(),
         &cp.root_pem,
         None,
+        Some(&cp.operator),
         weft_link::control::DEFAULT_CONNECT_TIMEOUT,
     )?;
     let mut admin = DiscoveryClient::new(

@@ -1,5 +1,6 @@
-//! The mesh's certificate authority: a root key and certificate, generated on first start
-//! and persisted in the state directory (or supplied by the operator), that signs the
+//! The mesh's certificate authority: a root key and certificate, generated on the first
+//! start when asked to (`--init-ca`) and persisted in the state directory (or supplied by
+//! the operator), that signs the
 //! control plane's own serving certificate, node credentials (see [`crate::node`]) and
 //! workload certificates (X.509-SVIDs, ARCHITECTURE.md §4).
 //!
@@ -7,7 +8,6 @@
 //! kinds differ only in names, extended key usages and lifetimes.
 
 use std::{
-    io::Write,
     net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -29,6 +29,11 @@ use x509_parser::{
 };
 
 use crate::node::{NodeName, node_spiffe_id};
+
+mod files;
+
+pub(crate) use files::write_file;
+use files::{check_ca_certificate, read_private};
 
 /// File name of the root certificate in the state directory.
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
@@ -68,6 +73,36 @@ pub enum CaError {
         "{path} holds a root certificate but {missing} is missing; restore it or remove both to generate a new root"
     )]
     HalfPresent { path: PathBuf, missing: PathBuf },
+    #[error(
+        "the state directory {path} does not exist; on the first start pass --init-ca to create \
+         it with a new mesh root (without it a missing directory is an error, so that a lost \
+         volume never silently replaces the root every node trusts)"
+    )]
+    StateDirMissing { path: PathBuf },
+    #[error(
+        "{dir} holds no root CA ({ROOT_CERT_FILE}, {ROOT_KEY_FILE}); pass --init-ca to generate \
+         one on the first start, or --ca-cert/--ca-key to use your own"
+    )]
+    NoRoot { dir: PathBuf },
+    #[error(
+        "{path} is readable by group or others (mode {mode:03o}); a CA key must be readable by \
+         its owner only: chmod 600 {path}"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} is not a CA certificate: {reason}; give the root CA certificate whose key signs the mesh's certificates"
+    )]
+    NotACa { path: PathBuf, reason: String },
+    #[error(
+        "the key {key} does not belong to the certificate {cert} (their public keys differ); \
+         give the key the CA certificate was issued for"
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error(
+        "{path} already exists; refusing to overwrite it or follow it (remove it first if it is \
+         to be replaced)"
+    )]
+    Exists { path: PathBuf },
     #[error("{what}: {source}")]
     Certificate {
         what: String,
@@ -215,11 +250,31 @@ impl std::fmt::Debug for CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// Loads the root from `state_dir`, or generates and persists one there on first start.
-    pub fn load_or_generate(state_dir: &Path) -> Result<Self, CaError> {
+    /// Loads the root from `state_dir`. A missing directory, or one without a root, is an
+    /// error: a new root is only ever made on request ([`Self::load_or_initialize`]).
+    pub fn load(state_dir: &Path) -> Result<Self, CaError> {
+        Self::open(state_dir, false)
+    }
+
+    /// Loads the root from `state_dir`, or, on first start (no directory, or one without
+    /// either file), generates one and persists it there: `--init-ca`.
+    pub fn load_or_initialize(state_dir: &Path) -> Result<Self, CaError> {
+        Self::open(state_dir, true)
+    }
+
+    fn open(state_dir: &Path, initialize: bool) -> Result<Self, CaError> {
+        use std::os::unix::fs::DirBuilderExt;
         let cert_path = state_dir.join(ROOT_CERT_FILE);
         let key_path = state_dir.join(ROOT_KEY_FILE);
-        match (cert_path.exists(), key_path.exists()) {
+        if !initialize && !state_dir.is_dir() {
+            return Err(CaError::StateDirMissing {
+                path: state_dir.to_path_buf(),
+            });
+        }
+        // symlink_metadata: a dangling link at either path counts as present, so it is
+        // reported rather than written through.
+        let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+        match (present(&cert_path), present(&key_path)) {
             (true, true) => return Self::from_files(&cert_path, &key_path),
             (true, false) => {
                 return Err(CaError::HalfPresent {
@@ -233,18 +288,27 @@ impl CertificateAuthority {
                     missing: cert_path,
                 });
             }
+            (false, false) if !initialize => {
+                return Err(CaError::NoRoot {
+                    dir: state_dir.to_path_buf(),
+                });
+            }
             (false, false) => {}
         }
-        std::fs::create_dir_all(state_dir).map_err(|source| CaError::Write {
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| CaError::Write {
+                path: state_dir.to_path_buf(),
+                source,
+            })?;
         let ca = Self::generate()?;
         // The key first: a crash between the two writes then leaves a key without a
         // certificate, which the next start reports instead of silently replacing.
         write_file(&key_path, ca.issuer.key().serialize_pem().as_bytes(), 0o600)?;
         write_file(&cert_path, ca.root_pem.as_bytes(), 0o644)?;
-        info!(cert = %cert_path.display(), "generated a new mesh root CA");
+        info!(cert = %cert_path.display(), "generated a new mesh root CA (--init-ca)");
         Ok(ca)
     }
 
@@ -281,20 +345,21 @@ impl CertificateAuthority {
         })
     }
 
-    /// Loads an operator-supplied root certificate and key (PEM).
+    /// Loads a root certificate and its key (PEM), the state directory's or the operator's.
+    /// Refuses a key readable by anyone but its owner, a certificate that is not a CA, and a
+    /// key that is not the certificate's: each would otherwise surface later as a leak or as
+    /// certificates nobody can verify.
     pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| CaError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        let cert_pem = read(cert_path)?;
-        let key_pem = read(key_path)?;
+        let cert_pem = std::fs::read_to_string(cert_path).map_err(|source| CaError::Read {
+            path: cert_path.to_path_buf(),
+            source,
+        })?;
+        let key_pem = read_private(key_path)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|source| CaError::Certificate {
             what: format!("{}: not a PEM private key", key_path.display()),
             source,
         })?;
+        check_ca_certificate(cert_path, &cert_pem, key_path, &key)?;
         let issuer =
             Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|source| CaError::Certificate {
                 what: format!("{}: not a PEM CA certificate", cert_path.display()),
@@ -361,22 +426,34 @@ impl CertificateAuthority {
         node: &NodeName,
         lifetime: Duration,
     ) -> Result<(Issued, String), CaError> {
+        self.issue_client_credential(&node_spiffe_id(trust_domain, node), node.as_str(), lifetime)
+    }
+
+    /// Issues a client certificate (node, operator or gateway credential, see
+    /// [`crate::principal`]): a new ECDSA P-256 key, exactly one URI SAN (`spiffe_id`),
+    /// client authentication only, not a CA. Returns the certificate and its key (PEM).
+    pub fn issue_client_credential(
+        &self,
+        spiffe_id: &str,
+        common_name: &str,
+        lifetime: Duration,
+    ) -> Result<(Issued, String), CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| {
             CaError::Certificate {
-                what: "generating the node key".into(),
+                what: "generating the credential's key".into(),
                 source,
             }
         })?;
         let issued = self.issue_leaf(
             &key,
             Leaf {
-                common_name: Some(node.as_str()),
-                sans: vec![uri_san(&node_spiffe_id(trust_domain, node))?],
+                common_name: Some(common_name),
+                sans: vec![uri_san(spiffe_id)?],
                 extended_key_usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
                 backdate: BACKDATE,
                 lifetime,
             },
-            "the node credential",
+            "the client credential",
         )?;
         Ok((issued, key.serialize_pem()))
     }
@@ -503,26 +580,6 @@ fn to_offset(t: SystemTime) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Writes via a temporary file and a rename, so a crash never leaves half a key.
-pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let err = |source| CaError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(contents).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,8 +587,8 @@ mod tests {
     #[test]
     fn generates_persists_and_reloads_the_root() {
         let dir = tempfile::tempdir().unwrap();
-        let first = CertificateAuthority::load_or_generate(dir.path()).unwrap();
-        let again = CertificateAuthority::load_or_generate(dir.path()).unwrap();
+        let first = CertificateAuthority::load_or_initialize(dir.path()).unwrap();
+        let again = CertificateAuthority::load(dir.path()).unwrap();
         assert_eq!(first.root_pem(), again.root_pem());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(ROOT_KEY_FILE))
