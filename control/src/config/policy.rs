@@ -79,6 +79,7 @@ pub fn network_policy(
         }
         t
     });
+    refuse_egress(spec, c);
     let mut out = Vec::new();
     for (ty, field, peer_field, direction, suffix) in [
         (
@@ -144,6 +145,23 @@ pub fn network_policy(
         ));
     }
     out
+}
+
+/// Agents enforce policy at the destination only. An egress part accepted and not enforced
+/// would let through what its author meant to stop, so the document is refused instead
+/// (ingress part included, as any document with an error is).
+fn refuse_egress(spec: &NetworkPolicySpec, c: &mut Checker<'_>) {
+    const NOT_ENFORCED: &str = "egress is not enforced yet: Weft enforces NetworkPolicy \
+                                ingress only; remove the egress part (spec.egress and Egress \
+                                in spec.policyTypes) or enforce it outside Weft";
+    if spec.egress.is_some() {
+        c.error("spec.egress", NOT_ENFORCED);
+    }
+    for (i, ty) in spec.policy_types.iter().flatten().enumerate() {
+        if *ty == PolicyType::Egress {
+            c.error(format!("spec.policyTypes[{i}]"), NOT_ENFORCED);
+        }
+    }
 }
 
 fn np_rule(
