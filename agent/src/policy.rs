@@ -12,13 +12,16 @@ pub use weft_mesh::policy::*;
 pub struct PolicyHandler {
     store: TypedStore<Policy>,
     index: Arc<ArcSwap<PolicyIndex>>,
+    /// Istio's root namespace (`--root-namespace`).
+    root_namespace: String,
 }
 
 impl PolicyHandler {
-    pub fn new(index: Arc<ArcSwap<PolicyIndex>>) -> Self {
+    pub fn new(index: Arc<ArcSwap<PolicyIndex>>, root_namespace: String) -> Self {
         PolicyHandler {
             store: TypedStore::new(),
             index,
+            root_namespace,
         }
     }
 
@@ -28,7 +31,7 @@ impl PolicyHandler {
             warn!(version, resource = %rejection.resource_name, reason = %rejection.reason, "rejecting policy update");
             return Err(rejection);
         }
-        let index = PolicyIndex::new(&self.store.snapshot());
+        let index = PolicyIndex::new(&self.store.snapshot(), &self.root_namespace);
         info!(version, policies = index.len(), "policies updated");
         self.index.store(Arc::new(index));
         Ok(())

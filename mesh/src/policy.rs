@@ -3,15 +3,25 @@
 //! onto the same shape).
 //!
 //! Policies arrive from the control plane as `Policy` resources and are converted here (and
-//! nowhere else). Evaluation, for one connection to one workload:
+//! nowhere else). Evaluation, for one connection to one workload ([`PolicyIndex::admit`], the
+//! one call every inbound path makes, and makes again when policy changes):
 //!
-//! - **authorization**: if any DENY policy matches, deny; else if ALLOW policies apply to the
-//!   workload and none matches, deny; else allow. A rule that needs facts an L4 proxy does not
-//!   have (HTTP methods, paths, hosts; namespace labels) never matches in an ALLOW policy and
-//!   always matches in a DENY policy, so a policy Weft cannot fully check errs towards denying;
+//! - **source**: a peer that proved an identity from the address of a workload with another
+//!   identity is refused, so it is never matched as that workload;
 //! - **peer authentication**: the most specific `PeerAuthentication` wins (workload selector,
 //!   then namespace-wide, then mesh-wide in the root namespace); port-level modes override the
-//!   workload's; the default is PERMISSIVE. STRICT refuses plaintext.
+//!   workload's; the default is PERMISSIVE. STRICT refuses a source with no proved identity;
+//! - **authorization**, in two layers that must both allow, Kubernetes `NetworkPolicy` and
+//!   Istio `AuthorizationPolicy`, as a cluster running both enforces both (the CNI and the
+//!   mesh): in each layer, if any DENY policy matches, deny; else if ALLOW policies apply to
+//!   the workload and none matches, deny; else allow. A rule that needs facts an L4 proxy does
+//!   not have (HTTP methods, paths, hosts; namespace labels) never matches in an ALLOW policy
+//!   and always matches in a DENY policy, so a policy Weft cannot fully check errs towards
+//!   denying.
+//!
+//! A policy in Istio's root namespace (`istio-system` unless configured otherwise) applies in
+//! every namespace: without a selector to every workload, with one to the matching workloads
+//! of every namespace, as istiod scopes it.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -20,8 +30,9 @@ use weft_proto::discovery::v1 as pb;
 
 use crate::workload::Workload;
 
-/// Policies here with no selector apply to every workload of the mesh.
-pub const ROOT_NAMESPACE: &str = "weft-system";
+/// Istio's default root namespace (meshConfig `rootNamespace`): a policy there applies in
+/// every namespace. The same default means documents written for Istio mean the same here.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -44,6 +55,26 @@ fn field_err(field: impl Into<String>, problem: impl Into<String>) -> PolicyErro
 pub enum Direction {
     Inbound,
     Outbound,
+}
+
+/// Which of the two authorization layers a policy belongs to; a connection must pass both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// Kubernetes NetworkPolicy.
+    Network,
+    /// Istio AuthorizationPolicy (and PeerAuthentication, which authorizes nothing).
+    Authorization,
+}
+
+impl Layer {
+    pub const ALL: [Layer; 2] = [Layer::Network, Layer::Authorization];
+
+    fn name(self) -> &'static str {
+        match self {
+            Layer::Network => "NetworkPolicy",
+            Layer::Authorization => "AuthorizationPolicy",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,19 +170,35 @@ impl Pattern {
 struct Peer {
     principals: Vec<Pattern>,
     not_principals: Vec<Pattern>,
-    namespaces: Vec<String>,
-    not_namespaces: Vec<String>,
+    /// Patterns as for principals: `*`, `prefix-*`, `*-suffix` or exact.
+    namespaces: Vec<Pattern>,
+    not_namespaces: Vec<Pattern>,
     ip_blocks: Vec<IpBlock>,
     not_ip_blocks: Vec<IpBlock>,
     workload_selector: Option<Selector>,
-    /// A non-empty namespace selector: the agent does not know namespace labels.
-    needs_namespace_labels: bool,
+    namespace_selector: NamespaceSelector,
+}
+
+/// A NetworkPolicy peer's `namespaceSelector`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum NamespaceSelector {
+    /// Absent: a `podSelector` picks pods of the policy's own namespace.
+    #[default]
+    Absent,
+    /// `{}`: every namespace of the cluster, so the source must be a workload of the mesh.
+    Every,
+    /// By labels, which the agent does not know: an unknown fact.
+    ByLabels,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct PortRange {
     first: u16,
     last: u16,
+    /// Only TCP ranges can match a connection; a UDP or SCTP range is kept so that a rule
+    /// listing only those opens no port at all (dropping them would leave a rule with no
+    /// ports, which matches every port).
+    tcp: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -173,6 +220,7 @@ struct Rule {
 pub struct Policy {
     pub name: String,
     pub namespace: String,
+    pub layer: Layer,
     selector: Selector,
     pub direction: Direction,
     pub action: Action,
@@ -241,14 +289,17 @@ fn ports(ranges: Vec<pb::PortRange>, at: &str) -> Result<Vec<PortRange>, PolicyE
     ranges
         .into_iter()
         .enumerate()
-        .filter(|(_, r)| {
-            // UDP and SCTP rules never match a TCP connection; keep TCP (and unspecified).
-            matches!(
-                pb::Protocol::try_from(r.protocol),
-                Ok(pb::Protocol::Unspecified | pb::Protocol::Tcp)
-            )
-        })
         .map(|(i, r)| {
+            let tcp = match pb::Protocol::try_from(r.protocol) {
+                Ok(pb::Protocol::Unspecified | pb::Protocol::Tcp) => true,
+                Ok(pb::Protocol::Udp | pb::Protocol::Sctp) => false,
+                Err(_) => {
+                    return Err(field_err(
+                        format!("{at}[{i}].protocol"),
+                        format!("unknown protocol {}", r.protocol),
+                    ));
+                }
+            };
             let port = |p: u32, f: &str| {
                 u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
                     field_err(format!("{at}[{i}].{f}"), format!("{p} is not a port"))
@@ -266,7 +317,7 @@ fn ports(ranges: Vec<pb::PortRange>, at: &str) -> Result<Vec<PortRange>, PolicyE
                     format!("{last} is below port {first}"),
                 ));
             }
-            Ok(PortRange { first, last })
+            Ok(PortRange { first, last, tcp })
         })
         .collect()
 }
@@ -309,22 +360,25 @@ impl TryFrom<pb::Resource> for Policy {
             for (j, peer) in r.from.into_iter().enumerate() {
                 let at = format!("rules[{i}].from[{j}]");
                 let pattern = |v: Vec<String>| v.into_iter().map(Pattern).collect();
-                let needs_namespace_labels = peer
-                    .namespace_selector
-                    .as_ref()
-                    .is_some_and(|s| !s.match_labels.is_empty() || !s.match_expressions.is_empty());
+                let namespace_selector = match &peer.namespace_selector {
+                    None => NamespaceSelector::Absent,
+                    Some(s) if s.match_labels.is_empty() && s.match_expressions.is_empty() => {
+                        NamespaceSelector::Every
+                    }
+                    Some(_) => NamespaceSelector::ByLabels,
+                };
                 from.push(Peer {
                     principals: pattern(peer.principals),
                     not_principals: pattern(peer.not_principals),
-                    namespaces: peer.namespaces,
-                    not_namespaces: peer.not_namespaces,
+                    namespaces: pattern(peer.namespaces),
+                    not_namespaces: pattern(peer.not_namespaces),
                     ip_blocks: ip_blocks(peer.ip_blocks, &format!("{at}.ip_blocks"))?,
                     not_ip_blocks: ip_blocks(peer.not_ip_blocks, &format!("{at}.not_ip_blocks"))?,
                     workload_selector: peer
                         .workload_selector
                         .map(|s| selector(Some(s), &format!("{at}.workload_selector")))
                         .transpose()?,
-                    needs_namespace_labels,
+                    namespace_selector,
                 });
             }
             let mut to = Vec::with_capacity(r.to.len());
@@ -351,7 +405,17 @@ impl TryFrom<pb::Resource> for Policy {
                 port_modes.insert(port, m);
             }
         }
+        let layer = match pb::PolicySource::try_from(p.source) {
+            Ok(pb::PolicySource::NetworkPolicy) => Layer::Network,
+            Ok(
+                pb::PolicySource::Unspecified
+                | pb::PolicySource::AuthorizationPolicy
+                | pb::PolicySource::PeerAuthentication,
+            ) => Layer::Authorization,
+            Err(_) => return Err(field_err("source", format!("unknown {}", p.source))),
+        };
         Ok(Policy {
+            layer,
             selector: selector(p.selector, "selector")?,
             name: p.name,
             namespace: p.namespace,
@@ -365,7 +429,9 @@ impl TryFrom<pb::Resource> for Policy {
 }
 
 mod eval;
-pub use eval::{PolicyIndex, Source, Verdict};
+pub use eval::{Denial, DenialKind, PolicyIndex, Source, Verdict};
 
+#[cfg(test)]
+mod table_tests;
 #[cfg(test)]
 mod tests;

@@ -71,27 +71,27 @@ impl Peer {
         });
         // The namespace comes from the proved identity; plaintext has none.
         let namespace = src.identity.map(|id| id.namespace());
+        let any = |patterns: &[Pattern], value: Option<&str>| {
+            value.is_some_and(|v| patterns.iter().any(|p| p.matches(v)))
+        };
         let mut m = Match::Yes;
         if !self.principals.is_empty() {
-            m = m.and(Match::from_bool(principal.as_deref().is_some_and(|p| {
-                self.principals.iter().any(|pat| pat.matches(p))
-            })));
+            m = m.and(Match::from_bool(any(
+                &self.principals,
+                principal.as_deref(),
+            )));
         }
         if !self.not_principals.is_empty() {
-            m = m.and(Match::from_bool(!principal.as_deref().is_some_and(|p| {
-                self.not_principals.iter().any(|pat| pat.matches(p))
-            })));
+            m = m.and(Match::from_bool(!any(
+                &self.not_principals,
+                principal.as_deref(),
+            )));
         }
         if !self.namespaces.is_empty() {
-            m = m.and(Match::from_bool(
-                namespace.is_some_and(|ns| self.namespaces.iter().any(|n| n == ns)),
-            ));
+            m = m.and(Match::from_bool(any(&self.namespaces, namespace)));
         }
         if !self.not_namespaces.is_empty() {
-            m =
-                m.and(Match::from_bool(!namespace.is_some_and(|ns| {
-                    self.not_namespaces.iter().any(|n| n == ns)
-                })));
+            m = m.and(Match::from_bool(!any(&self.not_namespaces, namespace)));
         }
         if !self.ip_blocks.is_empty() {
             m = m.and(Match::from_bool(
@@ -105,10 +105,10 @@ impl Peer {
         }
         if let Some(sel) = &self.workload_selector {
             // A pod selector picks workloads of the policy's namespace, unless the peer
-            // also names namespaces (checked above) or selects them by label.
+            // also names namespaces (checked above) or has a namespace selector.
             let in_scope = |w: &Workload| {
                 !self.namespaces.is_empty()
-                    || self.needs_namespace_labels
+                    || self.namespace_selector != NamespaceSelector::Absent
                     || w.namespace == policy_ns
             };
             m = m.and(Match::from_bool(
@@ -116,8 +116,11 @@ impl Peer {
                     .is_some_and(|w| in_scope(w) && sel.matches(&w.labels)),
             ));
         }
-        if self.needs_namespace_labels {
-            m = m.and(Match::Unknown);
+        match self.namespace_selector {
+            NamespaceSelector::Absent => {}
+            // Every namespace of the cluster: a pod of the cluster, never any address.
+            NamespaceSelector::Every => m = m.and(Match::from_bool(src.workload.is_some())),
+            NamespaceSelector::ByLabels => m = m.and(Match::Unknown),
         }
         m
     }
@@ -125,13 +128,14 @@ impl Peer {
 
 impl Operation {
     fn matches(&self, port: u16) -> Match {
-        let within = |r: &PortRange| (r.first..=r.last).contains(&port);
+        let within = |r: &&PortRange| r.tcp && (r.first..=r.last).contains(&port);
         let mut m = Match::Yes;
         if !self.ports.is_empty() {
-            m = m.and(Match::from_bool(self.ports.iter().any(within)));
+            // Only UDP or SCTP listed: no TCP port matches.
+            m = m.and(Match::from_bool(self.ports.iter().any(|r| within(&r))));
         }
         if !self.not_ports.is_empty() {
-            m = m.and(Match::from_bool(!self.not_ports.iter().any(within)));
+            m = m.and(Match::from_bool(!self.not_ports.iter().any(|r| within(&r))));
         }
         if self.needs_l7 {
             m = m.and(Match::Unknown);
@@ -141,12 +145,12 @@ impl Operation {
 }
 
 impl Policy {
-    /// Whether this policy governs `dst`.
-    fn selects(&self, dst: &Workload) -> bool {
-        if self.namespace == dst.namespace {
-            return self.selector.matches(&dst.labels);
-        }
-        self.namespace == ROOT_NAMESPACE && self.selector.is_empty()
+    /// Whether this policy governs `dst`: one in its namespace that selects it, or one in the
+    /// root namespace that selects it (Istio: a root-namespace policy applies in every
+    /// namespace, to the workloads its selector matches).
+    fn selects(&self, dst: &Workload, root: &str) -> bool {
+        (self.namespace == dst.namespace || self.namespace == root)
+            && self.selector.matches(&dst.labels)
     }
 
     fn matches(&self, src: &Source<'_>, port: u16) -> Match {
@@ -167,14 +171,46 @@ pub enum Verdict {
     Deny(String),
 }
 
+/// What kind of refusal a denial is, for metrics and for closing live connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialKind {
+    /// A NetworkPolicy or AuthorizationPolicy does not allow it.
+    Authorization,
+    /// No proved identity, to a workload and port whose PeerAuthentication is STRICT.
+    PeerAuthStrict,
+    /// The source address belongs to a workload whose identity is not the one the peer
+    /// proved.
+    SourceMismatch,
+}
+
+/// Why [`PolicyIndex::admit`] refused a connection; the reason is for the log, never sent to
+/// the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Denial {
+    pub kind: DenialKind,
+    pub reason: String,
+}
+
 /// Every policy, indexed for evaluation; replaced whole on each update.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PolicyIndex {
     by_namespace: HashMap<String, Vec<Arc<Policy>>>,
+    /// Istio's root namespace: its policies apply in every namespace.
+    root: String,
+}
+
+impl Default for PolicyIndex {
+    fn default() -> Self {
+        PolicyIndex {
+            by_namespace: HashMap::new(),
+            root: DEFAULT_ROOT_NAMESPACE.to_string(),
+        }
+    }
 }
 
 impl PolicyIndex {
-    pub fn new(policies: &Objects<Policy>) -> Self {
+    pub fn new(policies: &Objects<Policy>, root_namespace: &str) -> Self {
         let mut by_namespace: HashMap<String, Vec<Arc<Policy>>> = HashMap::new();
         for p in policies.values() {
             by_namespace
@@ -182,7 +218,10 @@ impl PolicyIndex {
                 .or_default()
                 .push(p.clone());
         }
-        PolicyIndex { by_namespace }
+        PolicyIndex {
+            by_namespace,
+            root: root_namespace.to_string(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -193,70 +232,113 @@ impl PolicyIndex {
         self.len() == 0
     }
 
+    pub fn root_namespace(&self) -> &str {
+        &self.root
+    }
+
     /// Policies that may apply to `dst`: its namespace's and the root namespace's.
     fn candidates<'a>(&'a self, dst: &'a Workload) -> impl Iterator<Item = &'a Arc<Policy>> {
         let own = self.by_namespace.get(&dst.namespace);
-        let root = (dst.namespace != ROOT_NAMESPACE)
-            .then(|| self.by_namespace.get(ROOT_NAMESPACE))
+        let root = (dst.namespace != self.root)
+            .then(|| self.by_namespace.get(&self.root))
             .flatten();
         own.into_iter()
             .chain(root)
             .flatten()
-            .filter(move |p| p.selects(dst))
+            .filter(move |p| p.selects(dst, &self.root))
     }
 
-    /// Authorizes a connection from `src` to port `port` of `dst`.
+    /// Whether a connection from `src` to port `port` of `dst` may proceed: the one decision
+    /// every inbound path (HBONE, same node, plaintext) makes, and makes again for live
+    /// connections when policy or workloads change.
+    pub fn admit(&self, src: &Source<'_>, dst: &Workload, port: u16) -> Result<(), Denial> {
+        if let (Some(id), Some(w)) = (src.identity, src.workload)
+            && w.identity(id.trust_domain()).as_ref() != Some(id)
+        {
+            // Matching it as that workload would hand the peer the other identity's pod
+            // selectors and IP blocks.
+            return Err(Denial {
+                kind: DenialKind::SourceMismatch,
+                reason: format!(
+                    "source address {} belongs to workload {}/{} (service account {}), not to \
+                     the peer's identity {id}",
+                    src.ip, w.namespace, w.name, w.service_account
+                ),
+            });
+        }
+        if src.identity.is_none() && self.peer_auth_mode(dst, port) == PeerAuthMode::Strict {
+            return Err(Denial {
+                kind: DenialKind::PeerAuthStrict,
+                reason: "PeerAuthentication is STRICT for this workload and port and the source \
+                         proved no identity"
+                    .into(),
+            });
+        }
+        match self.authorize_inbound(src, dst, port) {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(reason) => Err(Denial {
+                kind: DenialKind::Authorization,
+                reason,
+            }),
+        }
+    }
+
+    /// Authorizes a connection from `src` to port `port` of `dst`: each layer must allow it.
     pub fn authorize_inbound(&self, src: &Source<'_>, dst: &Workload, port: u16) -> Verdict {
+        for layer in Layer::ALL {
+            if let Verdict::Deny(reason) = self.authorize_layer(layer, src, dst, port) {
+                return Verdict::Deny(reason);
+            }
+        }
+        Verdict::Allow
+    }
+
+    /// One layer: any matching DENY denies; else ALLOW policies selecting the workload must
+    /// have a matching rule.
+    fn authorize_layer(
+        &self,
+        layer: Layer,
+        src: &Source<'_>,
+        dst: &Workload,
+        port: u16,
+    ) -> Verdict {
+        let policies = || {
+            self.candidates(dst)
+                .filter(move |p| p.layer == layer && p.direction == Direction::Inbound)
+        };
+        // Unknown facts count as a match: a DENY Weft cannot fully check denies.
+        if let Some(p) = policies()
+            .filter(|p| p.action == Action::Deny)
+            .find(|p| p.matches(src, port) != Match::No)
+        {
+            return Verdict::Deny(format!(
+                "DENY {} {}/{} matches",
+                layer.name(),
+                p.namespace,
+                p.name
+            ));
+        }
         let mut allow_policies = 0usize;
-        for p in self.candidates(dst) {
-            if p.direction != Direction::Inbound {
-                continue;
+        for p in policies().filter(|p| p.action == Action::Allow) {
+            if p.matches(src, port) == Match::Yes {
+                return Verdict::Allow;
             }
-            match p.action {
-                Action::Deny => {
-                    // Unknown facts count as a match: a DENY Weft cannot fully check denies.
-                    if p.matches(src, port) != Match::No {
-                        return Verdict::Deny(format!(
-                            "DENY policy {}/{} matches",
-                            p.namespace, p.name
-                        ));
-                    }
-                }
-                Action::Allow => {
-                    allow_policies += 1;
-                    if p.matches(src, port) == Match::Yes {
-                        return self.check_denies_after_allow(src, dst, port);
-                    }
-                }
-                Action::None => {}
-            }
+            allow_policies += 1;
         }
         if allow_policies > 0 {
             Verdict::Deny(format!(
-                "no rule of the {allow_policies} ALLOW polic{} selecting the workload matches",
-                if allow_policies == 1 { "y" } else { "ies" }
+                "no rule of the {allow_policies} ALLOW {} selecting the workload matches",
+                layer.name()
             ))
         } else {
             Verdict::Allow
         }
     }
 
-    /// An ALLOW matched early; a DENY later in the list still wins.
-    fn check_denies_after_allow(&self, src: &Source<'_>, dst: &Workload, port: u16) -> Verdict {
-        for p in self.candidates(dst) {
-            if p.direction == Direction::Inbound
-                && p.action == Action::Deny
-                && p.matches(src, port) != Match::No
-            {
-                return Verdict::Deny(format!("DENY policy {}/{} matches", p.namespace, p.name));
-            }
-        }
-        Verdict::Allow
-    }
-
     /// Whether plaintext may reach port `port` of `dst`.
     pub fn peer_auth_mode(&self, dst: &Workload, port: u16) -> PeerAuthMode {
-        // Most specific first: workload selector, namespace-wide, mesh-wide.
+        // Most specific first: workload selector (its namespace's or the root's), then
+        // namespace-wide, then mesh-wide.
         let mut workload: Option<&Policy> = None;
         let mut namespace: Option<&Policy> = None;
         let mut mesh: Option<&Policy> = None;
@@ -264,15 +346,17 @@ impl PolicyIndex {
             if p.mode.is_none() && p.port_modes.is_empty() {
                 continue;
             }
-            let slot = if p.namespace == dst.namespace && !p.selector.is_empty() {
+            let slot = if !p.selector.is_empty() {
                 &mut workload
-            } else if p.namespace == dst.namespace && p.namespace != ROOT_NAMESPACE {
+            } else if p.namespace == dst.namespace && p.namespace != self.root {
                 &mut namespace
             } else {
                 &mut mesh
             };
-            // Two policies at one level: the older name wins, deterministically.
-            if slot.is_none_or(|s| p.name < s.name) {
+            // Two policies at one level: its own namespace's first, then the older name, so
+            // the choice is deterministic.
+            let rank = |q: &Policy| (q.namespace != dst.namespace, q.name.clone());
+            if slot.is_none_or(|s| rank(p) < rank(s)) {
                 *slot = Some(p);
             }
         }

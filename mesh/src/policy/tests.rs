@@ -48,7 +48,7 @@ fn index(resources: Vec<pb::Resource>) -> PolicyIndex {
             removed: vec![],
         })
         .unwrap();
-    PolicyIndex::new(&store.snapshot())
+    PolicyIndex::new(&store.snapshot(), DEFAULT_ROOT_NAMESPACE)
 }
 
 fn allow_principals(principals: &[&str]) -> pb::Policy {
@@ -208,7 +208,7 @@ fn peer_authentication_most_specific_wins() {
         ..Default::default()
     };
     let idx = index(vec![
-        policy("mesh", ROOT_NAMESPACE, strict(None)),
+        policy("mesh", DEFAULT_ROOT_NAMESPACE, strict(None)),
         policy("server", "default", permissive_port),
     ]);
     let server = workload("default", "server", "server");
