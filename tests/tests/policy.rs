@@ -1,0 +1,157 @@
+//! Policy is evaluated again when it changes: live connections a new DENY no longer allows
+//! are closed and counted, across nodes (HBONE) and on one node, while allowed ones go on.
+//! The semantics of each rule are table-tested in `mesh/src/policy/table_tests.rs`.
+
+// The helpers below are not `#[test]` functions; a failed step in them should fail the test
+// like any assertion.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{config_dump, eventually, mesh};
+use weft_tests::testbed::{Background, Testbed};
+
+const ECHO_PORT: u16 = 7000;
+const CLOSED_BY_POLICY: &str = "weft_connections_closed_by_policy_total";
+
+/// A line-echo server on `pod`'s port 7000.
+fn echo(tb: &Testbed, pod: &str) -> Background {
+    let server = tb
+        .spawn(
+            pod,
+            &[
+                "python3",
+                "-c",
+                "import socketserver\n\
+                 class H(socketserver.StreamRequestHandler):\n\
+                 \x20   def handle(self):\n\
+                 \x20       for line in self.rfile:\n\
+                 \x20           self.wfile.write(line); self.wfile.flush()\n\
+                 socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
+                 socketserver.ThreadingTCPServer(('0.0.0.0', 7000), H).serve_forever()\n",
+            ],
+        )
+        .unwrap();
+    tb.wait_for_tcp(
+        pod,
+        SocketAddr::from(([127, 0, 0, 1], ECHO_PORT)),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    server
+}
+
+/// One long-lived connection from `pod` to `dst`: a line every 200 ms, its log says `ok <n>`
+/// per echo and `closed <why>` when the connection ends (end of stream or an error, never a
+/// read timeout short of 60 s, so a stalled connection does not pass for a closed one).
+fn long_lived(tb: &Testbed, pod: &str, dst: SocketAddr) -> (Background, PathBuf) {
+    let log = tb.state_dir().join(format!("long-lived-{pod}.log"));
+    let script = format!(
+        "import socket, sys, time\n\
+         s = socket.create_connection(('{ip}', {port}), timeout=60)\n\
+         f = s.makefile('rw')\n\
+         for i in range(3000):\n\
+         \x20   try:\n\
+         \x20       f.write('ping %d\\n' % i); f.flush()\n\
+         \x20       got = f.readline()\n\
+         \x20   except OSError as e:\n\
+         \x20       print('closed', type(e).__name__, e, flush=True); sys.exit(0)\n\
+         \x20   if got == '':\n\
+         \x20       print('closed eof', flush=True); sys.exit(0)\n\
+         \x20   print('ok', i, flush=True)\n\
+         \x20   time.sleep(0.2)\n",
+        ip = dst.ip(),
+        port = dst.port(),
+    );
+    let process = tb
+        .spawn(
+            pod,
+            &[
+                "sh",
+                "-c",
+                &format!("python3 -c \"$0\" > {}", log.display()),
+                &script,
+            ],
+        )
+        .unwrap();
+    (process, log)
+}
+
+fn read(log: &PathBuf) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+fn echoes(log: &PathBuf) -> usize {
+    read(log).lines().filter(|l| l.starts_with("ok ")).count()
+}
+
+#[test]
+fn a_new_deny_closes_the_live_connections_it_denies_and_counts_them() {
+    let tb = mesh("weft-e2e-pol-recheck", 2, 2);
+    let _server = echo(&tb, "pod-2a");
+    let server = tb.pod("pod-2a").unwrap();
+    let (ns, dst) = (
+        server.namespace.clone(),
+        SocketAddr::from((server.ipv4, ECHO_PORT)),
+    );
+    let ip = |pod: &str| tb.pod(pod).unwrap().ipv4;
+
+    // Across nodes (HBONE), two of them; on the server's node (same-node delivery), one.
+    let (_a, denied_remote) = long_lived(&tb, "pod-1a", dst);
+    let (_b, allowed) = long_lived(&tb, "pod-1b", dst);
+    let (_c, denied_local) = long_lived(&tb, "pod-2b", dst);
+    let all = [&denied_remote, &allowed, &denied_local];
+    eventually("every connection to echo", Duration::from_secs(20), || {
+        all.iter().all(|log| echoes(log) >= 2)
+    });
+
+    let deny = tb.state_dir().join("inputs").join("deny-two.yaml");
+    std::fs::create_dir_all(deny.parent().unwrap()).unwrap();
+    std::fs::write(
+        &deny,
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  \
+             name: deny-two\n  namespace: {ns}\nspec:\n  selector:\n    matchLabels:\n      \
+             app: pod-2a\n  action: DENY\n  rules:\n  - from:\n    - source:\n        \
+             ipBlocks: [\"{}/32\", \"{}/32\"]\n",
+            ip("pod-1a"),
+            ip("pod-2b"),
+        ),
+    )
+    .unwrap();
+    tb.apply(std::slice::from_ref(&deny)).unwrap();
+    eventually("the DENY at node-2", Duration::from_secs(15), || {
+        config_dump(&tb, "node-2")["policies"].as_u64() == Some(1)
+    });
+
+    for log in [&denied_remote, &denied_local] {
+        eventually(
+            "the denied connection to close",
+            Duration::from_secs(15),
+            || read(log).contains("closed"),
+        );
+        let out = read(log);
+        assert!(
+            out.contains("closed eof") || out.contains("Reset") || out.contains("Broken"),
+            "closed, but not by the agent: {out}"
+        );
+    }
+    // The allowed one goes on echoing after the others were closed.
+    let before = echoes(&allowed);
+    eventually(
+        "the allowed connection to go on",
+        Duration::from_secs(10),
+        || echoes(&allowed) >= before + 3,
+    );
+    assert!(!read(&allowed).contains("closed"), "{}", read(&allowed));
+
+    let closed = tb
+        .metrics("node-2")
+        .unwrap()
+        .sum(CLOSED_BY_POLICY, &[("reason", "authorization_policy")]);
+    assert_eq!(closed, 2.0, "{CLOSED_BY_POLICY} at node-2");
+}
