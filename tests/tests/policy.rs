@@ -1,5 +1,6 @@
 //! Policy is evaluated again when it changes: live connections a new DENY no longer allows
 //! are closed and counted, across nodes (HBONE) and on one node, while allowed ones go on.
+//! Same-node delivery holds a source with no workload entry (so no identity) to STRICT.
 //! The semantics of each rule are table-tested in `mesh/src/policy/table_tests.rs`.
 
 // The helpers below are not `#[test]` functions; a failed step in them should fail the test
@@ -13,7 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{config_dump, eventually, mesh};
-use weft_tests::testbed::{Background, Testbed};
+use weft_tests::scenario;
+use weft_tests::testbed::{Background, Testbed, control};
 
 const ECHO_PORT: u16 = 7000;
 const CLOSED_BY_POLICY: &str = "weft_connections_closed_by_policy_total";
@@ -154,4 +156,62 @@ fn a_new_deny_closes_the_live_connections_it_denies_and_counts_them() {
         .unwrap()
         .sum(CLOSED_BY_POLICY, &[("reason", "authorization_policy")]);
     assert_eq!(closed, 2.0, "{CLOSED_BY_POLICY} at node-2");
+}
+
+#[test]
+fn a_same_node_source_without_a_workload_entry_is_held_to_strict() {
+    let tb = mesh("weft-e2e-pol-strict", 1, 2);
+    let _server = scenario::serve_http(&tb, "pod-1a").unwrap();
+    let server = tb.pod("pod-1a").unwrap();
+    let (ns, ip) = (server.namespace.clone(), server.ipv4.into());
+    let whoami = scenario::url(ip, scenario::HTTP_PORT, "/whoami.txt");
+
+    let strict = tb.state_dir().join("inputs").join("strict.yaml");
+    std::fs::create_dir_all(strict.parent().unwrap()).unwrap();
+    std::fs::write(
+        &strict,
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  \
+             name: strict\n  namespace: {ns}\nspec:\n  mtls:\n    mode: STRICT\n"
+        ),
+    )
+    .unwrap();
+    tb.apply(std::slice::from_ref(&strict)).unwrap();
+    eventually("STRICT at node-1", Duration::from_secs(15), || {
+        config_dump(&tb, "node-1")["policies"].as_u64() == Some(1)
+    });
+    // With its workload entry, pod-1b has an identity on the node: admitted.
+    scenario::curl_whoami(&tb, "pod-1b", "pod-1a", ip).unwrap();
+
+    // Its workload entry goes while the pod stays enrolled and captured on the node.
+    let remaining: Vec<_> = tb
+        .pods()
+        .iter()
+        .filter(|p| p.name != "pod-1b")
+        .cloned()
+        .collect();
+    let staged = tb.state_dir().join("pods.yaml.staged");
+    std::fs::write(&staged, control::workload_documents(&remaining, &[])).unwrap();
+    std::fs::rename(
+        &staged,
+        control::config_dir(tb.state_dir()).join(control::PODS_FILE),
+    )
+    .unwrap();
+    eventually("pod-1b's workload to go", Duration::from_secs(15), || {
+        config_dump(&tb, "node-1")["workloads"]
+            .as_array()
+            .is_some_and(|w| w.len() == remaining.len())
+    });
+
+    let out = scenario::curl(&tb, "pod-1b", &whoami).unwrap();
+    assert!(
+        !out.status.success(),
+        "a same-node source with no workload entry got through STRICT: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let denied = tb.metrics("node-1").unwrap().sum(
+        "weft_connections_denied_total",
+        &[("reason", "peer_authentication_strict")],
+    );
+    assert!(denied >= 1.0, "denials counted: {denied}");
 }
