@@ -1,6 +1,7 @@
 //! Policy is evaluated again when it changes: live connections a new DENY no longer allows
 //! are closed and counted, across nodes (HBONE) and on one node, while allowed ones go on.
-//! Same-node delivery holds a source with no workload entry (so no identity) to STRICT.
+//! Same-node delivery holds a source with no workload entry (so no identity) to STRICT, and
+//! an HBONE stream from a workload's address must prove that workload's identity.
 //! The semantics of each rule are table-tested in `mesh/src/policy/table_tests.rs`.
 
 // The helpers below are not `#[test]` functions; a failed step in them should fail the test
@@ -9,11 +10,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::pki::{NetnsSockets, TD, id_of, svid};
 use common::{config_dump, eventually, mesh};
+use rcgen::{Issuer, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_link::hbone::{ClientOptions, ConnectRequest, HboneClient};
+use weft_link::identity::SpiffeId;
+use weft_link::tls::{CertResolver, ClientTls, TrustBundle};
 use weft_tests::scenario;
 use weft_tests::testbed::{Background, Testbed, control};
 
@@ -214,4 +222,75 @@ fn a_same_node_source_without_a_workload_entry_is_held_to_strict() {
         &[("reason", "peer_authentication_strict")],
     );
     assert!(denied >= 1.0, "denials counted: {denied}");
+}
+
+/// An HBONE stream from pod-1a's address proving another identity of the mesh is refused,
+/// so it is never matched as pod-1a (its pod selectors, its IP blocks).
+#[test]
+fn a_stream_from_a_workload_address_with_another_identity_is_refused() {
+    let tb = mesh("weft-e2e-pol-source", 2, 1);
+    let _server = scenario::serve_http(&tb, "pod-2a").unwrap();
+    let control = tb.state_dir().join("control");
+    let root_pem = std::fs::read_to_string(control.join("root-cert.pem")).unwrap();
+    let root_key =
+        KeyPair::from_pem(&std::fs::read_to_string(control.join("root-key.pem")).unwrap()).unwrap();
+    let mesh_ca = Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+    let td = TD.parse().unwrap();
+    let bundle = Arc::new(TrustBundle::from_pem(td, root_pem.as_bytes()).unwrap());
+    let source = tb.pod("pod-1a").unwrap();
+    let ns = source.namespace.clone();
+    let netns = source.netns_path.clone();
+    let server_id = id_of(&tb, "pod-2a");
+    let pod_ip: IpAddr = tb.pod("pod-2a").unwrap().ipv4.into();
+    let app = SocketAddr::new(pod_ip, scenario::HTTP_PORT);
+    let now = time::OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // From pod-1a's own address (its network namespace), as its agent would connect.
+        let connect = |id: SpiffeId| {
+            let tls = ClientTls::new(
+                Arc::new(CertResolver::new(svid(&mesh_ca, &id, now - hour, 2 * hour))),
+                bundle.clone(),
+            );
+            let req = ConnectRequest::new(SocketAddr::new(pod_ip, 15008), server_id.clone(), app);
+            let hbone = HboneClient::new(
+                Arc::new(NetnsSockets(netns.clone())),
+                ClientOptions::default(),
+            );
+            async move {
+                hbone.connect(&tls, req).await.map_err(|e| {
+                    format!(
+                        "{} [status {:?}]",
+                        weft_link::error_chain(&e),
+                        e.status().map(|s| s.as_u16())
+                    )
+                })
+            }
+        };
+        // The control case: pod-1a's own identity gets through.
+        let mut own = connect(id_of(&tb, "pod-1a")).await.unwrap();
+        own.write_all(b"GET /whoami.txt HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        own.read_to_end(&mut out).await.unwrap();
+        assert!(String::from_utf8_lossy(&out).ends_with("pod-2a"));
+
+        let other = SpiffeId::new(TD.parse().unwrap(), &ns, "someone-else").unwrap();
+        let err = connect(other)
+            .await
+            .expect_err("a stream claiming pod-1a's address with another identity got through");
+        assert!(err.contains("[status Some(401)]"), "{err}");
+    });
+    assert!(
+        tb.metrics("node-2").unwrap().sum(
+            "weft_connections_denied_total",
+            &[("reason", "authorization_policy")]
+        ) >= 1.0
+    );
 }
