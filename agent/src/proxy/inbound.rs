@@ -233,6 +233,7 @@ impl ConnectHandler for HboneInbound {
         }
         let authorized = Authorized {
             identity: Some(req.peer.clone()),
+            identity_of_workload: false,
             src_ip: req.remote.ip(),
             dst: dst.uid.clone(),
             port: req.authority.port(),
@@ -418,6 +419,7 @@ async fn serve_plaintext(
     };
     let authorized = Authorized {
         identity: None,
+        identity_of_workload: false,
         src_ip: peer.ip(),
         dst: dst_workload.uid.clone(),
         port: dst.port(),

@@ -366,6 +366,7 @@ impl Connection {
             .map_err(|err| Failure::connect(&err))?;
         let authorized = Authorized {
             identity,
+            identity_of_workload: true,
             src_ip,
             dst: dst_workload.uid.clone(),
             port: dst.port(),

@@ -47,6 +47,10 @@ pub struct Authorized {
     /// The identity the peer proved (HBONE), or its workload's identity (same node); `None`
     /// for plaintext.
     pub identity: Option<SpiffeId>,
+    /// The identity is the source workload's own, not proved by a certificate (same node):
+    /// each check derives it again from the workload at `src_ip`, so a source whose workload
+    /// entry is gone has none, and is held to STRICT.
+    pub identity_of_workload: bool,
     /// The source address, to look its workload up again.
     pub src_ip: IpAddr,
     /// The destination workload.
@@ -265,10 +269,15 @@ fn verdict(
     if a.expires.is_some_and(|at| at <= now) {
         return Some(ClosedLabels::CERTIFICATE_EXPIRED);
     }
+    let src_workload = workloads.by_ip(a.src_ip).map(Arc::as_ref);
+    let identity = match (&a.identity, a.identity_of_workload) {
+        (Some(id), true) => src_workload.and_then(|w| w.identity(id.trust_domain())),
+        (identity, _) => identity.clone(),
+    };
     let source = Source {
-        identity: a.identity.as_ref(),
+        identity: identity.as_ref(),
         ip: a.src_ip,
-        workload: workloads.by_ip(a.src_ip).map(Arc::as_ref),
+        workload: src_workload,
     };
     policies
         .admit(&source, dst, a.port)

@@ -130,6 +130,7 @@ impl Fixture {
                     .parse()
                     .unwrap()
             }),
+            identity_of_workload: false,
             src_ip: src_ip.parse().unwrap(),
             dst: WorkloadUid("server".into()),
             port: 8080,
@@ -265,4 +266,33 @@ async fn the_recheck_task_acts_on_a_change() {
     assert!(ended(&mut far).await);
     drop(trigger);
     task.await.unwrap();
+}
+
+/// A same-node connection's identity is its source workload's: once that workload is gone,
+/// the connection has no identity and STRICT closes it.
+#[tokio::test]
+async fn a_same_node_source_whose_workload_goes_is_held_to_strict() {
+    let f = Fixture::new().await;
+    f.policies.store(Arc::new(index(vec![strict()])));
+    let (conn, mut far) = f.pair().await;
+    let authorized = Authorized {
+        identity: Some(
+            "spiffe://cluster.local/ns/default/sa/client"
+                .parse()
+                .unwrap(),
+        ),
+        identity_of_workload: true,
+        src_ip: "10.0.0.1".parse().unwrap(),
+        dst: WorkloadUid("server".into()),
+        port: 8080,
+        expires: None,
+    };
+    let _a = f.registry.register(authorized, &[&conn]).unwrap();
+    assert_eq!(f.registry.recheck(SystemTime::now()), 0);
+    f.workloads.store(Arc::new(WorkloadStore::new(vec![workload(
+        "server", "server", "10.0.0.9",
+    )])));
+    assert_eq!(f.registry.recheck(SystemTime::now()), 1);
+    assert!(ended(&mut far).await);
+    assert_eq!(f.closed("peer_authentication_strict"), 1);
 }
