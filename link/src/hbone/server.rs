@@ -275,7 +275,14 @@ async fn serve_connection<H: ConnectHandler>(
                     break;
                 }
                 Ok(Some(Ok((request, respond)))) => {
-                    let stream = serve_stream(handler.clone(), peer.clone(), peer_not_after, remote, request, respond);
+                    let stream = serve_stream(
+                        handler.clone(),
+                        peer.clone(),
+                        peer_not_after,
+                        remote,
+                        request,
+                        respond,
+                    );
                     streams.spawn(stream.in_current_span());
                 }
                 Ok(Some(Err(err))) => {
