@@ -34,7 +34,7 @@ use crate::{
     drain::DrainWatcher,
     inpod::Netns,
     metrics::{DenialLabels, TcpLabels},
-    policy::{DenialKind, Source},
+    policy::Source,
     proxy::{
         outbound::ListenerError,
         registry::{Authorized, Registration},
@@ -227,7 +227,7 @@ impl ConnectHandler for HboneInbound {
             metrics.closed.get_or_create(&labels).inc();
             metrics
                 .denials
-                .get_or_create(&DenialLabels::AUTHORIZATION)
+                .get_or_create(&DenialLabels::from(denial.kind))
                 .inc();
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, denial.reason));
         }
@@ -389,11 +389,7 @@ async fn serve_plaintext(
             reason = %denial,
             "plaintext denied by policy"
         );
-        let why = match denial.kind {
-            DenialKind::PeerAuthStrict => DenialLabels::STRICT_MTLS,
-            DenialKind::Authorization | DenialKind::SourceMismatch => DenialLabels::AUTHORIZATION,
-        };
-        return deny(&ctx, &mut labels, why, client);
+        return deny(&ctx, &mut labels, denial.kind.into(), client);
     }
     metrics.opened.get_or_create(&labels).inc();
     metrics.active_connections.inc();

@@ -29,7 +29,7 @@ use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
     metrics::TcpLabels,
-    policy::{DenialKind, Source},
+    policy::Source,
     proxy::registry::{Authorized, Registration},
     state::{TunnelProtocol, Workload, WorkloadUid},
 };
@@ -349,10 +349,7 @@ impl Connection {
                 reason = %denial,
                 "connection denied by policy"
             );
-            let why = match denial.kind {
-                DenialKind::PeerAuthStrict => crate::metrics::DenialLabels::STRICT_MTLS,
-                _ => crate::metrics::DenialLabels::AUTHORIZATION,
-            };
+            let why = crate::metrics::DenialLabels::from(denial.kind);
             self.ctx.metrics.denials.get_or_create(&why).inc();
             return Err(Failure {
                 flags: "UAEX",

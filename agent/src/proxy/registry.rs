@@ -85,6 +85,16 @@ impl ClosedLabels {
     }
 }
 
+/// The `weft_connections_denied_total` reason of a refusal at admission, for every path.
+impl From<DenialKind> for crate::metrics::DenialLabels {
+    fn from(kind: DenialKind) -> Self {
+        match kind {
+            DenialKind::PeerAuthStrict => Self::STRICT_MTLS,
+            DenialKind::Authorization | DenialKind::SourceMismatch => Self::AUTHORIZATION,
+        }
+    }
+}
+
 struct Live {
     authorized: Authorized,
     /// Duplicates of the connection's sockets, to shut them down from here.
