@@ -378,3 +378,28 @@ fn network_policy_egress_is_refused_not_ignored() {
     let diagnostics = check(&text);
     assert!(diagnostics.iter().any(|d| d.is_error()), "{diagnostics:?}");
 }
+
+/// `namespaces` and `notNamespaces` take patterns as principals do (Istio): `*`, a prefix
+/// followed by `*`, `*` followed by a suffix, or a name.
+#[test]
+fn authorization_namespace_patterns_are_accepted_and_checked() {
+    let policy = |namespaces: &str| {
+        format!(
+            "{WORKLOAD}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: b, namespace: shop}}\nspec:\n  rules:\n  - from: [{{source: {{namespaces: {namespaces}}}}}]\n"
+        )
+    };
+    for ok in ["[\"*\"]", "[\"team-*\"]", "[\"*-prod\"]", "[shop]"] {
+        let d = check(&policy(ok));
+        assert!(!d.iter().any(|d| d.is_error()), "{ok}: {d:?}");
+    }
+    assert_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\nspec:\n  rules:\n  - from: [{source: {namespaces: [\"te*am\"]}}]\n",
+        "spec.rules[0].from[0].source.namespaces[0]",
+        "'*' only at the start or the end",
+    );
+    assert_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\nspec:\n  rules:\n  - from: [{source: {notNamespaces: [\"Team-*\"]}}]\n",
+        "spec.rules[0].from[0].source.notNamespaces[0]",
+        "lower-case",
+    );
+}

@@ -361,9 +361,7 @@ pub fn authorization_policy(
                 ("notNamespaces", &s.not_namespaces),
             ] {
                 for (k, ns) in list.iter().enumerate() {
-                    if ns != "*" {
-                        c.check(format!("{pat}.{field}[{k}]"), validate::dns_label(ns));
-                    }
+                    c.check(format!("{pat}.{field}[{k}]"), namespace_pattern(ns));
                 }
             }
             let mut blocks = |field: &str, list: &[String]| -> Vec<pb::IpBlock> {
@@ -441,6 +439,34 @@ pub fn authorization_policy(
         mode: pb::PeerAuthMode::Unspecified.into(),
         port_modes: BTreeMap::new(),
     }
+}
+
+/// A namespace pattern as Istio takes it, the way principals are matched: `*`, `prefix*`,
+/// `*suffix` or a namespace name.
+fn namespace_pattern(p: &str) -> Result<&str, String> {
+    if p == "*" {
+        return Ok(p);
+    }
+    let fixed = p
+        .strip_prefix('*')
+        .or_else(|| p.strip_suffix('*'))
+        .unwrap_or(p);
+    if fixed.contains('*') {
+        return Err(format!(
+            "a pattern has '*' only at the start or the end (or is \"*\"), got {p:?}"
+        ));
+    }
+    if fixed == p {
+        return validate::dns_label(p);
+    }
+    let part = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    if fixed.is_empty() || fixed.len() > 62 || !fixed.bytes().all(part) {
+        return Err(format!(
+            "the fixed part of a namespace pattern has lower-case letters, digits and '-', \
+             got {p:?}"
+        ));
+    }
+    Ok(p)
 }
 
 fn workload_selector(selector: Option<&WorkloadSelector>, c: &mut Checker<'_>) -> pb::Selector {
