@@ -111,7 +111,7 @@ fn tcp_or(protocol: pb::Protocol, port: u32) -> pb::Operation {
 
 /// Who connects, as the data path describes them to the evaluation.
 #[derive(Clone, Copy)]
-enum From {
+enum Client {
     /// A workload of the mesh over HBONE (or same-node, where its identity is its own).
     Mesh(&'static str),
     /// Plaintext from an address with no workload (outside the mesh).
@@ -136,7 +136,7 @@ struct Case {
     name: &'static str,
     root: &'static str,
     policies: Vec<pb::Resource>,
-    from: From,
+    from: Client,
     /// The destination workload (by app name) and port.
     to: (&'static str, u16),
     want: Want,
@@ -239,7 +239,7 @@ fn cases() -> Vec<Case> {
             name: "an AuthorizationPolicy ALLOW does not open what a NetworkPolicy closes",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_from_client(), ap_allow_all_mesh()],
-            from: From::Mesh("other"),
+            from: Client::Mesh("other"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -247,7 +247,7 @@ fn cases() -> Vec<Case> {
             name: "a NetworkPolicy ALLOW does not open what an AuthorizationPolicy closes",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_from_client(), ap_allow_all_mesh()],
-            from: From::PlainPod("client"),
+            from: Client::PlainPod("client"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -255,7 +255,7 @@ fn cases() -> Vec<Case> {
             name: "both layers allowing allows",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_from_client(), ap_allow_all_mesh()],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Allow,
         },
@@ -264,7 +264,7 @@ fn cases() -> Vec<Case> {
             name: "a rule listing only a UDP port opens no TCP port",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_ports(pb::Protocol::Udp, 53)],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -272,7 +272,7 @@ fn cases() -> Vec<Case> {
             name: "a rule listing only a UDP port does not open that port for TCP",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_ports(pb::Protocol::Udp, 53)],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 53),
             want: Want::Deny,
         },
@@ -280,7 +280,7 @@ fn cases() -> Vec<Case> {
             name: "a rule listing only an SCTP port opens no TCP port",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_ports(pb::Protocol::Sctp, 80)],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -288,7 +288,7 @@ fn cases() -> Vec<Case> {
             name: "a TCP port rule opens its port",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_ports(pb::Protocol::Tcp, 80)],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Allow,
         },
@@ -296,7 +296,7 @@ fn cases() -> Vec<Case> {
             name: "namespaceSelector {} does not admit a source outside the cluster",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_namespace_selector(None)],
-            from: From::Outside("192.0.2.7"),
+            from: Client::Outside("192.0.2.7"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -304,7 +304,7 @@ fn cases() -> Vec<Case> {
             name: "namespaceSelector {} admits a pod of another namespace",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_namespace_selector(None)],
-            from: From::Mesh("a-client"),
+            from: Client::Mesh("a-client"),
             to: ("server", 80),
             want: Want::Allow,
         },
@@ -312,7 +312,7 @@ fn cases() -> Vec<Case> {
             name: "namespaceSelector {} with a podSelector admits matching pods of every namespace",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_namespace_selector(Some("a-client"))],
-            from: From::Mesh("a-client"),
+            from: Client::Mesh("a-client"),
             to: ("server", 80),
             want: Want::Allow,
         },
@@ -320,7 +320,7 @@ fn cases() -> Vec<Case> {
             name: "namespaceSelector {} with a podSelector admits no other pod",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_namespace_selector(Some("a-client"))],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -329,7 +329,7 @@ fn cases() -> Vec<Case> {
             name: "a DENY with a selector in istio-system applies in every namespace",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![deny_from_all("istio-system", labels("server"))],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -337,7 +337,7 @@ fn cases() -> Vec<Case> {
             name: "a root-namespace DENY with a selector spares workloads it does not select",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![deny_from_all("istio-system", labels("server"))],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("web", 80),
             want: Want::Allow,
         },
@@ -345,7 +345,7 @@ fn cases() -> Vec<Case> {
             name: "a DENY without a selector in istio-system applies in every namespace",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![deny_from_all("istio-system", None)],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("web", 80),
             want: Want::Deny,
         },
@@ -353,7 +353,7 @@ fn cases() -> Vec<Case> {
             name: "a mesh-wide STRICT in istio-system refuses plaintext",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![resource("strict", "istio-system", strict(None))],
-            from: From::Outside("192.0.2.7"),
+            from: Client::Outside("192.0.2.7"),
             to: ("web", 80),
             want: Want::Deny,
         },
@@ -361,7 +361,7 @@ fn cases() -> Vec<Case> {
             name: "the root namespace is configurable",
             root: "mesh-root",
             policies: vec![deny_from_all("mesh-root", labels("server"))],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -369,7 +369,7 @@ fn cases() -> Vec<Case> {
             name: "istio-system is an ordinary namespace when another is the root",
             root: "mesh-root",
             policies: vec![deny_from_all("istio-system", None)],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Allow,
         },
@@ -378,7 +378,7 @@ fn cases() -> Vec<Case> {
             name: "namespaces [\"*\"] admits any mesh namespace",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![ap_namespaces(pb::PolicyAction::Allow, &["*"])],
-            from: From::Mesh("a-client"),
+            from: Client::Mesh("a-client"),
             to: ("server", 80),
             want: Want::Allow,
         },
@@ -386,7 +386,7 @@ fn cases() -> Vec<Case> {
             name: "namespaces [\"*\"] does not admit plaintext",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![ap_namespaces(pb::PolicyAction::Allow, &["*"])],
-            from: From::Outside("192.0.2.7"),
+            from: Client::Outside("192.0.2.7"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -394,7 +394,7 @@ fn cases() -> Vec<Case> {
             name: "a DENY on namespaces [\"team-*\"] matches by prefix",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![ap_namespaces(pb::PolicyAction::Deny, &["team-*"])],
-            from: From::Mesh("a-client"),
+            from: Client::Mesh("a-client"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -402,7 +402,7 @@ fn cases() -> Vec<Case> {
             name: "a DENY on namespaces [\"*-a\"] matches by suffix",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![ap_namespaces(pb::PolicyAction::Deny, &["*-a"])],
-            from: From::Mesh("a-client"),
+            from: Client::Mesh("a-client"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -411,7 +411,7 @@ fn cases() -> Vec<Case> {
             name: "STRICT refuses a same-node source that has no workload entry",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![resource("strict", "default", strict(None))],
-            from: From::Outside("10.0.0.77"),
+            from: Client::Outside("10.0.0.77"),
             to: ("server", 80),
             want: Want::Deny,
         },
@@ -419,7 +419,7 @@ fn cases() -> Vec<Case> {
             name: "STRICT admits a same-node source with its workload's identity",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![resource("strict", "default", strict(None))],
-            from: From::Mesh("client"),
+            from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Allow,
         },
@@ -428,7 +428,7 @@ fn cases() -> Vec<Case> {
             name: "a stream from a pod's address with another identity is refused",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![],
-            from: From::Claiming {
+            from: Client::Claiming {
                 identity: "spiffe://cluster.local/ns/default/sa/other",
                 pod: "client",
             },
@@ -439,7 +439,7 @@ fn cases() -> Vec<Case> {
             name: "a stream from a pod's address with another identity is not matched as that pod",
             root: DEFAULT_ROOT_NAMESPACE,
             policies: vec![np_from_client()],
-            from: From::Claiming {
+            from: Client::Claiming {
                 identity: "spiffe://cluster.local/ns/default/sa/other",
                 pod: "client",
             },
@@ -463,16 +463,16 @@ fn policy_never_over_allows() {
     for case in cases() {
         let idx = index_in(case.root, case.policies);
         let (identity, ip, workload) = match case.from {
-            From::Mesh(app) => {
+            Client::Mesh(app) => {
                 let w = by_app(app);
                 (w.identity(&td), w.ips[0], Some(w))
             }
-            From::Outside(ip) => (None, ip.parse().unwrap(), None),
-            From::PlainPod(app) => {
+            Client::Outside(ip) => (None, ip.parse().unwrap(), None),
+            Client::PlainPod(app) => {
                 let w = by_app(app);
                 (None, w.ips[0], Some(w))
             }
-            From::Claiming { identity, pod } => {
+            Client::Claiming { identity, pod } => {
                 let w = by_app(pod);
                 (Some(identity.parse().unwrap()), w.ips[0], Some(w))
             }
