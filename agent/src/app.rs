@@ -32,7 +32,7 @@ use crate::{
     pods::{self, PodStatus},
     policy::{PolicyHandler, PolicyIndex},
     preflight::{self, PreflightError},
-    proxy::{AgentPorts, ProxyContext},
+    proxy::{AgentPorts, ProxyContext, registry::ConnectionRegistry},
     rlimit,
     state::{self, StateError, WorkloadStore},
 };
@@ -115,6 +115,7 @@ pub fn run(
     let bundle = trust_bundle(&config, &trust_domain)?;
     let workloads = Arc::new(ArcSwap::from_pointee(WorkloadStore::default()));
     let policies = Arc::new(ArcSwap::from_pointee(PolicyIndex::default()));
+    let connections = Arc::new(ConnectionRegistry::new(workloads.clone(), policies.clone()));
     let identities = Arc::new(Identities::new(
         CertManager::new(
             Arc::new(ca_client(&config)?),
@@ -131,6 +132,7 @@ pub fn run(
         workloads.clone(),
         policies.clone(),
         identities.clone(),
+        connections.clone(),
     )?;
     let home = Netns::current()?;
 
@@ -182,6 +184,7 @@ pub fn run(
         metrics
             .open_files_limit
             .set(i64::try_from(open_files).unwrap_or(i64::MAX));
+        connections.register_metrics(&mut registry);
         registry.register_collector(Box::new(VerdictCollector(capture.clone())));
         registry.register_collector(Box::new(CertificateCollector(identities.clone())));
         let admin_state = Arc::new(AdminState {
@@ -221,6 +224,7 @@ pub fn run(
             workloads,
             policies,
             identities,
+            connections: connections.clone(),
             pods: RwLock::new(HashMap::new()),
             metrics: metrics.clone(),
             home,
@@ -233,6 +237,7 @@ pub fn run(
             hbone: config.hbone_server_options(),
         });
         let (trigger, watcher) = drain::new();
+        tokio::spawn(connections.run(watcher.clone()));
         let mut enrolled = Vec::new();
         let mut statuses = Vec::new();
         for enrolment in &enrolments {
@@ -363,6 +368,7 @@ fn control_client(
     workloads: Arc<ArcSwap<WorkloadStore>>,
     policies: Arc<ArcSwap<PolicyIndex>>,
     identities: Arc<Identities>,
+    connections: Arc<ConnectionRegistry>,
 ) -> Result<Client, AppError> {
     let ca = std::fs::read_to_string(&config.control_ca).map_err(|source| AppError::ControlCa {
         path: config.control_ca.clone(),
@@ -384,7 +390,7 @@ fn control_client(
     let td = trust_domain.clone();
     let store = workloads.clone();
     let mut workload_handler = WorkloadHandler::new(workloads);
-    let mut policy_handler = PolicyHandler::new(policies);
+    let mut policy_handler = PolicyHandler::new(policies, config.root_namespace.clone());
     Ok(Client::new(
         client_config,
         move |update: Update| match update.resource_type {
@@ -397,9 +403,14 @@ fn control_client(
                         .filter(|w| w.node == node)
                         .filter_map(|w| w.identity(&td)),
                 );
+                connections.changed();
                 Ok(())
             }
-            ResourceType::Policy => policy_handler.apply(update),
+            ResourceType::Policy => {
+                policy_handler.apply(update)?;
+                connections.changed();
+                Ok(())
+            }
             other => Err(Rejection::new(
                 "",
                 format!("unexpected resource type {other:?}"),

@@ -142,6 +142,13 @@ pub struct Config {
     #[arg(long, env = "WEFT_HBONE_MAX_CONNECTIONS_PER_IDENTITY", default_value_t = DEFAULT_HBONE_MAX_CONNECTIONS_PER_IDENTITY, value_parser = parse_at_least_one)]
     pub hbone_max_connections_per_identity: usize,
 
+    /// Istio's root namespace: an AuthorizationPolicy or PeerAuthentication here applies in
+    /// every namespace (with a selector, to the matching workloads of every namespace).
+    /// Istio's default, so documents written for Istio mean the same here; set it to what
+    /// istiod's `rootNamespace` (meshConfig) is.
+    #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = weft_mesh::policy::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -1,85 +1,17 @@
 //! The agent's side of the discovery protocol: workloads arrive from the control plane as
-//! protobuf resources, are converted here (and nowhere else) into [`Workload`]s off-lock, and
+//! protobuf resources, are converted (by `weft_mesh::workload`) into [`Workload`]s off-lock, and
 //! the resulting [`WorkloadStore`] replaces the old one in a single swap. A resource that does
 //! not convert rejects the whole version with a NACK naming it; the agent keeps serving its
 //! last good state, as it does while the control plane is unreachable.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use arc_swap::ArcSwap;
 use tracing::{info, warn};
 use weft_link::control::{Rejection, Update};
 use weft_proto::discovery::v1 as pb;
 
-use crate::state::{TunnelProtocol, Workload, WorkloadStore, WorkloadUid};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConvertError {
-    #[error("resource is not a Workload")]
-    WrongKind,
-    #[error("field {field}: {problem}")]
-    Field {
-        field: &'static str,
-        problem: String,
-    },
-}
-
-impl TryFrom<pb::Resource> for Workload {
-    type Error = ConvertError;
-
-    fn try_from(resource: pb::Resource) -> Result<Self, Self::Error> {
-        let Some(pb::resource::Kind::Workload(w)) = resource.kind else {
-            return Err(ConvertError::WrongKind);
-        };
-        let required = |field: &'static str, value: String| {
-            if value.is_empty() {
-                Err(ConvertError::Field {
-                    field,
-                    problem: "must not be empty".into(),
-                })
-            } else {
-                Ok(value)
-            }
-        };
-        let ips = w
-            .ips
-            .iter()
-            .map(|ip| {
-                ip.parse::<IpAddr>().map_err(|e| ConvertError::Field {
-                    field: "ips",
-                    problem: format!("{ip:?}: {e}"),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if ips.is_empty() {
-            return Err(ConvertError::Field {
-                field: "ips",
-                problem: "a workload needs at least one address".into(),
-            });
-        }
-        Ok(Workload {
-            uid: WorkloadUid(required("uid", w.uid)?),
-            name: required("name", w.name)?,
-            namespace: required("namespace", w.namespace)?,
-            service_account: required("service_account", w.service_account)?,
-            node: w.node,
-            ips,
-            labels: w.labels.into_iter().collect(),
-            protocol: match pb::TunnelProtocol::try_from(w.protocol) {
-                Ok(pb::TunnelProtocol::Tcp) => TunnelProtocol::Tcp,
-                Ok(pb::TunnelProtocol::Hbone | pb::TunnelProtocol::Unspecified) => {
-                    TunnelProtocol::Hbone
-                }
-                Err(_) => {
-                    return Err(ConvertError::Field {
-                        field: "protocol",
-                        problem: format!("unknown tunnel protocol {}", w.protocol),
-                    });
-                }
-            },
-        })
-    }
-}
+use crate::state::{Workload, WorkloadStore};
 
 /// Applies workload updates to the store the data path reads.
 pub struct WorkloadHandler {

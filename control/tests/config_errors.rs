@@ -356,3 +356,50 @@ fn every_error_of_a_file_is_reported_at_once() {
     assert!(errors[0].contains("document 1 (0-based)"));
     assert!(errors[1].contains("document 2 (0-based)"));
 }
+
+/// Weft enforces NetworkPolicy ingress only; an egress part would be accepted and ignored,
+/// so the document is refused (its ingress part with it) until egress is enforced.
+#[test]
+fn network_policy_egress_is_refused_not_ignored() {
+    assert_error(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b}\nspec:\n  ingress:\n  - from: [{podSelector: {}}]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/8}}]\n",
+        "spec.egress",
+        "egress is not enforced yet",
+    );
+    assert_error(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b}\nspec:\n  policyTypes: [Ingress, Egress]\n",
+        "spec.policyTypes[1]",
+        "egress is not enforced yet",
+    );
+    // The whole document is rejected: no Policy resource comes out of it, ingress included.
+    let text = format!(
+        "{WORKLOAD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: b, namespace: shop}}\nspec:\n  ingress:\n  - from: [{{podSelector: {{}}}}]\n  egress: []\n"
+    );
+    let diagnostics = check(&text);
+    assert!(diagnostics.iter().any(|d| d.is_error()), "{diagnostics:?}");
+}
+
+/// `namespaces` and `notNamespaces` take patterns as principals do (Istio): `*`, a prefix
+/// followed by `*`, `*` followed by a suffix, or a name.
+#[test]
+fn authorization_namespace_patterns_are_accepted_and_checked() {
+    let policy = |namespaces: &str| {
+        format!(
+            "{WORKLOAD}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: b, namespace: shop}}\nspec:\n  rules:\n  - from: [{{source: {{namespaces: {namespaces}}}}}]\n"
+        )
+    };
+    for ok in ["[\"*\"]", "[\"team-*\"]", "[\"*-prod\"]", "[shop]"] {
+        let d = check(&policy(ok));
+        assert!(!d.iter().any(|d| d.is_error()), "{ok}: {d:?}");
+    }
+    assert_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\nspec:\n  rules:\n  - from: [{source: {namespaces: [\"te*am\"]}}]\n",
+        "spec.rules[0].from[0].source.namespaces[0]",
+        "'*' only at the start or the end",
+    );
+    assert_error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\nspec:\n  rules:\n  - from: [{source: {notNamespaces: [\"Team-*\"]}}]\n",
+        "spec.rules[0].from[0].source.notNamespaces[0]",
+        "lower-case",
+    );
+}

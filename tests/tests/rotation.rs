@@ -1,6 +1,8 @@
 //! Certificate rotation under a live connection: with a one-minute lifetime, a connection
-//! opened before rotation keeps working across two rotations on both nodes, and a new
-//! handshake presents the newest certificate.
+//! opened before rotation keeps working across the rotation on both nodes until the
+//! certificate it was opened with expires, when the destination closes it (a tunnel lives no
+//! longer than the certificate that admitted it); a new handshake presents the newest
+//! certificate.
 
 // The helpers below are not `#[test]` functions; a failed step in them should fail the test
 // like any assertion.
@@ -32,7 +34,8 @@ fn cert_not_before(tb: &Testbed, node: &str, id: &SpiffeId) -> Option<u64> {
 }
 
 #[test]
-fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_certificates() {
+fn a_connection_crosses_a_rotation_and_ends_when_its_certificate_expires_and_new_connections_use_new_certificates()
+ {
     require_root();
     let config = Config::named("weft-e2e-rotate")
         .size(2, 1)
@@ -106,6 +109,15 @@ fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_c
     // certificate is used for half its life, not replaced as soon as it arrives.
     let mut rotations: (Vec<Instant>, Vec<Instant>) = (Vec::new(), Vec::new());
     let (mut last_src, mut last_dst) = (src_0, dst_0);
+    let echoed = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("ok "))
+            .count()
+    };
+    // How far the connection had got when both sides had rotated once.
+    let mut at_first_rotation = None;
     eventually(
         "two rotations on both nodes",
         Duration::from_secs(100),
@@ -121,6 +133,9 @@ fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_c
             {
                 rotations.1.push(Instant::now());
                 last_dst = now;
+            }
+            if at_first_rotation.is_none() && !rotations.0.is_empty() && !rotations.1.is_empty() {
+                at_first_rotation = Some(echoed());
             }
             rotations.0.len() >= 2 && rotations.1.len() >= 2
         },
@@ -152,8 +167,26 @@ fn a_connection_survives_two_certificate_rotations_and_new_connections_use_new_c
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // It went on across the first rotation of both sides, then ended when the certificate
+    // it was opened with expired: closed by the destination, and counted there.
     let out = std::fs::read_to_string(&log).unwrap();
-    assert!(!out.contains("broken"), "{out}");
+    let at_first_rotation = at_first_rotation.unwrap();
+    assert!(
+        echoed() >= at_first_rotation + 3,
+        "the connection stopped at the rotation ({at_first_rotation} echoes then): {out}"
+    );
+    assert!(
+        out.contains("broken"),
+        "the connection outlived its certificate: {out}"
+    );
+    let expired = tb.metrics("node-2").unwrap().sum(
+        "weft_connections_closed_by_policy_total",
+        &[("reason", "certificate_expired")],
+    );
+    assert!(
+        expired >= 1.0,
+        "closed, but not for the expired certificate: {out}"
+    );
     drop(long_lived);
     drop(echo);
 }

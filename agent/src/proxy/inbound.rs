@@ -35,8 +35,11 @@ use crate::{
     drain::DrainWatcher,
     inpod::Netns,
     metrics::{DenialLabels, TcpLabels},
-    policy::{PeerAuthMode, Source, Verdict},
-    proxy::outbound::ListenerError,
+    policy::Source,
+    proxy::{
+        outbound::ListenerError,
+        registry::{Authorized, Registration},
+    },
 };
 
 // === HBONE (:15008) ===
@@ -136,6 +139,8 @@ impl HboneInbound {
 pub struct Upstream {
     stream: TcpStream,
     ctx: Arc<ProxyContext>,
+    /// Re-checked when policy changes; closed if no longer allowed.
+    _registration: Registration,
 }
 
 impl Drop for Upstream {
@@ -233,27 +238,37 @@ impl ConnectHandler for HboneInbound {
             ip: req.remote.ip(),
             workload: src_workload.as_deref(),
         };
-        let verdict =
-            self.ctx
-                .policies
-                .load()
-                .authorize_inbound(&source, &dst, req.authority.port());
-        if let Verdict::Deny(reason) = verdict {
+        let verdict = self
+            .ctx
+            .policies
+            .load()
+            .admit(&source, &dst, req.authority.port());
+        if let Err(denial) = verdict {
             labels.response_flags = "UAEX";
             metrics.closed.get_or_create(&labels).inc();
             metrics
                 .denials
-                .get_or_create(&DenialLabels::AUTHORIZATION)
+                .get_or_create(&DenialLabels::from(denial.kind))
                 .inc();
-            return Err(Refusal::new(StatusCode::UNAUTHORIZED, reason));
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, denial.reason));
         }
-        match self.ctx.connect_from(&self.pod.netns, req.authority).await {
-            Ok(stream) => {
+        let authorized = Authorized {
+            identity: Some(req.peer.clone()),
+            identity_of_workload: false,
+            src_ip: req.remote.ip(),
+            dst: dst.uid.clone(),
+            port: req.authority.port(),
+            expires: req.peer_not_after,
+        };
+        let connected = self.ctx.connect_from(&self.pod.netns, req.authority).await;
+        match connected.and_then(|s| Ok((self.ctx.connections.register(authorized, &[&s])?, s))) {
+            Ok((registration, stream)) => {
                 metrics.opened.get_or_create(&labels).inc();
                 metrics.active_connections.inc();
                 Ok(Upstream {
                     stream,
                     ctx: self.ctx.clone(),
+                    _registration: registration,
                 })
             }
             Err(err) => {
@@ -385,32 +400,25 @@ async fn serve_plaintext(
         return;
     };
     let mut labels = TcpLabels::inbound(src_workload.as_deref(), None, Some(&dst_workload), "none");
-    let policies = ctx.policies.load();
-    if policies.peer_auth_mode(&dst_workload, dst.port()) == PeerAuthMode::Strict {
-        info!(
-            dst.pod = %pod.uid,
-            src.addr = %peer,
-            dst.addr = %dst,
-            "plaintext refused: PeerAuthentication is STRICT for this workload and port"
-        );
-        return deny(&ctx, &mut labels, DenialLabels::STRICT_MTLS, client);
-    }
     let source = Source {
         identity: None,
         ip: peer.ip(),
         workload: src_workload.as_deref(),
     };
-    if let Verdict::Deny(reason) = policies.authorize_inbound(&source, &dst_workload, dst.port()) {
+    let verdict = ctx
+        .policies
+        .load()
+        .admit(&source, &dst_workload, dst.port());
+    if let Err(denial) = verdict {
         info!(
             dst.pod = %pod.uid,
             src.addr = %peer,
             dst.addr = %dst,
-            %reason,
+            reason = %denial,
             "plaintext denied by policy"
         );
-        return deny(&ctx, &mut labels, DenialLabels::AUTHORIZATION, client);
+        return deny(&ctx, &mut labels, denial.kind.into(), client);
     }
-    drop(policies);
     metrics.opened.get_or_create(&labels).inc();
     metrics.active_connections.inc();
     let _active = scopeguard(|| {
@@ -431,6 +439,25 @@ async fn serve_plaintext(
             );
             reset(client);
             return;
+        }
+    };
+    let authorized = Authorized {
+        identity: None,
+        identity_of_workload: false,
+        src_ip: peer.ip(),
+        dst: dst_workload.uid.clone(),
+        port: dst.port(),
+        expires: None,
+    };
+    // Held until the copy ends: re-checked (and shut down) when policy changes. A connection
+    // that could not be registered could not be revoked, so it is refused.
+    let _registration = match ctx.connections.register(authorized, &[&client, &upstream]) {
+        Ok(registration) => registration,
+        Err(err) => {
+            warn!(dst.pod = %pod.uid, src.addr = %peer, %err, "cannot track the connection for policy changes; refusing it");
+            labels.response_flags = "UF";
+            metrics.closed.get_or_create(&labels).inc();
+            return reset(client);
         }
     };
     let received = metrics.received_bytes.get_or_create(&labels).clone();

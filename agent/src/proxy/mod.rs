@@ -10,6 +10,7 @@
 pub mod copy;
 pub mod inbound;
 pub mod outbound;
+pub mod registry;
 
 use std::{
     collections::HashMap,
@@ -45,6 +46,8 @@ pub struct ProxyContext {
     pub workloads: Arc<ArcSwap<WorkloadStore>>,
     /// Replaced whole when policies change.
     pub policies: Arc<ArcSwap<PolicyIndex>>,
+    /// Live inbound connections, re-checked when policy or workloads change.
+    pub connections: Arc<registry::ConnectionRegistry>,
     /// Certificates of the identities of this node's workloads.
     pub identities: Arc<Identities>,
     /// The pods enrolled on this node, by uid, for same-node delivery.

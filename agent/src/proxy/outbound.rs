@@ -29,7 +29,8 @@ use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
     metrics::TcpLabels,
-    policy::{Source, Verdict},
+    policy::Source,
+    proxy::registry::{Authorized, Registration},
     state::{TunnelProtocol, Workload, WorkloadUid},
 };
 
@@ -226,6 +227,8 @@ impl Connection {
         let received = metrics.received_bytes.get_or_create(&labels).clone();
         let sent = metrics.sent_bytes.get_or_create(&labels).clone();
 
+        // A same-node delivery's admission, re-checked while the connection lives.
+        let mut registration: Option<Registration> = None;
         let upstream = match &route {
             Route::Direct => self
                 .ctx
@@ -236,7 +239,10 @@ impl Connection {
             Route::SameNode(pod, w) => self
                 .same_node(pod, w, src_workload.as_deref(), dst)
                 .await
-                .map(Upstream::Tcp),
+                .map(|(stream, held)| {
+                    registration = Some(held);
+                    Upstream::Tcp(stream)
+                }),
             Route::Hbone(w) => self
                 .tunnel(src_workload.as_deref(), w, dst, early_data(&client))
                 .await
@@ -324,11 +330,12 @@ impl Connection {
         dst_workload: &Workload,
         src_workload: Option<&Workload>,
         dst: SocketAddr,
-    ) -> Result<TcpStream, Failure> {
+    ) -> Result<(TcpStream, Registration), Failure> {
+        // A source with no workload entry has no identity: it is held to STRICT as plaintext.
         let identity = src_workload.and_then(|w| self.ctx.identity_of(w));
         let src_ip = src_workload
             .and_then(|w| address_like(w, dst.ip()))
-            .unwrap_or(dst.ip());
+            .unwrap_or(self.peer.ip());
         let source = Source {
             identity: identity.as_ref(),
             ip: src_ip,
@@ -338,31 +345,43 @@ impl Connection {
             .ctx
             .policies
             .load()
-            .authorize_inbound(&source, dst_workload, dst.port());
-        if let Verdict::Deny(reason) = verdict {
+            .admit(&source, dst_workload, dst.port());
+        if let Err(denial) = verdict {
             info!(
                 src.pod = %self.pod.uid,
                 src.addr = %self.peer,
                 src.identity = identity.as_ref().map(field::display),
                 dst.addr = %dst,
                 dst.workload = %dst_workload.name,
-                %reason,
+                reason = %denial,
                 "connection denied by policy"
             );
-            self.ctx
-                .metrics
-                .denials
-                .get_or_create(&crate::metrics::DenialLabels::AUTHORIZATION)
-                .inc();
+            let why = crate::metrics::DenialLabels::from(denial.kind);
+            self.ctx.metrics.denials.get_or_create(&why).inc();
             return Err(Failure {
                 flags: "UAEX",
                 log: None,
             });
         }
-        self.ctx
+        let stream = self
+            .ctx
             .connect_from(&dst_pod.netns, dst)
             .await
-            .map_err(|err| Failure::connect(&err))
+            .map_err(|err| Failure::connect(&err))?;
+        let authorized = Authorized {
+            identity,
+            identity_of_workload: true,
+            src_ip,
+            dst: dst_workload.uid.clone(),
+            port: dst.port(),
+            expires: None,
+        };
+        let held = self
+            .ctx
+            .connections
+            .register(authorized, &[&stream])
+            .map_err(|err| Failure::connect(&err))?;
+        Ok((stream, held))
     }
 
     /// Opens an HBONE tunnel to `dst` through the destination pod's port 15008, carrying the

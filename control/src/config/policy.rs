@@ -79,6 +79,7 @@ pub fn network_policy(
         }
         t
     });
+    refuse_egress(spec, c);
     let mut out = Vec::new();
     for (ty, field, peer_field, direction, suffix) in [
         (
@@ -144,6 +145,23 @@ pub fn network_policy(
         ));
     }
     out
+}
+
+/// Agents enforce policy at the destination only. An egress part accepted and not enforced
+/// would let through what its author meant to stop, so the document is refused instead
+/// (ingress part included, as any document with an error is).
+fn refuse_egress(spec: &NetworkPolicySpec, c: &mut Checker<'_>) {
+    const NOT_ENFORCED: &str = "egress is not enforced yet: Weft enforces NetworkPolicy \
+                                ingress only; remove the egress part (spec.egress and Egress \
+                                in spec.policyTypes) or enforce it outside Weft";
+    if spec.egress.is_some() {
+        c.error("spec.egress", NOT_ENFORCED);
+    }
+    for (i, ty) in spec.policy_types.iter().flatten().enumerate() {
+        if *ty == PolicyType::Egress {
+            c.error(format!("spec.policyTypes[{i}]"), NOT_ENFORCED);
+        }
+    }
 }
 
 fn np_rule(
@@ -343,9 +361,7 @@ pub fn authorization_policy(
                 ("notNamespaces", &s.not_namespaces),
             ] {
                 for (k, ns) in list.iter().enumerate() {
-                    if ns != "*" {
-                        c.check(format!("{pat}.{field}[{k}]"), validate::dns_label(ns));
-                    }
+                    c.check(format!("{pat}.{field}[{k}]"), namespace_pattern(ns));
                 }
             }
             let mut blocks = |field: &str, list: &[String]| -> Vec<pb::IpBlock> {
@@ -423,6 +439,34 @@ pub fn authorization_policy(
         mode: pb::PeerAuthMode::Unspecified.into(),
         port_modes: BTreeMap::new(),
     }
+}
+
+/// A namespace pattern as Istio takes it, the way principals are matched: `*`, `prefix*`,
+/// `*suffix` or a namespace name.
+fn namespace_pattern(p: &str) -> Result<&str, String> {
+    if p == "*" {
+        return Ok(p);
+    }
+    let fixed = p
+        .strip_prefix('*')
+        .or_else(|| p.strip_suffix('*'))
+        .unwrap_or(p);
+    if fixed.contains('*') {
+        return Err(format!(
+            "a pattern has '*' only at the start or the end (or is \"*\"), got {p:?}"
+        ));
+    }
+    if fixed == p {
+        return validate::dns_label(p);
+    }
+    let part = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    if fixed.is_empty() || fixed.len() > 62 || !fixed.bytes().all(part) {
+        return Err(format!(
+            "the fixed part of a namespace pattern has lower-case letters, digits and '-', \
+             got {p:?}"
+        ));
+    }
+    Ok(p)
 }
 
 fn workload_selector(selector: Option<&WorkloadSelector>, c: &mut Checker<'_>) -> pb::Selector {

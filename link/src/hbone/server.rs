@@ -23,7 +23,7 @@ use super::{
     MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER, STREAM_WINDOW, transport,
 };
 use crate::identity::SpiffeId;
-use crate::tls::peer_identity;
+use crate::tls::{peer_identity, peer_not_after};
 
 /// A client gets this long for the TLS handshake and the HTTP/2 preface together. Honest
 /// peers need milliseconds; the limit is for port scanners and stalled peers, which would
@@ -111,6 +111,8 @@ impl Default for ServerOptions {
 pub struct InboundConnect {
     /// The client's identity, proved by its certificate.
     pub peer: SpiffeId,
+    /// When the certificate `peer` was proved with expires; a tunnel outliving it is closed.
+    pub peer_not_after: Option<std::time::SystemTime>,
     /// Where the client wants to go (the original destination).
     pub authority: SocketAddr,
     /// The client's TCP address (its agent, or the source pod).
@@ -336,6 +338,7 @@ async fn serve_connection<H: ConnectHandler>(
             .await
             .map_err(|e| format!("TLS: {e}"))?;
         let peer = peer_identity(tls.get_ref().1).map_err(|e| format!("peer identity: {e}"))?;
+        let peer = (peer, peer_not_after(tls.get_ref().1));
         let (transport, flusher) = transport::buffered(tls);
         let conn = h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
@@ -363,6 +366,7 @@ async fn serve_connection<H: ConnectHandler>(
                 return;
             }
         };
+    let (peer, peer_not_after) = peer;
     tracing::Span::current().record("peer", field::display(&peer));
     let _slot = match peers.admit(&peer) {
         Ok(slot) => slot,
@@ -422,7 +426,14 @@ async fn serve_connection<H: ConnectHandler>(
                     break;
                 }
                 Ok(Some(Ok((request, respond)))) => {
-                    let stream = serve_stream(handler.clone(), peer.clone(), remote, request, respond);
+                    let stream = serve_stream(
+                        handler.clone(),
+                        peer.clone(),
+                        peer_not_after,
+                        remote,
+                        request,
+                        respond,
+                    );
                     streams.spawn(stream.in_current_span());
                 }
                 Ok(Some(Err(err))) => {
@@ -491,6 +502,7 @@ async fn keepalive(pings: Option<h2::PingPong>, interval: Duration, timeout: Dur
 async fn serve_stream<H: ConnectHandler>(
     handler: Arc<H>,
     peer: SpiffeId,
+    peer_not_after: Option<std::time::SystemTime>,
     remote: SocketAddr,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
@@ -533,6 +545,7 @@ async fn serve_stream<H: ConnectHandler>(
         .is_some_and(|v| v == DEFER_RESPONSE_YES);
     let request = InboundConnect {
         peer: peer.clone(),
+        peer_not_after,
         authority,
         remote,
         headers: parts.headers,

@@ -106,3 +106,10 @@ pub fn peer_identity(conn: &CommonState) -> Result<SpiffeId, VerifyError> {
         .ok_or(VerifyError::NoCertificate)?;
     Ok(verify::parse_svid(leaf)?.identity)
 }
+
+/// When the certificate a peer proved its identity with expires: a connection admitted on
+/// it is allowed no longer than that. `None` if it cannot be read back (it was validated).
+pub fn peer_not_after(conn: &CommonState) -> Option<std::time::SystemTime> {
+    let leaf = conn.peer_certificates()?.first()?;
+    verify::parse_svid(leaf).ok().map(|svid| svid.not_after)
+}

@@ -1,0 +1,6 @@
+//! The mesh as data, with no I/O: workloads and the policy model with its L4 evaluation.
+//! The agent's data path, and anything that explains a decision (`weftctl`), call the same
+//! code here, so a rule means the same everywhere.
+
+pub mod policy;
+pub mod workload;
