@@ -343,3 +343,77 @@ fn the_workload_custom_resource_decodes_into_its_rust_type() {
         Translation::Document(_)
     ));
 }
+
+#[test]
+fn a_network_policy_with_egress_keeps_its_ingress_part_and_says_egress_is_not_enforced() {
+    let good = assemble(&cluster());
+    let ingress = policy(
+        &good.resources,
+        "networkpolicy/shop/web-from-frontend/ingress",
+    );
+    let egress_rule = serde_json::json!([{ "to": [{ "ipBlock": { "cidr": "10.9.0.0/16" } }] }]);
+
+    // With policyTypes [Ingress, Egress], and with no policyTypes at all (Kubernetes then
+    // infers Ingress and, from the egress rules, Egress).
+    for types in [Some(serde_json::json!(["Ingress", "Egress"])), None] {
+        let mut value: serde_json::Value =
+            serde_json::from_str(&text("networkpolicy.json")).unwrap();
+        let spec = value["spec"].as_object_mut().unwrap();
+        spec.insert("egress".into(), egress_rule.clone());
+        match &types {
+            Some(t) => spec.insert("policyTypes".into(), t.clone()),
+            None => spec.remove("policyTypes"),
+        };
+        let mut objects = cluster();
+        objects.network_policies = vec![Arc::new(serde_json::from_value(value).unwrap())];
+
+        let loaded = assemble(&objects);
+        assert!(!loaded.has_errors(), "{:#?}", messages(&loaded));
+        // Skipping the object would leave the pods it isolates open to every source.
+        assert_eq!(
+            policy(
+                &loaded.resources,
+                "networkpolicy/shop/web-from-frontend/ingress"
+            ),
+            ingress,
+            "policyTypes {types:?}"
+        );
+        assert!(
+            loaded
+                .resources
+                .get(
+                    ResourceType::Policy,
+                    "networkpolicy/shop/web-from-frontend/egress"
+                )
+                .is_none()
+        );
+        let msgs = messages(&loaded);
+        assert!(
+            msgs.iter().any(|m| m.starts_with(
+                "warning: NetworkPolicy shop/web-from-frontend: spec.egress: egress is not \
+                 enforced: only this policy's ingress part is applied"
+            )),
+            "{msgs:#?}"
+        );
+    }
+
+    // Egress only: nothing to apply, and no pod isolated for ingress by it.
+    let mut value: serde_json::Value = serde_json::from_str(&text("networkpolicy.json")).unwrap();
+    let spec = value["spec"].as_object_mut().unwrap();
+    spec.remove("ingress");
+    spec.insert("egress".into(), egress_rule);
+    spec.insert("policyTypes".into(), serde_json::json!(["Egress"]));
+    let mut objects = cluster();
+    objects.network_policies = vec![Arc::new(serde_json::from_value(value).unwrap())];
+    let loaded = assemble(&objects);
+    assert!(!loaded.has_errors(), "{:#?}", messages(&loaded));
+    assert!(
+        loaded
+            .resources
+            .get(
+                ResourceType::Policy,
+                "networkpolicy/shop/web-from-frontend/ingress"
+            )
+            .is_none()
+    );
+}

@@ -66,7 +66,9 @@ pub fn assemble(objects: &Objects) -> Loaded {
         accept("Service", &svc.metadata, t, &mut diagnostics);
     }
     for np in sorted(&objects.network_policies) {
-        let t = translate::network_policy(np);
+        let mut warnings = Vec::new();
+        let t = translate::network_policy(np, &mut warnings);
+        diagnostics.append(&mut warnings);
         accept("NetworkPolicy", &np.metadata, t, &mut diagnostics);
     }
     for (kind, objs) in &objects.dynamic {

@@ -243,9 +243,34 @@ fn named_port(
 
 // === NetworkPolicy ===
 
-pub fn network_policy(np: &NetworkPolicy) -> Translation {
+/// A NetworkPolicy's egress part is not enforced. The file source refuses such a document,
+/// keeping the last good configuration; here the object is already in the cluster, and
+/// skipping it whole would leave the pods it isolates for ingress open. So the ingress part
+/// is applied and the egress part is dropped with a warning saying so.
+pub fn network_policy(np: &NetworkPolicy, warnings: &mut Vec<Diagnostic>) -> Translation {
     let origin = origin("NetworkPolicy", &np.metadata);
-    let value = match serde_json::to_value(&np.spec) {
+    let mut spec = np.spec.clone();
+    if let Some(spec) = spec.as_mut() {
+        let types_egress = spec
+            .policy_types
+            .as_ref()
+            .is_some_and(|t| t.iter().any(|t| t == "Egress"));
+        if spec.egress.is_some() || types_egress {
+            warnings.push(Diagnostic::warning(
+                origin.clone(),
+                "spec.egress",
+                "egress is not enforced: only this policy's ingress part is applied",
+            ));
+            // Without policyTypes, Kubernetes infers Egress from the egress rules: fix the
+            // ingress part's meaning before they go.
+            let types = spec
+                .policy_types
+                .get_or_insert_with(|| vec!["Ingress".into()]);
+            types.retain(|t| t != "Egress");
+            spec.egress = None;
+        }
+    }
+    let value = match serde_json::to_value(&spec) {
         Ok(v) => v,
         Err(e) => {
             return Translation::Rejected(Diagnostic::error(
