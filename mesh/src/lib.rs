@@ -4,3 +4,6 @@
 
 pub mod policy;
 pub mod workload;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -1,14 +1,10 @@
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use tokio::{
     io::AsyncReadExt,
     net::{TcpListener, TcpStream},
 };
-use weft_link::control::{TypedStore, Update};
-use weft_mesh::{
-    policy::Policy,
-    workload::{TunnelProtocol, Workload},
-};
+use weft_mesh::{testing, workload::Workload};
 use weft_proto::discovery::v1 as pb;
 
 use super::*;
@@ -16,41 +12,15 @@ use super::*;
 const ROOT: &str = weft_mesh::policy::DEFAULT_ROOT_NAMESPACE;
 
 fn workload(app: &str, sa: &str, ip: &str) -> Workload {
-    Workload {
-        uid: WorkloadUid(app.into()),
-        name: app.into(),
-        namespace: "default".into(),
-        service_account: sa.into(),
-        node: "node-1".into(),
-        ips: vec![ip.parse().unwrap()],
-        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
-        protocol: TunnelProtocol::Hbone,
-    }
+    testing::workload(app, "default", sa, app, ip)
 }
 
 fn index(resources: Vec<pb::Resource>) -> PolicyIndex {
-    let store = TypedStore::<Policy>::new();
-    store
-        .apply(Update {
-            resource_type: pb::ResourceType::Policy,
-            version: 1,
-            snapshot: true,
-            resources,
-            removed: vec![],
-        })
-        .unwrap();
-    PolicyIndex::new(&store.snapshot(), ROOT)
+    testing::index_in(ROOT, resources)
 }
 
 fn resource(name: &str, p: pb::Policy) -> pb::Resource {
-    pb::Resource {
-        name: format!("default/{name}"),
-        kind: Some(pb::resource::Kind::Policy(pb::Policy {
-            name: name.into(),
-            namespace: "default".into(),
-            ..p
-        })),
-    }
+    testing::policy_resource(name, "default", p)
 }
 
 /// A DENY of everything from `principal` to the server.

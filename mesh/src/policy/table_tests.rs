@@ -2,50 +2,13 @@
 //! [`PolicyIndex::admit`], the one call the agent's data path makes for every inbound
 //! connection (HBONE, same-node and plaintext) and when it re-checks live ones.
 
-use std::collections::BTreeMap;
-
-use weft_link::control::{TypedStore, Update};
 use weft_proto::discovery::v1 as pb;
 
 use super::*;
-use crate::workload::{TunnelProtocol, WorkloadUid};
+use crate::testing::{self, index_in, policy_resource};
 
 fn workload(ns: &str, sa: &str, app: &str, ip: &str) -> Workload {
-    Workload {
-        uid: WorkloadUid(format!("{ns}-{app}")),
-        name: app.into(),
-        namespace: ns.into(),
-        service_account: sa.into(),
-        node: "node-1".into(),
-        ips: vec![ip.parse().unwrap()],
-        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
-        protocol: TunnelProtocol::Hbone,
-    }
-}
-
-fn index_in(root: &str, resources: Vec<pb::Resource>) -> PolicyIndex {
-    let store = TypedStore::<Policy>::new();
-    store
-        .apply(Update {
-            resource_type: pb::ResourceType::Policy,
-            version: 1,
-            snapshot: true,
-            resources,
-            removed: vec![],
-        })
-        .unwrap();
-    PolicyIndex::new(&store.snapshot(), root)
-}
-
-fn resource(name: &str, ns: &str, p: pb::Policy) -> pb::Resource {
-    pb::Resource {
-        name: format!("{ns}/{name}"),
-        kind: Some(pb::resource::Kind::Policy(pb::Policy {
-            name: name.into(),
-            namespace: ns.into(),
-            ..p
-        })),
-    }
+    testing::workload(&format!("{ns}-{app}"), ns, sa, app, ip)
 }
 
 fn labels(app: &str) -> Option<pb::Selector> {
@@ -156,7 +119,7 @@ fn mesh() -> Vec<Workload> {
 
 fn cases() -> Vec<Case> {
     let np_from_client = || {
-        resource(
+        policy_resource(
             "np",
             "default",
             network_policy(
@@ -169,7 +132,7 @@ fn cases() -> Vec<Case> {
         )
     };
     let ap_allow_all_mesh = || {
-        resource(
+        policy_resource(
             "ap",
             "default",
             authorization_policy(
@@ -183,7 +146,7 @@ fn cases() -> Vec<Case> {
         )
     };
     let np_ports = |protocol: pb::Protocol, port: u32| {
-        resource(
+        policy_resource(
             "np-ports",
             "default",
             network_policy(
@@ -196,7 +159,7 @@ fn cases() -> Vec<Case> {
         )
     };
     let np_namespace_selector = |pods: Option<&str>| {
-        resource(
+        policy_resource(
             "np-ns",
             "default",
             network_policy(
@@ -213,14 +176,14 @@ fn cases() -> Vec<Case> {
         )
     };
     let deny_from_all = |ns: &str, selector: Option<pb::Selector>| {
-        resource(
+        policy_resource(
             "deny",
             ns,
             authorization_policy(selector, pb::PolicyAction::Deny, vec![pb::Peer::default()]),
         )
     };
     let ap_namespaces = |action: pb::PolicyAction, namespaces: &[&str]| {
-        resource(
+        policy_resource(
             "ap-ns",
             "default",
             authorization_policy(
@@ -352,7 +315,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a mesh-wide STRICT in istio-system refuses plaintext",
             root: DEFAULT_ROOT_NAMESPACE,
-            policies: vec![resource("strict", "istio-system", strict(None))],
+            policies: vec![policy_resource("strict", "istio-system", strict(None))],
             from: Client::Outside("192.0.2.7"),
             to: ("web", 80),
             want: Want::Deny,
@@ -410,7 +373,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "STRICT refuses a same-node source that has no workload entry",
             root: DEFAULT_ROOT_NAMESPACE,
-            policies: vec![resource("strict", "default", strict(None))],
+            policies: vec![policy_resource("strict", "default", strict(None))],
             from: Client::Outside("10.0.0.77"),
             to: ("server", 80),
             want: Want::Deny,
@@ -418,7 +381,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "STRICT admits a same-node source with its workload's identity",
             root: DEFAULT_ROOT_NAMESPACE,
-            policies: vec![resource("strict", "default", strict(None))],
+            policies: vec![policy_resource("strict", "default", strict(None))],
             from: Client::Mesh("client"),
             to: ("server", 80),
             want: Want::Allow,

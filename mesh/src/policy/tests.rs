@@ -1,5 +1,3 @@
-use std::collections::BTreeMap;
-
 use weft_link::{
     control::{TypedStore, Update},
     identity::SpiffeId,
@@ -7,19 +5,10 @@ use weft_link::{
 use weft_proto::discovery::v1 as pb;
 
 use super::*;
-use crate::workload::{TunnelProtocol, WorkloadUid};
+use crate::testing;
 
 fn workload(ns: &str, sa: &str, app: &str) -> Workload {
-    Workload {
-        uid: WorkloadUid(format!("{ns}-{app}")),
-        name: app.into(),
-        namespace: ns.into(),
-        service_account: sa.into(),
-        node: "node-1".into(),
-        ips: vec!["10.0.0.9".parse().unwrap()],
-        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
-        protocol: TunnelProtocol::Hbone,
-    }
+    testing::workload(&format!("{ns}-{app}"), ns, sa, app, "10.0.0.9")
 }
 
 fn id(s: &str) -> SpiffeId {
@@ -27,28 +16,11 @@ fn id(s: &str) -> SpiffeId {
 }
 
 fn policy(name: &str, ns: &str, p: pb::Policy) -> pb::Resource {
-    pb::Resource {
-        name: format!("x/{ns}/{name}"),
-        kind: Some(pb::resource::Kind::Policy(pb::Policy {
-            name: name.into(),
-            namespace: ns.into(),
-            ..p
-        })),
-    }
+    testing::policy_resource(name, ns, p)
 }
 
 fn index(resources: Vec<pb::Resource>) -> PolicyIndex {
-    let store = TypedStore::<Policy>::new();
-    store
-        .apply(Update {
-            resource_type: pb::ResourceType::Policy,
-            version: 1,
-            snapshot: true,
-            resources,
-            removed: vec![],
-        })
-        .unwrap();
-    PolicyIndex::new(&store.snapshot(), DEFAULT_ROOT_NAMESPACE)
+    testing::index_in(DEFAULT_ROOT_NAMESPACE, resources)
 }
 
 fn allow_principals(principals: &[&str]) -> pb::Policy {
@@ -239,7 +211,7 @@ fn bad_policies_are_rejected_with_the_field() {
             removed: vec![],
         })
         .unwrap_err();
-    assert_eq!(err.resource_name, "x/default/bad");
+    assert_eq!(err.resource_name, "default/bad");
     assert!(
         err.reason.contains("rules[0].from[0].ip_blocks[0].cidr"),
         "{}",
