@@ -229,12 +229,22 @@ impl Testbed {
 
     /// Writes every node's credential (`<state>/<node>/node-cert.pem`, `node-key.pem`) with
     /// `weft-control node-credential`, and the operator's (`<state>/operator/`) with
-    /// `weft-control operator-credential`, from the root the control plane uses.
+    /// `weft-control operator-credential`, from the root the control plane uses. A
+    /// restarted control plane keeps its root, so credentials issued at an earlier start
+    /// stay valid and are kept (`weft-control` never writes over a key file).
     fn issue_node_credentials(&self) -> Result<()> {
         let agent = self.agent.as_ref().ok_or_else(|| Error::NoAgent {
             testbed: self.name.clone(),
         })?;
         for node in &self.nodes {
+            if self
+                .state_dir
+                .join(&node.name)
+                .join(NODE_CERT_FILE)
+                .is_file()
+            {
+                continue;
+            }
             let mut command = Command::new(agent.control_bin());
             command
                 .arg("node-credential")
@@ -247,6 +257,14 @@ impl Testbed {
                 command.args(["--trust-domain", td]);
             }
             cmd::run(&mut command)?;
+        }
+        if self
+            .state_dir
+            .join(OPERATOR_DIR)
+            .join(OPERATOR_CERT_FILE)
+            .is_file()
+        {
+            return Ok(());
         }
         let mut command = Command::new(agent.control_bin());
         command
