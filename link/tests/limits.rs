@@ -195,3 +195,75 @@ async fn a_peer_that_stops_answering_pings_is_cut_while_others_are_served() {
     tunnel.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"alive");
 }
+
+/// Whether the server closed `tcp` (EOF or reset) within `within`; a peer still waiting for
+/// its handshake sees nothing.
+async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0; 1];
+    matches!(
+        tokio::time::timeout(within, tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_beyond_the_limit_are_closed_at_once_while_tunnels_run_on() {
+    let ca = Ca::new("root");
+    let options = ServerOptions {
+        max_pending_handshakes: 3,
+        handshake_timeout: LONG,
+        ..Default::default()
+    };
+    let server = server(&ca, options).await;
+    let echo = support::echo_server().await;
+    let mut tunnel = tunnel_as(&ca, &server, echo, &id("client")).await.unwrap();
+
+    // Anonymous peers that connect and never say hello hold every handshake slot.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    for tcp in &mut stalled {
+        assert!(
+            !closed_within(tcp, Duration::from_millis(300)).await,
+            "a handshake within the limit was cut"
+        );
+    }
+    // One more is closed as soon as it is accepted, however long the handshake timeout.
+    let mut over = TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(5)).await,
+        "a handshake beyond the limit was kept"
+    );
+
+    // The tunnel opened before the flood still carries bytes.
+    tunnel.write_all(b"pong").await.unwrap();
+    let mut buf = [0; 4];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pong");
+
+    // Once the stalled peers go, their slots are free for honest clients again.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(err) = tunnel_as(&ca, &server, echo, &id("later")).await {
+        assert!(Instant::now() < deadline, "no handshake slot came back: {err}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_does_not_hold_up_shutdown() {
+    let ca = Ca::new("root");
+    let options = ServerOptions {
+        handshake_timeout: LONG,
+        drain_timeout: LONG,
+        ..Default::default()
+    };
+    let server = server(&ca, options).await;
+    let _stalled = TcpStream::connect(server.addr).await.unwrap();
+    // Let the server accept it before the shutdown starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(5), server.stop())
+        .await
+        .expect("the drain waited for a peer that never finished its handshake");
+}

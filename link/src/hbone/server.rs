@@ -13,7 +13,7 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, debug_span, field, info, warn};
@@ -60,6 +60,13 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// socket of the node.
 pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 1024;
 
+/// Connections one listener lets do their TLS handshake at once. Until it completes a peer
+/// is anonymous, so it is bounded by count here as it is by time with the handshake
+/// timeout: honest peers finish in milliseconds and pool their connections, so a few
+/// hundred at once only happen under a flood, which then costs at most this many
+/// handshake states (tens of KiB each) per pod, not every socket the node has.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 256;
+
 /// After `accept` fails (e.g. EMFILE), wait before the next try instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -90,6 +97,9 @@ pub struct ServerOptions {
     /// (ENHANCE_YOUR_CALM). Counted per server unless [`HboneServer::with_peer_limit`]
     /// shares a count between servers.
     pub max_connections_per_peer: usize,
+    /// Connections in their handshake at once; more are closed as soon as they are
+    /// accepted.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for ServerOptions {
@@ -102,6 +112,7 @@ impl Default for ServerOptions {
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
         }
     }
 }
@@ -276,6 +287,7 @@ impl<H: ConnectHandler> HboneServer<H> {
             .peers
             .clone()
             .unwrap_or_else(|| PeerConnections::new(self.options.max_connections_per_peer));
+        let handshakes = Arc::new(Semaphore::new(self.options.max_pending_handshakes));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -283,6 +295,16 @@ impl<H: ConnectHandler> HboneServer<H> {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, remote)) => {
+                        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                            // Dropped at once: the peer sees its connection closed and the
+                            // socket is back before the next accept.
+                            debug!(
+                                %remote,
+                                max = self.options.max_pending_handshakes,
+                                "HBONE connection closed: too many handshakes in progress"
+                            );
+                            continue;
+                        };
                         let span = debug_span!("hbone_conn", %remote, peer = field::Empty);
                         let conn = serve_connection(
                             tcp,
@@ -292,6 +314,7 @@ impl<H: ConnectHandler> HboneServer<H> {
                             self.options.clone(),
                             peers.clone(),
                             drain_rx.clone(),
+                            handshake,
                         );
                         conns.spawn(conn.instrument(span));
                     }
@@ -328,6 +351,7 @@ async fn serve_connection<H: ConnectHandler>(
     options: ServerOptions,
     peers: Arc<PeerConnections>,
     mut drain: watch::Receiver<bool>,
+    handshake_slot: OwnedSemaphorePermit,
 ) {
     if let Err(err) = tcp.set_nodelay(true) {
         debug!(error = %err, "setting TCP_NODELAY failed");
@@ -354,18 +378,27 @@ async fn serve_connection<H: ConnectHandler>(
     };
     // Garbage, truncated hellos and refused certificates all end here. They are logged at
     // debug: anything can connect to the port, and the client side logs its own failure.
-    let (peer, mut conn, flusher) =
-        match tokio::time::timeout(options.handshake_timeout, handshake).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(err)) => {
-                debug!(error = %err, "HBONE handshake failed");
-                return;
-            }
-            Err(_) => {
-                debug!(timeout = ?options.handshake_timeout, "HBONE handshake timed out");
-                return;
-            }
-        };
+    // A shutdown does not wait for handshakes: a peer that has not finished one has no
+    // tunnel to drain, and a stalled one would hold the drain for the handshake timeout.
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(options.handshake_timeout, handshake) => done,
+        _ = drain.wait_for(|draining| *draining) => {
+            debug!("HBONE handshake abandoned: the server is shutting down");
+            return;
+        }
+    };
+    drop(handshake_slot);
+    let (peer, mut conn, flusher) = match handshake {
+        Ok(Ok(done)) => done,
+        Ok(Err(err)) => {
+            debug!(error = %err, "HBONE handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(timeout = ?options.handshake_timeout, "HBONE handshake timed out");
+            return;
+        }
+    };
     let (peer, peer_not_after) = peer;
     tracing::Span::current().record("peer", field::display(&peer));
     let _slot = match peers.admit(&peer) {
