@@ -246,7 +246,10 @@ async fn handshakes_beyond_the_limit_are_closed_at_once_while_tunnels_run_on() {
     drop(stalled);
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Err(err) = tunnel_as(&ca, &server, echo, &id("later")).await {
-        assert!(Instant::now() < deadline, "no handshake slot came back: {err}");
+        assert!(
+            Instant::now() < deadline,
+            "no handshake slot came back: {err}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -307,8 +307,7 @@ impl<H: ConnectHandler> HboneServer<H> {
                         };
                         let span = debug_span!("hbone_conn", %remote, peer = field::Empty);
                         let conn = serve_connection(
-                            tcp,
-                            remote,
+                            (tcp, remote),
                             self.acceptor.clone(),
                             self.handler.clone(),
                             self.options.clone(),
@@ -344,8 +343,7 @@ impl<H: ConnectHandler> HboneServer<H> {
 }
 
 async fn serve_connection<H: ConnectHandler>(
-    tcp: TcpStream,
-    remote: SocketAddr,
+    (tcp, remote): (TcpStream, SocketAddr),
     acceptor: TlsAcceptor,
     handler: Arc<H>,
     options: ServerOptions,
