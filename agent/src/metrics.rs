@@ -14,11 +14,14 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-use weft_link::certs::{CertPhase, CertStatus};
+use weft_link::{
+    certs::{CertPhase, CertStatus},
+    identity::TrustDomain,
+};
 
 use crate::{capture::Capture, identity::Identities, state::Workload};
 
-/// The trust domain of metric principals when none is configured.
+/// The agent's trust domain (`--trust-domain`) when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 /// The value of a label whose end of the connection the mesh does not name, as Istio's.
@@ -53,16 +56,21 @@ pub struct TcpLabels {
 
 impl TcpLabels {
     /// Labels of a connection from `src` to `dst`; either is `unknown` when the workload list
-    /// does not name it (a destination outside the mesh, or a pod not yet listed).
-    pub fn outbound(src: Option<&Workload>, dst: Option<&Workload>) -> Self {
+    /// does not name it (a destination outside the mesh, or a pod not yet listed). Principals
+    /// are in the mesh's `trust_domain`.
+    pub fn outbound(
+        trust_domain: &TrustDomain,
+        src: Option<&Workload>,
+        dst: Option<&Workload>,
+    ) -> Self {
         let (source_workload, source_workload_namespace, source_principal, source_app) =
-            identity_labels(src);
+            identity_labels(trust_domain, src);
         let (
             destination_workload,
             destination_workload_namespace,
             destination_principal,
             destination_app,
-        ) = identity_labels(dst);
+        ) = identity_labels(trust_domain, dst);
         TcpLabels {
             reporter: "source",
             source_workload,
@@ -89,12 +97,13 @@ impl TcpLabels {
     /// Labels of a connection arriving at `dst` (Istio's `reporter="destination"`).
     /// `src_principal` is the identity the peer proved; `None` for plaintext.
     pub fn inbound(
+        trust_domain: &TrustDomain,
         src: Option<&Workload>,
         src_principal: Option<&str>,
         dst: Option<&Workload>,
         security: &'static str,
     ) -> Self {
-        let mut labels = Self::outbound(src, dst);
+        let mut labels = Self::outbound(trust_domain, src, dst);
         labels.reporter = "destination";
         labels.source_principal = src_principal.unwrap_or(UNKNOWN).to_string();
         labels.connection_security_policy = security;
@@ -129,12 +138,15 @@ impl DenialLabels {
 }
 
 /// Workload, namespace, principal and app of one end of a connection.
-fn identity_labels(w: Option<&Workload>) -> (String, String, String, String) {
+fn identity_labels(
+    trust_domain: &TrustDomain,
+    w: Option<&Workload>,
+) -> (String, String, String, String) {
     match w {
         Some(w) => (
             w.name.clone(),
             w.namespace.clone(),
-            w.principal(DEFAULT_TRUST_DOMAIN),
+            w.principal(trust_domain.as_str()),
             w.app().to_string(),
         ),
         None => {
@@ -348,6 +360,27 @@ mod tests {
             next_renewal: None,
             phase,
         }
+    }
+
+    #[test]
+    fn principals_are_in_the_configured_trust_domain() {
+        let td: TrustDomain = "example.org".parse().unwrap();
+        let src = weft_mesh::testing::workload("a", "shop", "client", "a", "10.0.0.1");
+        let dst = weft_mesh::testing::workload("b", "bank", "server", "b", "10.0.0.2");
+        let out = TcpLabels::outbound(&td, Some(&src), Some(&dst));
+        assert_eq!(
+            out.source_principal,
+            "spiffe://example.org/ns/shop/sa/client"
+        );
+        assert_eq!(
+            out.destination_principal,
+            "spiffe://example.org/ns/bank/sa/server"
+        );
+        let inbound = TcpLabels::inbound(&td, Some(&src), None, Some(&dst), "none");
+        assert_eq!(
+            inbound.destination_principal,
+            "spiffe://example.org/ns/bank/sa/server"
+        );
     }
 
     #[test]

@@ -126,6 +126,7 @@ impl HboneInbound {
     fn labels(&self, peer: &str, remote: SocketAddr) -> TcpLabels {
         let workloads = self.ctx.workloads.load();
         TcpLabels::inbound(
+            &self.ctx.trust_domain,
             workloads.by_ip(remote.ip()).map(Arc::as_ref),
             Some(peer),
             workloads.by_uid(&self.pod.uid).map(Arc::as_ref),
@@ -228,6 +229,7 @@ impl ConnectHandler for HboneInbound {
             ));
         }
         let mut labels = TcpLabels::inbound(
+            &self.ctx.trust_domain,
             src_workload.as_deref(),
             Some(req.peer.as_str()),
             Some(&dst),
@@ -399,7 +401,13 @@ async fn serve_plaintext(
         reset(client);
         return;
     };
-    let mut labels = TcpLabels::inbound(src_workload.as_deref(), None, Some(&dst_workload), "none");
+    let mut labels = TcpLabels::inbound(
+        &ctx.trust_domain,
+        src_workload.as_deref(),
+        None,
+        Some(&dst_workload),
+        "none",
+    );
     let source = Source {
         identity: None,
         ip: peer.ip(),

@@ -215,7 +215,11 @@ impl Connection {
         {
             return reset(client);
         }
-        let mut labels = TcpLabels::outbound(src_workload.as_deref(), dst_workload.as_deref());
+        let mut labels = TcpLabels::outbound(
+            &self.ctx.trust_domain,
+            src_workload.as_deref(),
+            dst_workload.as_deref(),
+        );
         if matches!(route, Route::Hbone(_)) {
             labels.connection_security_policy = "mutual_tls";
         }
