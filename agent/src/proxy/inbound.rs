@@ -6,8 +6,9 @@
 //! - `:15006`, plaintext: connections from outside the mesh that `sk_lookup` steered here.
 //!   PeerAuthentication STRICT refuses them; PERMISSIVE lets them through to policy.
 //!
-//! Both check inbound authorization, then connect to the application from inside the pod
-//! over its loopback (`sk_lookup` passes loopback traffic, so this is never steered again).
+//! Both admit through [`super::admission`]: inbound authorization, then a connection to the
+//! application from inside the pod over its loopback (`sk_lookup` passes loopback traffic,
+//! so this is never steered again).
 
 use std::{
     io,
@@ -35,10 +36,10 @@ use crate::{
     drain::DrainWatcher,
     inpod::Netns,
     metrics::{DenialLabels, TcpLabels},
-    policy::Source,
     proxy::{
+        admission::{DeliveryError, Peer},
         outbound::ListenerError,
-        registry::{Authorized, Registration},
+        registry::Registration,
     },
 };
 
@@ -235,36 +236,23 @@ impl ConnectHandler for HboneInbound {
             Some(&dst),
             "mutual_tls",
         );
-        let source = Source {
+        let peer = Peer {
             identity: Some(&req.peer),
+            identity_of_workload: false,
             ip: req.remote.ip(),
             workload: src_workload.as_deref(),
-        };
-        let verdict = self
-            .ctx
-            .policies
-            .load()
-            .admit(&source, &dst, req.authority.port());
-        if let Err(denial) = verdict {
-            labels.response_flags = "UAEX";
-            metrics.closed.get_or_create(&labels).inc();
-            metrics
-                .denials
-                .get_or_create(&DenialLabels::from(denial.kind))
-                .inc();
-            return Err(Refusal::new(StatusCode::UNAUTHORIZED, denial.reason));
-        }
-        let authorized = Authorized {
-            identity: Some(req.peer.clone()),
-            identity_of_workload: false,
-            src_ip: req.remote.ip(),
-            dst: dst.uid.clone(),
-            port: req.authority.port(),
             expires: req.peer_not_after,
         };
-        let connected = self.ctx.connect_from(&self.pod.netns, req.authority).await;
-        match connected.and_then(|s| Ok((self.ctx.connections.register(authorized, &[&s])?, s))) {
-            Ok((registration, stream)) => {
+        let admission = match self.ctx.authorize(&peer, &self.pod, &dst, req.authority) {
+            Ok(admission) => admission,
+            Err(denial) => {
+                labels.response_flags = "UAEX";
+                metrics.closed.get_or_create(&labels).inc();
+                return Err(Refusal::new(StatusCode::UNAUTHORIZED, denial.reason));
+            }
+        };
+        match admission.connect(None).await {
+            Ok((stream, registration)) => {
                 metrics.opened.get_or_create(&labels).inc();
                 metrics.active_connections.inc();
                 Ok(Upstream {
@@ -281,7 +269,7 @@ impl ConnectHandler for HboneInbound {
                     format!(
                         "connecting to {} in the pod: {err} ({})",
                         req.authority,
-                        connect_hint(&err)
+                        connect_hint(err.io())
                     ),
                 ))
             }
@@ -408,33 +396,36 @@ async fn serve_plaintext(
         Some(&dst_workload),
         "none",
     );
-    let source = Source {
+    let source = Peer {
         identity: None,
+        identity_of_workload: false,
         ip: peer.ip(),
         workload: src_workload.as_deref(),
+        expires: None,
     };
-    let verdict = ctx
-        .policies
-        .load()
-        .admit(&source, &dst_workload, dst.port());
-    if let Err(denial) = verdict {
-        info!(
-            dst.pod = %pod.uid,
-            src.addr = %peer,
-            dst.addr = %dst,
-            reason = %denial,
-            "plaintext denied by policy"
-        );
-        return deny(&ctx, &mut labels, denial.kind.into(), client);
-    }
+    let admission = match ctx.authorize(&source, &pod, &dst_workload, dst) {
+        Ok(admission) => admission,
+        Err(denial) => {
+            info!(
+                dst.pod = %pod.uid,
+                src.addr = %peer,
+                dst.addr = %dst,
+                reason = %denial,
+                "plaintext denied by policy"
+            );
+            return deny(&ctx, &mut labels, client);
+        }
+    };
     metrics.opened.get_or_create(&labels).inc();
     metrics.active_connections.inc();
     let _active = scopeguard(|| {
         metrics.active_connections.dec();
     });
-    let mut upstream = match ctx.connect_from(&pod.netns, dst).await {
-        Ok(upstream) => upstream,
-        Err(err) => {
+    // The registration is held until the copy ends: re-checked (and shut down) when policy
+    // changes.
+    let (mut upstream, _registration) = match admission.connect(Some(&client)).await {
+        Ok(connected) => connected,
+        Err(DeliveryError::Connect(err)) => {
             labels.response_flags = "UF";
             metrics.closed.get_or_create(&labels).inc();
             warn!(
@@ -448,20 +439,7 @@ async fn serve_plaintext(
             reset(client);
             return;
         }
-    };
-    let authorized = Authorized {
-        identity: None,
-        identity_of_workload: false,
-        src_ip: peer.ip(),
-        dst: dst_workload.uid.clone(),
-        port: dst.port(),
-        expires: None,
-    };
-    // Held until the copy ends: re-checked (and shut down) when policy changes. A connection
-    // that could not be registered could not be revoked, so it is refused.
-    let _registration = match ctx.connections.register(authorized, &[&client, &upstream]) {
-        Ok(registration) => registration,
-        Err(err) => {
+        Err(DeliveryError::Register(err)) => {
             warn!(dst.pod = %pod.uid, src.addr = %peer, %err, "cannot track the connection for policy changes; refusing it");
             labels.response_flags = "UF";
             metrics.closed.get_or_create(&labels).inc();
@@ -484,10 +462,10 @@ async fn serve_plaintext(
     );
 }
 
-/// Counts a refused plaintext connection and resets it.
-fn deny(ctx: &ProxyContext, labels: &mut TcpLabels, why: DenialLabels, client: TcpStream) {
+/// Counts a refused plaintext connection (its denial is counted by the admission) and resets
+/// it.
+fn deny(ctx: &ProxyContext, labels: &mut TcpLabels, client: TcpStream) {
     labels.response_flags = "UAEX";
     ctx.metrics.closed.get_or_create(labels).inc();
-    ctx.metrics.denials.get_or_create(&why).inc();
     reset(client);
 }

@@ -5,8 +5,11 @@
 //!   outside the mesh), through the destination pod's namespace (same node), or in an HBONE
 //!   tunnel (another node);
 //! - [`inbound`]: `:15008` (HBONE, mutual TLS) and `:15006` (plaintext steered by
-//!   `sk_lookup`) in each pod, where inbound policy is enforced.
+//!   `sk_lookup`) in each pod, where inbound policy is enforced;
+//! - [`admission`]: the one inbound decision all three inbound ways (HBONE, plaintext and
+//!   same-node delivery) take.
 
+pub mod admission;
 pub mod copy;
 pub mod inbound;
 pub mod outbound;
@@ -23,7 +26,7 @@ use std::{
 use arc_swap::ArcSwap;
 use parking_lot::RwLock;
 use tokio::net::{TcpSocket, TcpStream};
-use tracing::{debug, info};
+use tracing::debug;
 use weft_ebpf_common::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use weft_link::identity::{SpiffeId, TrustDomain};
 
@@ -31,7 +34,7 @@ use crate::{
     capture::Capture,
     identity::Identities,
     inpod::{Netns, agent_socket},
-    metrics::{DenialLabels, Metrics},
+    metrics::Metrics,
     policy::PolicyIndex,
     state::{Workload, WorkloadStore, WorkloadUid},
 };
@@ -90,25 +93,6 @@ impl ProxyContext {
     /// The SPIFFE identity of `w` in this mesh's trust domain.
     pub fn identity_of(&self, w: &Workload) -> Option<SpiffeId> {
         w.identity(&self.trust_domain)
-    }
-
-    /// Whether `dst` is one of the agent's own ports; if so the refusal is counted and logged
-    /// here, and the caller refuses the connection (`path` says which listener saw it).
-    pub fn refuse_agent_port(&self, path: &'static str, src: SocketAddr, dst: SocketAddr) -> bool {
-        if !self.agent_ports.contains(dst.port()) {
-            return false;
-        }
-        self.metrics
-            .denials
-            .get_or_create(&DenialLabels::AGENT_PORT)
-            .inc();
-        info!(
-            path,
-            src.addr = %src,
-            dst.addr = %dst,
-            "refused: the destination is one of the agent's own ports"
-        );
-        true
     }
 
     /// Connects to `dst` from inside `netns` with an agent socket (marked, never captured).

@@ -29,8 +29,7 @@ use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
     metrics::TcpLabels,
-    policy::Source,
-    proxy::registry::{Authorized, Registration},
+    proxy::{admission::Peer, registry::Registration},
     state::{TunnelProtocol, Workload, WorkloadUid},
 };
 
@@ -340,52 +339,35 @@ impl Connection {
         let src_ip = src_workload
             .and_then(|w| address_like(w, dst.ip()))
             .unwrap_or(self.peer.ip());
-        let source = Source {
+        let source = Peer {
             identity: identity.as_ref(),
+            identity_of_workload: true,
             ip: src_ip,
             workload: src_workload,
-        };
-        let verdict = self
-            .ctx
-            .policies
-            .load()
-            .admit(&source, dst_workload, dst.port());
-        if let Err(denial) = verdict {
-            info!(
-                src.pod = %self.pod.uid,
-                src.addr = %self.peer,
-                src.identity = identity.as_ref().map(field::display),
-                dst.addr = %dst,
-                dst.workload = %dst_workload.name,
-                reason = %denial,
-                "connection denied by policy"
-            );
-            let why = crate::metrics::DenialLabels::from(denial.kind);
-            self.ctx.metrics.denials.get_or_create(&why).inc();
-            return Err(Failure {
-                flags: "UAEX",
-                log: None,
-            });
-        }
-        let stream = self
-            .ctx
-            .connect_from(&dst_pod.netns, dst)
-            .await
-            .map_err(|err| Failure::connect(&err))?;
-        let authorized = Authorized {
-            identity,
-            identity_of_workload: true,
-            src_ip,
-            dst: dst_workload.uid.clone(),
-            port: dst.port(),
             expires: None,
         };
-        let held = self
-            .ctx
-            .connections
-            .register(authorized, &[&stream])
-            .map_err(|err| Failure::connect(&err))?;
-        Ok((stream, held))
+        let admission = match self.ctx.authorize(&source, dst_pod, dst_workload, dst) {
+            Ok(admission) => admission,
+            Err(denial) => {
+                info!(
+                    src.pod = %self.pod.uid,
+                    src.addr = %self.peer,
+                    src.identity = identity.as_ref().map(field::display),
+                    dst.addr = %dst,
+                    dst.workload = %dst_workload.name,
+                    reason = %denial,
+                    "connection denied by policy"
+                );
+                return Err(Failure {
+                    flags: "UAEX",
+                    log: None,
+                });
+            }
+        };
+        admission
+            .connect(None)
+            .await
+            .map_err(|err| Failure::connect(err.io()))
     }
 
     /// Opens an HBONE tunnel to `dst` through the destination pod's port 15008, carrying the
