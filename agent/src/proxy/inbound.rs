@@ -21,7 +21,7 @@ use http::StatusCode;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, field, info, warn};
+use tracing::{debug, info, warn};
 use weft_ebpf_common::{HBONE_PORT, INBOUND_PLAINTEXT_PORT};
 use weft_link::{
     hbone::{ConnectHandler, HboneServer, InboundConnect, PeerConnections, Refusal, TunnelSummary},
@@ -29,8 +29,10 @@ use weft_link::{
 };
 
 use super::{
-    ProxyContext, connect_hint, copy, listen_in_pod as bind_in_pod, outbound::Pod, reset,
-    scopeguard,
+    ProxyContext, connect_hint, copy, listen_in_pod as bind_in_pod,
+    outbound::Pod,
+    record::{AccessLog, ConnectionRecord, Side},
+    reset,
 };
 use crate::{
     drain::DrainWatcher,
@@ -136,19 +138,13 @@ impl HboneInbound {
     }
 }
 
-/// The connection to the application, counted as active for as long as it exists: also when
-/// a tunnel is cut without a close report (its connection died).
+/// The connection to the application, counted as active for as long as it exists (its
+/// record): also when a tunnel is cut without a close report (its connection died).
 pub struct Upstream {
     stream: TcpStream,
-    ctx: Arc<ProxyContext>,
+    _record: ConnectionRecord,
     /// Re-checked when policy changes; closed if no longer allowed.
     _registration: Registration,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.ctx.metrics.active_connections.dec();
-    }
 }
 
 impl tokio::io::AsyncRead for Upstream {
@@ -195,7 +191,6 @@ impl ConnectHandler for HboneInbound {
     type Upstream = Upstream;
 
     async fn connect(&self, req: InboundConnect) -> Result<Upstream, Refusal> {
-        let metrics = &self.ctx.metrics;
         if self
             .ctx
             .refuse_agent_port("inbound_hbone", req.remote, req.authority)
@@ -229,7 +224,7 @@ impl ConnectHandler for HboneInbound {
                 ),
             ));
         }
-        let mut labels = TcpLabels::inbound(
+        let labels = TcpLabels::inbound(
             &self.ctx.trust_domain,
             src_workload.as_deref(),
             Some(req.peer.as_str()),
@@ -243,27 +238,25 @@ impl ConnectHandler for HboneInbound {
             workload: src_workload.as_deref(),
             expires: req.peer_not_after,
         };
+        let mut record = ConnectionRecord::new(self.ctx.metrics.clone(), labels, Instant::now());
         let admission = match self.ctx.authorize(&peer, &self.pod, &dst, req.authority) {
             Ok(admission) => admission,
             Err(denial) => {
-                labels.response_flags = "UAEX";
-                metrics.closed.get_or_create(&labels).inc();
+                record.fail("UAEX");
                 return Err(Refusal::new(StatusCode::UNAUTHORIZED, denial.reason));
             }
         };
         match admission.connect(None).await {
             Ok((stream, registration)) => {
-                metrics.opened.get_or_create(&labels).inc();
-                metrics.active_connections.inc();
+                record.open();
                 Ok(Upstream {
                     stream,
-                    ctx: self.ctx.clone(),
+                    _record: record,
                     _registration: registration,
                 })
             }
             Err(err) => {
-                labels.response_flags = "UF";
-                metrics.closed.get_or_create(&labels).inc();
+                record.fail("UF");
                 Err(Refusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
@@ -285,17 +278,9 @@ impl ConnectHandler for HboneInbound {
     }
 
     fn on_close(&self, summary: &TunnelSummary) {
-        let metrics = &self.ctx.metrics;
         let labels = self.labels(summary.peer.as_str(), summary.remote);
-        metrics.closed.get_or_create(&labels).inc();
-        metrics
-            .received_bytes
-            .get_or_create(&labels)
-            .inc_by(summary.bytes_from_peer);
-        metrics
-            .sent_bytes
-            .get_or_create(&labels)
-            .inc_by(summary.bytes_to_peer);
+        ConnectionRecord::new(self.ctx.metrics.clone(), labels, Instant::now())
+            .close_with_bytes(summary.bytes_from_peer, summary.bytes_to_peer);
     }
 }
 
@@ -357,7 +342,6 @@ async fn serve_plaintext(
     _drain: DrainWatcher,
 ) {
     let started = Instant::now();
-    let metrics = &ctx.metrics;
     // sk_lookup keeps the packet's destination: the accepted socket's local address is the
     // address and port the client dialled.
     let dst = match client.local_addr() {
@@ -389,13 +373,14 @@ async fn serve_plaintext(
         reset(client);
         return;
     };
-    let mut labels = TcpLabels::inbound(
+    let labels = TcpLabels::inbound(
         &ctx.trust_domain,
         src_workload.as_deref(),
         None,
         Some(&dst_workload),
         "none",
     );
+    let mut record = ConnectionRecord::new(ctx.metrics.clone(), labels, started);
     let source = Peer {
         identity: None,
         identity_of_workload: false,
@@ -413,21 +398,17 @@ async fn serve_plaintext(
                 reason = %denial,
                 "plaintext denied by policy"
             );
-            return deny(&ctx, &mut labels, client);
+            record.fail("UAEX");
+            return reset(client);
         }
     };
-    metrics.opened.get_or_create(&labels).inc();
-    metrics.active_connections.inc();
-    let _active = scopeguard(|| {
-        metrics.active_connections.dec();
-    });
+    record.open();
     // The registration is held until the copy ends: re-checked (and shut down) when policy
     // changes.
     let (mut upstream, _registration) = match admission.connect(Some(&client)).await {
         Ok(connected) => connected,
         Err(DeliveryError::Connect(err)) => {
-            labels.response_flags = "UF";
-            metrics.closed.get_or_create(&labels).inc();
+            record.fail("UF");
             warn!(
                 dst.pod = %pod.uid,
                 src.addr = %peer,
@@ -441,31 +422,17 @@ async fn serve_plaintext(
         }
         Err(DeliveryError::Register(err)) => {
             warn!(dst.pod = %pod.uid, src.addr = %peer, %err, "cannot track the connection for policy changes; refusing it");
-            labels.response_flags = "UF";
-            metrics.closed.get_or_create(&labels).inc();
+            record.fail("UF");
             return reset(client);
         }
     };
-    let received = metrics.received_bytes.get_or_create(&labels).clone();
-    let sent = metrics.sent_bytes.get_or_create(&labels).clone();
+    let (received, sent) = record.byte_counters();
     let (moved, result) = copy::bidirectional(&mut client, &mut upstream, &received, &sent).await;
-    metrics.closed.get_or_create(&labels).inc();
-    info!(
-        dst.pod = %pod.uid,
-        src.addr = %peer,
-        dst.addr = %dst,
-        bytes_sent = moved.sent,
-        bytes_received = moved.received,
-        duration_ms = started.elapsed().as_millis() as u64,
-        error = result.err().map(field::display),
-        "inbound plaintext connection complete"
-    );
-}
-
-/// Counts a refused plaintext connection (its denial is counted by the admission) and resets
-/// it.
-fn deny(ctx: &ProxyContext, labels: &mut TcpLabels, client: TcpStream) {
-    labels.response_flags = "UAEX";
-    ctx.metrics.closed.get_or_create(labels).inc();
-    reset(client);
+    record.close(AccessLog {
+        side: Side::InboundPlaintext { pod: &pod.uid },
+        src: peer,
+        dst,
+        moved,
+        result,
+    });
 }

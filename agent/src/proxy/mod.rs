@@ -7,12 +7,14 @@
 //! - [`inbound`]: `:15008` (HBONE, mutual TLS) and `:15006` (plaintext steered by
 //!   `sk_lookup`) in each pod, where inbound policy is enforced;
 //! - [`admission`]: the one inbound decision all three inbound ways (HBONE, plaintext and
-//!   same-node delivery) take.
+//!   same-node delivery) take;
+//! - [`record`]: the one record (labels, counters, access log) of every connection.
 
 pub mod admission;
 pub mod copy;
 pub mod inbound;
 pub mod outbound;
+pub mod record;
 pub mod registry;
 
 use std::{
@@ -166,19 +168,6 @@ pub fn reset(stream: TcpStream) {
         debug!(%err, "setting SO_LINGER failed");
     }
     drop(stream);
-}
-
-/// Runs `f` when dropped (on every exit path of a connection).
-pub fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 #[cfg(test)]

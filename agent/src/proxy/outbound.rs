@@ -24,7 +24,11 @@ use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, OUTBOUND_PORT, TupleKey};
 use weft_link::hbone::{ConnectRequest, HboneClient, SocketFactory, TraceParent};
 
-use super::{ProxyContext, address_like, connect_hint, copy, listen_in_pod, reset, scopeguard};
+use super::{
+    ProxyContext, address_like, connect_hint, copy, listen_in_pod,
+    record::{AccessLog, ConnectionRecord, Side},
+    reset,
+};
 use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
@@ -222,13 +226,9 @@ impl Connection {
         if matches!(route, Route::Hbone(_)) {
             labels.connection_security_policy = "mutual_tls";
         }
-        metrics.opened.get_or_create(&labels).inc();
-        metrics.active_connections.inc();
-        let _active = scopeguard(|| {
-            metrics.active_connections.dec();
-        });
-        let received = metrics.received_bytes.get_or_create(&labels).clone();
-        let sent = metrics.sent_bytes.get_or_create(&labels).clone();
+        let mut record = ConnectionRecord::new(self.ctx.metrics.clone(), labels, started);
+        record.open();
+        let (received, sent) = record.byte_counters();
 
         // A same-node delivery's admission, re-checked while the connection lives.
         let mut registration: Option<Registration> = None;
@@ -253,9 +253,8 @@ impl Connection {
                 .map_err(Failure::tunnel),
         };
         // No upstream: counted as closed with the failure's flags, and logged.
-        let fail = |mut labels: TcpLabels, failure: Failure| {
-            labels.response_flags = failure.flags;
-            metrics.closed.get_or_create(&labels).inc();
+        let fail = |record: ConnectionRecord, failure: Failure| {
+            record.fail(failure.flags);
             if let Some((error, what)) = failure.log {
                 warn!(
                     src.pod = %self.pod.uid,
@@ -273,7 +272,7 @@ impl Connection {
             Ok(upstream) => upstream,
             Err(failure) => {
                 reset(client);
-                return fail(labels, failure);
+                return fail(record, failure);
             }
         };
         let (moved, result) = match upstream {
@@ -293,35 +292,18 @@ impl Connection {
         if let Err(err) = &result
             && let Some(open) = weft_link::hbone::HboneError::of_io(err)
         {
-            return fail(labels, Failure::tunnel(weft_link::error_chain(open)));
+            return fail(record, Failure::tunnel(weft_link::error_chain(open)));
         }
-        metrics.closed.get_or_create(&labels).inc();
-        let duration_ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(()) => info!(
-                src.pod = %self.pod.uid,
-                src.addr = %self.peer,
-                dst.addr = %dst,
-                dst.workload = dst_name,
-                bytes_sent = moved.sent,
-                bytes_received = moved.received,
-                duration_ms,
-                security = labels.connection_security_policy,
-                "connection complete"
-            ),
-            Err(err) => info!(
-                src.pod = %self.pod.uid,
-                src.addr = %self.peer,
-                dst.addr = %dst,
-                dst.workload = dst_name,
-                bytes_sent = moved.sent,
-                bytes_received = moved.received,
-                duration_ms,
-                security = labels.connection_security_policy,
-                error = %err,
-                "connection ended with an error"
-            ),
-        }
+        record.close(AccessLog {
+            side: Side::Outbound {
+                pod: &self.pod.uid,
+                dst_workload: dst_name,
+            },
+            src: self.peer,
+            dst,
+            moved,
+            result,
+        });
     }
 
     /// Delivers to a pod on this node: inbound policy with the source's identity, then a
