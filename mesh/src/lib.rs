@@ -3,6 +3,7 @@
 //! code here, so a rule means the same everywhere.
 
 pub mod policy;
+pub mod service;
 pub mod workload;
 
 #[cfg(any(test, feature = "testing"))]

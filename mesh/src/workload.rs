@@ -123,7 +123,7 @@ impl WorkloadStore {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("resource is not a Workload")]
+    #[error("resource is not of the expected kind")]
     WrongKind,
     #[error("field {field}: {problem}")]
     Field {
