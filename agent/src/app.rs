@@ -18,13 +18,14 @@ use weft_link::{
     identity::TrustDomain,
     tls::TrustBundle,
 };
+use weft_mesh::service::ServiceIndex;
 use weft_proto::discovery::v1::{ClientKind, ResourceType};
 
 use crate::{
     admin::{self, AdminState, Endpoint, HttpLimits, SetLogLevel},
     capture::{Capture, CaptureError, KernelLogger},
     config::Config,
-    discovery::WorkloadHandler,
+    discovery::{ServiceHandler, WorkloadHandler},
     drain,
     identity::Identities,
     inpod::{Netns, NetnsError},
@@ -115,6 +116,7 @@ pub fn run(
     let bundle = trust_bundle(&config, &trust_domain)?;
     let workloads = Arc::new(ArcSwap::from_pointee(WorkloadStore::default()));
     let policies = Arc::new(ArcSwap::from_pointee(PolicyIndex::default()));
+    let services = Arc::new(ArcSwap::from_pointee(ServiceIndex::default()));
     let connections = Arc::new(ConnectionRegistry::new(workloads.clone(), policies.clone()));
     let identities = Arc::new(Identities::new(
         CertManager::new(
@@ -131,6 +133,7 @@ pub fn run(
         &trust_domain,
         workloads.clone(),
         policies.clone(),
+        services.clone(),
         identities.clone(),
         connections.clone(),
     )?;
@@ -223,6 +226,8 @@ pub fn run(
             trust_domain,
             workloads,
             policies,
+            services,
+            vip_picks: Default::default(),
             identities,
             connections: connections.clone(),
             pods: RwLock::new(HashMap::new()),
@@ -360,13 +365,14 @@ fn trust_bundle(config: &Config, td: &TrustDomain) -> Result<Arc<TrustBundle>, A
         })
 }
 
-/// The discovery client: workloads and policies from the control plane; every workload
+/// The discovery client: workloads, policies and services from the control plane; every workload
 /// change also updates which identities this node holds certificates for.
 fn control_client(
     config: &Config,
     trust_domain: &TrustDomain,
     workloads: Arc<ArcSwap<WorkloadStore>>,
     policies: Arc<ArcSwap<PolicyIndex>>,
+    services: Arc<ArcSwap<ServiceIndex>>,
     identities: Arc<Identities>,
     connections: Arc<ConnectionRegistry>,
 ) -> Result<Client, AppError> {
@@ -380,7 +386,11 @@ fn control_client(
         ClientKind::Agent,
         format!("weft-agent-{}", config.node),
         config.node.clone(),
-        vec![ResourceType::Workload, ResourceType::Policy],
+        vec![
+            ResourceType::Workload,
+            ResourceType::Policy,
+            ResourceType::Service,
+        ],
     );
     client_config.client_version = env!("CARGO_PKG_VERSION").to_string();
     // The node credential binds the subscription to this node (the control plane refuses a
@@ -391,6 +401,7 @@ fn control_client(
     let store = workloads.clone();
     let mut workload_handler = WorkloadHandler::new(workloads);
     let mut policy_handler = PolicyHandler::new(policies, config.root_namespace.clone());
+    let mut service_handler = ServiceHandler::new(services);
     Ok(Client::new(
         client_config,
         move |update: Update| match update.resource_type {
@@ -411,6 +422,8 @@ fn control_client(
                 connections.changed();
                 Ok(())
             }
+            // Read per connection by the outbound path; nothing live depends on it.
+            ResourceType::Service => service_handler.apply(update),
             other => Err(Rejection::new(
                 "",
                 format!("unexpected resource type {other:?}"),

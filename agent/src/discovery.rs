@@ -1,6 +1,7 @@
-//! The agent's side of the discovery protocol: workloads arrive from the control plane as
-//! protobuf resources, are converted (by `weft_mesh::workload`) into [`Workload`]s off-lock, and
-//! the resulting [`WorkloadStore`] replaces the old one in a single swap. A resource that does
+//! The agent's side of the discovery protocol: workloads and services arrive from the control
+//! plane as protobuf resources, are converted (by `weft_mesh::workload` and
+//! `weft_mesh::service`) off-lock, and the resulting [`WorkloadStore`] or [`ServiceIndex`]
+//! replaces the old one in a single swap. A resource that does
 //! not convert rejects the whole version with a NACK naming it; the agent keeps serving its
 //! last good state, as it does while the control plane is unreachable.
 
@@ -9,6 +10,10 @@ use std::{collections::BTreeMap, sync::Arc};
 use arc_swap::ArcSwap;
 use tracing::{info, warn};
 use weft_link::control::{Rejection, Update};
+use weft_mesh::{
+    service::{Service, ServiceIndex},
+    workload::ConvertError,
+};
 use weft_proto::discovery::v1 as pb;
 
 use crate::state::{Workload, WorkloadStore};
@@ -30,44 +35,92 @@ impl WorkloadHandler {
 
     /// Converts every resource first; applies the version only if all convert.
     pub fn apply(&mut self, update: Update) -> Result<(), Rejection> {
-        if update.resource_type != pb::ResourceType::Workload {
-            // Subscribed to workloads only; anything else is the server's mistake.
-            return Err(Rejection::new(
-                "",
-                format!("unexpected resource type {:?}", update.resource_type),
-            ));
-        }
-        let mut converted = Vec::with_capacity(update.resources.len());
-        for resource in update.resources {
-            let name = resource.name.clone();
-            match Workload::try_from(resource) {
-                Ok(w) => converted.push((name, Arc::new(w))),
-                Err(err) => {
-                    warn!(version = update.version, resource = %name, %err, "rejecting workload update");
-                    return Err(Rejection::new(name, err.to_string()));
-                }
-            }
-        }
-        let mut next = if update.snapshot {
-            BTreeMap::new()
-        } else {
-            self.by_name.clone()
-        };
-        for name in &update.removed {
-            next.remove(name);
-        }
-        next.extend(converted);
+        let (version, snapshot) = (update.version, update.snapshot);
+        let next = converge(
+            &self.by_name,
+            update,
+            pb::ResourceType::Workload,
+            "workload",
+        )?;
         self.store
             .store(Arc::new(WorkloadStore::from_arcs(next.values().cloned())));
         info!(
-            version = update.version,
-            snapshot = update.snapshot,
+            version,
+            snapshot,
             workloads = next.len(),
             "workloads updated"
         );
         self.by_name = next;
         Ok(())
     }
+}
+
+/// Applies service updates to the VIP index the outbound path reads.
+pub struct ServiceHandler {
+    /// Converted services by resource name; the data path never sees this map.
+    by_name: BTreeMap<String, Arc<Service>>,
+    index: Arc<ArcSwap<ServiceIndex>>,
+}
+
+impl ServiceHandler {
+    pub fn new(index: Arc<ArcSwap<ServiceIndex>>) -> Self {
+        ServiceHandler {
+            by_name: BTreeMap::new(),
+            index,
+        }
+    }
+
+    /// Converts every resource first; applies the version only if all convert.
+    pub fn apply(&mut self, update: Update) -> Result<(), Rejection> {
+        let (version, snapshot) = (update.version, update.snapshot);
+        let next = converge(&self.by_name, update, pb::ResourceType::Service, "service")?;
+        self.index
+            .store(Arc::new(ServiceIndex::from_arcs(next.values().cloned())));
+        info!(version, snapshot, services = next.len(), "services updated");
+        self.by_name = next;
+        Ok(())
+    }
+}
+
+/// The resources by name after `update`, every one converted; the first that does not
+/// convert rejects the whole version, and `current` stays as it was.
+fn converge<T>(
+    current: &BTreeMap<String, Arc<T>>,
+    update: Update,
+    expected: pb::ResourceType,
+    what: &'static str,
+) -> Result<BTreeMap<String, Arc<T>>, Rejection>
+where
+    T: TryFrom<pb::Resource, Error = ConvertError>,
+{
+    if update.resource_type != expected {
+        // Each handler gets its own type only; anything else is the server's mistake.
+        return Err(Rejection::new(
+            "",
+            format!("unexpected resource type {:?}", update.resource_type),
+        ));
+    }
+    let mut converted = Vec::with_capacity(update.resources.len());
+    for resource in update.resources {
+        let name = resource.name.clone();
+        match T::try_from(resource) {
+            Ok(v) => converted.push((name, Arc::new(v))),
+            Err(err) => {
+                warn!(version = update.version, resource = %name, %err, "rejecting {what} update");
+                return Err(Rejection::new(name, err.to_string()));
+            }
+        }
+    }
+    let mut next = if update.snapshot {
+        BTreeMap::new()
+    } else {
+        current.clone()
+    };
+    for name in &update.removed {
+        next.remove(name);
+    }
+    next.extend(converted);
+    Ok(next)
 }
 
 #[cfg(test)]

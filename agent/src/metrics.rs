@@ -44,8 +44,9 @@ pub struct TcpLabels {
     pub destination_workload_namespace: String,
     pub destination_principal: String,
     pub destination_app: String,
-    /// `<workload>.<namespace>` of a known destination, `unknown` otherwise. Weft resolves no
-    /// service VIPs, so the destination workload stands in for Istio's service host.
+    /// The service's host name (`<service>.<namespace>.svc.cluster.local`, as Istio's) when
+    /// the client dialled a service VIP; otherwise `<workload>.<namespace>` of a known
+    /// destination, `unknown` for one outside the mesh.
     pub destination_service: String,
     pub request_protocol: &'static str,
     /// Envoy's response flags: `-` for none, `UF` for an upstream connection failure,
@@ -134,6 +135,14 @@ impl DenialLabels {
     /// An HBONE connection beyond the limit per peer identity.
     pub const CONNECTIONS_PER_IDENTITY: DenialLabels = DenialLabels {
         reason: "hbone_connections_per_identity",
+    };
+    /// A service VIP on a port the service does not declare.
+    pub const SERVICE_PORT_UNKNOWN: DenialLabels = DenialLabels {
+        reason: "service_port_unknown",
+    };
+    /// A service VIP whose service has no endpoint to send it to.
+    pub const SERVICE_NO_ENDPOINTS: DenialLabels = DenialLabels {
+        reason: "service_no_endpoints",
     };
 }
 
@@ -244,8 +253,8 @@ impl Metrics {
         weft.register(
             "connections_denied",
             "Connections refused by authorization policy, STRICT peer authentication, the \
-             HBONE connection limit per identity, or because they were for one of the \
-             agent's own ports",
+             HBONE connection limit per identity, because they were for one of the agent's \
+             own ports, or for a service VIP with no such port or no endpoints",
             m.denials.clone(),
         );
         m

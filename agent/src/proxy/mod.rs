@@ -21,7 +21,7 @@ use std::{
     collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, atomic::AtomicUsize},
     time::Duration,
 };
 
@@ -40,6 +40,7 @@ use crate::{
     policy::PolicyIndex,
     state::{Workload, WorkloadStore, WorkloadUid},
 };
+use weft_mesh::service::ServiceIndex;
 
 /// What every connection handler needs; one per agent, shared.
 pub struct ProxyContext {
@@ -51,6 +52,10 @@ pub struct ProxyContext {
     pub workloads: Arc<ArcSwap<WorkloadStore>>,
     /// Replaced whole when policies change.
     pub policies: Arc<ArcSwap<PolicyIndex>>,
+    /// Service VIPs, replaced whole when services change.
+    pub services: Arc<ArcSwap<ServiceIndex>>,
+    /// Round-robin over a service's endpoints: the next pick.
+    pub vip_picks: AtomicUsize,
     /// Live inbound connections, re-checked when policy or workloads change.
     pub connections: Arc<registry::ConnectionRegistry>,
     /// Certificates of the identities of this node's workloads.

@@ -1,6 +1,8 @@
 //! The outbound listener (`127.0.0.1:15001` and `[::1]:15001` inside each enrolled pod's
 //! network namespace). connect4/connect6 send the pod's outbound TCP connections here; the
-//! original destination comes from the tuple map that sockops filled. Then, by destination:
+//! original destination comes from the tuple map that sockops filled. A service VIP and port
+//! is first resolved to one endpoint of the service and its target port (refused at once when
+//! the service has no such port or no endpoint). Then, by destination:
 //!
 //! - a mesh workload on another node: an HBONE tunnel (mutual TLS, HTTP/2 CONNECT) to its
 //!   port 15008, dialled from inside the source pod so it leaves with the pod's address;
@@ -13,7 +15,7 @@
 use std::{
     io::{self, Read as _},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::Instant,
 };
 
@@ -23,6 +25,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, OUTBOUND_PORT, TupleKey};
 use weft_link::hbone::{ConnectRequest, HboneClient, SocketFactory, TraceParent};
+use weft_mesh::service::Unresolved;
 
 use super::{
     ProxyContext, address_like, connect_hint, copy, listen_in_pod,
@@ -32,7 +35,7 @@ use super::{
 use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
-    metrics::TcpLabels,
+    metrics::{DenialLabels, TcpLabels},
     proxy::{admission::Peer, registry::Registration},
     state::{TunnelProtocol, Workload, WorkloadUid},
 };
@@ -192,14 +195,38 @@ impl Connection {
             );
             return reset(client);
         };
-        let dst = orig.socket_addr();
-        let (src_workload, dst_workload) = {
+        let original = orig.socket_addr();
+        // A service VIP stands for one of its endpoints: from here on the connection is as if
+        // the pod had dialled that endpoint's address and target port.
+        let (src_workload, dst_workload, service, dst) = {
             let workloads = self.ctx.workloads.load();
-            (
-                workloads.by_uid(&self.pod.uid).cloned(),
-                workloads.by_ip(dst.ip()).cloned(),
-            )
+            let src_workload = workloads.by_uid(&self.pod.uid).cloned();
+            let pick = self.ctx.vip_picks.fetch_add(1, Ordering::Relaxed);
+            match self.ctx.services.load().resolve(original, &workloads, pick) {
+                None => (
+                    src_workload,
+                    workloads.by_ip(original.ip()).cloned(),
+                    None,
+                    original,
+                ),
+                Some(Ok(resolved)) => (
+                    src_workload,
+                    Some(resolved.endpoint),
+                    Some(resolved.service),
+                    resolved.addr,
+                ),
+                Some(Err(unresolved)) => {
+                    return self.refuse_unresolved(
+                        client,
+                        src_workload.as_deref(),
+                        original,
+                        &unresolved,
+                        started,
+                    );
+                }
+            }
         };
+        let dst_service = service.as_ref().map(|s| s.hostname());
         let dst_name = dst_workload.as_deref().map(|w| w.name.as_str());
         let route = match dst_workload.clone() {
             Some(w) if w.protocol == TunnelProtocol::Hbone && w.node == self.ctx.node => {
@@ -225,6 +252,9 @@ impl Connection {
         );
         if matches!(route, Route::Hbone(_)) {
             labels.connection_security_policy = "mutual_tls";
+        }
+        if let Some(host) = &dst_service {
+            labels.destination_service.clone_from(host);
         }
         let mut record = ConnectionRecord::new(self.ctx.metrics.clone(), labels, started);
         record.open();
@@ -261,6 +291,7 @@ impl Connection {
                     src.addr = %self.peer,
                     dst.addr = %dst,
                     dst.workload = dst_name,
+                    dst.service = dst_service.as_deref(),
                     %error,
                     "{what}"
                 );
@@ -298,12 +329,42 @@ impl Connection {
             side: Side::Outbound {
                 pod: &self.pod.uid,
                 dst_workload: dst_name,
+                dst_service: dst_service.as_deref(),
             },
             src: self.peer,
             dst,
             moved,
             result,
         });
+    }
+
+    /// Refuses a connection to a service VIP that leads nowhere (a port the service does not
+    /// declare, or no endpoint): reset at once, as a connection refused, rather than left to
+    /// time out; counted as a denial and as a connection closed with no route (`NR`).
+    fn refuse_unresolved(
+        &self,
+        client: TcpStream,
+        src_workload: Option<&Workload>,
+        original: SocketAddr,
+        unresolved: &Unresolved,
+        started: Instant,
+    ) {
+        let denial = match unresolved {
+            Unresolved::UnknownPort { .. } => DenialLabels::SERVICE_PORT_UNKNOWN,
+            Unresolved::NoEndpoints { .. } => DenialLabels::SERVICE_NO_ENDPOINTS,
+        };
+        self.ctx.metrics.denials.get_or_create(&denial).inc();
+        let mut labels = TcpLabels::outbound(&self.ctx.trust_domain, src_workload, None);
+        labels.destination_service = unresolved.service().hostname();
+        ConnectionRecord::new(self.ctx.metrics.clone(), labels, started).fail("NR");
+        info!(
+            src.pod = %self.pod.uid,
+            src.addr = %self.peer,
+            dst.addr = %original,
+            reason = %unresolved,
+            "refused: the service VIP leads to no endpoint"
+        );
+        reset(client);
     }
 
     /// Delivers to a pod on this node: inbound policy with the source's identity, then a

@@ -25,10 +25,12 @@ pub struct ConnectionRecord {
 
 /// Which listener relayed a connection, and what its access-log line names.
 pub enum Side<'a> {
-    /// Captured leaving `pod` for `dst_workload` (when the workload list names it).
+    /// Captured leaving `pod` for `dst_workload` (when the workload list names it), an
+    /// endpoint of `dst_service` when the pod dialled a service VIP.
     Outbound {
         pod: &'a WorkloadUid,
         dst_workload: Option<&'a str>,
+        dst_service: Option<&'a str>,
     },
     /// Steered in plaintext to `pod`.
     InboundPlaintext { pod: &'a WorkloadUid },
@@ -103,11 +105,16 @@ impl ConnectionRecord {
             moved,
             result,
         } = log;
-        let (src_pod, dst_pod, dst_workload, security, message) = match side {
-            Side::Outbound { pod, dst_workload } => (
+        let (src_pod, dst_pod, dst_workload, dst_service, security, message) = match side {
+            Side::Outbound {
+                pod,
+                dst_workload,
+                dst_service,
+            } => (
                 Some(pod),
                 None,
                 dst_workload,
+                dst_service,
                 Some(self.labels.connection_security_policy),
                 if result.is_ok() {
                     "connection complete"
@@ -120,6 +127,7 @@ impl ConnectionRecord {
                 Some(pod),
                 None,
                 None,
+                None,
                 "inbound plaintext connection complete",
             ),
         };
@@ -129,6 +137,7 @@ impl ConnectionRecord {
             src.addr = %src,
             dst.addr = %dst,
             dst.workload = dst_workload,
+            dst.service = dst_service,
             bytes_sent = moved.sent,
             bytes_received = moved.received,
             duration_ms = self.started.elapsed().as_millis() as u64,
