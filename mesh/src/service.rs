@@ -16,7 +16,7 @@ use std::{
 
 use weft_proto::discovery::v1 as pb;
 
-use crate::workload::{ConvertError, Workload, WorkloadStore, WorkloadUid};
+use crate::workload::{ConvertError, Workload, WorkloadStore, WorkloadUid, addresses, required};
 
 /// The DNS domain of services, as Kubernetes' default (`<name>.<namespace>.svc.<domain>`).
 pub const SERVICE_DOMAIN: &str = "cluster.local";
@@ -167,26 +167,7 @@ impl TryFrom<pb::Resource> for Service {
         let Some(pb::resource::Kind::Service(s)) = resource.kind else {
             return Err(ConvertError::WrongKind);
         };
-        let required = |field: &'static str, value: String| {
-            if value.is_empty() {
-                Err(ConvertError::Field {
-                    field,
-                    problem: "must not be empty".into(),
-                })
-            } else {
-                Ok(value)
-            }
-        };
-        let vips = s
-            .vips
-            .iter()
-            .map(|ip| {
-                ip.parse::<IpAddr>().map_err(|e| ConvertError::Field {
-                    field: "vips",
-                    problem: format!("{ip:?}: {e}"),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let vips = addresses("vips", &s.vips)?;
         let mut ports = Vec::with_capacity(s.ports.len());
         for p in &s.ports {
             // Only TCP is captured; other protocols' ports never reach the agent.

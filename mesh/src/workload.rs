@@ -132,6 +132,30 @@ pub enum ConvertError {
     },
 }
 
+/// `value`, unless it is empty.
+pub(crate) fn required(field: &'static str, value: String) -> Result<String, ConvertError> {
+    if value.is_empty() {
+        Err(ConvertError::Field {
+            field,
+            problem: "must not be empty".into(),
+        })
+    } else {
+        Ok(value)
+    }
+}
+
+/// The addresses of `field`, each parsed, naming the first that is not one.
+pub(crate) fn addresses(field: &'static str, ips: &[String]) -> Result<Vec<IpAddr>, ConvertError> {
+    ips.iter()
+        .map(|ip| {
+            ip.parse::<IpAddr>().map_err(|e| ConvertError::Field {
+                field,
+                problem: format!("{ip:?}: {e}"),
+            })
+        })
+        .collect()
+}
+
 impl TryFrom<pb::Resource> for Workload {
     type Error = ConvertError;
 
@@ -139,26 +163,7 @@ impl TryFrom<pb::Resource> for Workload {
         let Some(pb::resource::Kind::Workload(w)) = resource.kind else {
             return Err(ConvertError::WrongKind);
         };
-        let required = |field: &'static str, value: String| {
-            if value.is_empty() {
-                Err(ConvertError::Field {
-                    field,
-                    problem: "must not be empty".into(),
-                })
-            } else {
-                Ok(value)
-            }
-        };
-        let ips = w
-            .ips
-            .iter()
-            .map(|ip| {
-                ip.parse::<IpAddr>().map_err(|e| ConvertError::Field {
-                    field: "ips",
-                    problem: format!("{ip:?}: {e}"),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let ips = addresses("ips", &w.ips)?;
         if ips.is_empty() {
             return Err(ConvertError::Field {
                 field: "ips",
