@@ -46,6 +46,28 @@ pub fn serve_http(tb: &Testbed, pod: &str) -> Result<Background> {
     Ok(server)
 }
 
+/// Starts a line-echo server (each line it reads is written back at once) in `pod` on
+/// `port`, on every IPv4 address, and waits until it listens: a long-lived connection that
+/// shows each round trip.
+pub fn serve_line_echo(tb: &Testbed, pod: &str, port: u16) -> Result<Background> {
+    let script = format!(
+        "import socketserver\n\
+         class H(socketserver.StreamRequestHandler):\n\
+         \x20   def handle(self):\n\
+         \x20       for line in self.rfile:\n\
+         \x20           self.wfile.write(line); self.wfile.flush()\n\
+         socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
+         socketserver.ThreadingTCPServer(('0.0.0.0', {port}), H).serve_forever()\n"
+    );
+    let server = tb.spawn(pod, &["python3", "-c", &script])?;
+    tb.wait_for_tcp(
+        pod,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SERVER_START,
+    )?;
+    Ok(server)
+}
+
 /// `http://ip:port/path`, with brackets around an IPv6 address.
 pub fn url(ip: IpAddr, port: u16, path: &str) -> String {
     format!("http://{}{path}", SocketAddr::new(ip, port))

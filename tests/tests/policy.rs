@@ -28,33 +28,6 @@ use weft_tests::testbed::{Background, Testbed, control};
 const ECHO_PORT: u16 = 7000;
 const CLOSED_BY_POLICY: &str = "weft_connections_closed_by_policy_total";
 
-/// A line-echo server on `pod`'s port 7000.
-fn echo(tb: &Testbed, pod: &str) -> Background {
-    let server = tb
-        .spawn(
-            pod,
-            &[
-                "python3",
-                "-c",
-                "import socketserver\n\
-                 class H(socketserver.StreamRequestHandler):\n\
-                 \x20   def handle(self):\n\
-                 \x20       for line in self.rfile:\n\
-                 \x20           self.wfile.write(line); self.wfile.flush()\n\
-                 socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
-                 socketserver.ThreadingTCPServer(('0.0.0.0', 7000), H).serve_forever()\n",
-            ],
-        )
-        .unwrap();
-    tb.wait_for_tcp(
-        pod,
-        SocketAddr::from(([127, 0, 0, 1], ECHO_PORT)),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    server
-}
-
 /// One long-lived connection from `pod` to `dst`: a line every 200 ms, its log says `ok <n>`
 /// per echo and `closed <why>` when the connection ends (end of stream or an error, never a
 /// read timeout short of 60 s, so a stalled connection does not pass for a closed one).
@@ -102,7 +75,7 @@ fn echoes(log: &PathBuf) -> usize {
 #[test]
 fn a_new_deny_closes_the_live_connections_it_denies_and_counts_them() {
     let tb = mesh("weft-e2e-pol-recheck", 2, 2);
-    let _server = echo(&tb, "pod-2a");
+    let _server = scenario::serve_line_echo(&tb, "pod-2a", ECHO_PORT).unwrap();
     let server = tb.pod("pod-2a").unwrap();
     let (ns, dst) = (
         server.namespace.clone(),

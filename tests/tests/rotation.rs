@@ -43,29 +43,8 @@ fn a_connection_crosses_a_rotation_and_ends_when_its_certificate_expires_and_new
         .control_args(&["--cert-ttl", "1m"]);
     let tb = TestbedGuard::up(&config).unwrap();
     let _server = scenario::serve_http(&tb, "pod-2a").unwrap();
-    let echo = tb
-        .spawn(
-            "pod-2a",
-            &[
-                "python3",
-                "-c",
-                "import socketserver\n\
-                 class H(socketserver.StreamRequestHandler):\n\
-                 \x20   def handle(self):\n\
-                 \x20       for line in self.rfile:\n\
-                 \x20           self.wfile.write(line); self.wfile.flush()\n\
-                 socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
-                 socketserver.ThreadingTCPServer(('0.0.0.0', 7000), H).serve_forever()\n",
-            ],
-        )
-        .unwrap();
+    let echo = scenario::serve_line_echo(&tb, "pod-2a", 7000).unwrap();
     let pod_ip = tb.pod("pod-2a").unwrap().ipv4;
-    tb.wait_for_tcp(
-        "pod-2a",
-        SocketAddr::from(([127, 0, 0, 1], 7000)),
-        Duration::from_secs(10),
-    )
-    .unwrap();
     let src = id_of(&tb, "pod-1a");
     let dst = id_of(&tb, "pod-2a");
     let first = |node: &str, id: &SpiffeId| {
