@@ -269,7 +269,7 @@ impl ConnectHandler for HboneInbound {
         }
     }
 
-    fn on_connection_limit(&self, _peer: &weft_link::identity::SpiffeId) {
+    fn on_connection_limit(&self) {
         self.ctx
             .metrics
             .denials

@@ -23,7 +23,7 @@ use super::{
     MAX_HEADER_LIST_SIZE, MAX_SEND_BUFFER, STREAM_WINDOW, transport,
 };
 use crate::identity::SpiffeId;
-use crate::tls::{peer_identity, peer_not_after};
+use crate::tls::peer_svid;
 
 /// A client gets this long for the TLS handshake and the HTTP/2 preface together. Honest
 /// peers need milliseconds; the limit is for port scanners and stalled peers, which would
@@ -181,9 +181,9 @@ pub trait ConnectHandler: Send + Sync + 'static {
     /// Called once per opened tunnel when it closes, e.g. for metrics.
     fn on_close(&self, _summary: &TunnelSummary) {}
 
-    /// Called when a connection of `peer` is refused because the identity holds
+    /// Called when a peer's connection is refused because its identity holds
     /// [`ServerOptions::max_connections_per_peer`] already, e.g. for metrics.
-    fn on_connection_limit(&self, _peer: &SpiffeId) {}
+    fn on_connection_limit(&self) {}
 }
 
 /// Serves HBONE on a listener: mTLS, HTTP/2, one [`ConnectHandler`] call per CONNECT.
@@ -359,8 +359,7 @@ async fn serve_connection<H: ConnectHandler>(
             .accept(tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        let peer = peer_identity(tls.get_ref().1).map_err(|e| format!("peer identity: {e}"))?;
-        let peer = (peer, peer_not_after(tls.get_ref().1));
+        let peer = peer_svid(tls.get_ref().1).map_err(|e| format!("peer identity: {e}"))?;
         let (transport, flusher) = transport::buffered(tls);
         let conn = h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
@@ -397,7 +396,8 @@ async fn serve_connection<H: ConnectHandler>(
             return;
         }
     };
-    let (peer, peer_not_after) = peer;
+    let (peer, not_after) = peer;
+    let peer_not_after = Some(not_after);
     tracing::Span::current().record("peer", field::display(&peer));
     let _slot = match peers.admit(&peer) {
         Ok(slot) => slot,
@@ -409,7 +409,7 @@ async fn serve_connection<H: ConnectHandler>(
                 "HBONE connection refused: this identity holds the most connections allowed \
                  per peer (--hbone-max-connections-per-identity)"
             );
-            handler.on_connection_limit(&peer);
+            handler.on_connection_limit();
             conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
             let closed = poll_fn(|cx| {
                 let closed = conn.poll_closed(cx);

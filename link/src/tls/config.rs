@@ -100,16 +100,16 @@ impl ClientTls {
 /// The identity a peer proved in a finished handshake (either side). The verifiers have
 /// already validated it; this reads it back from the certificate the peer sent.
 pub fn peer_identity(conn: &CommonState) -> Result<SpiffeId, VerifyError> {
+    peer_svid(conn).map(|(identity, _)| identity)
+}
+
+/// The peer's SPIFFE ID and when the certificate it proved it with expires (a connection
+/// admitted on it is allowed no longer than that), from one reading of the certificate.
+pub fn peer_svid(conn: &CommonState) -> Result<(SpiffeId, std::time::SystemTime), VerifyError> {
     let leaf = conn
         .peer_certificates()
         .and_then(|chain| chain.first())
         .ok_or(VerifyError::NoCertificate)?;
-    Ok(verify::parse_svid(leaf)?.identity)
-}
-
-/// When the certificate a peer proved its identity with expires: a connection admitted on
-/// it is allowed no longer than that. `None` if it cannot be read back (it was validated).
-pub fn peer_not_after(conn: &CommonState) -> Option<std::time::SystemTime> {
-    let leaf = conn.peer_certificates()?.first()?;
-    verify::parse_svid(leaf).ok().map(|svid| svid.not_after)
+    let svid = verify::parse_svid(leaf)?;
+    Ok((svid.identity, svid.not_after))
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub use cert::{CertResolver, Certificate, TrustBundle};
-pub use config::{ClientTls, peer_identity, peer_not_after, server_config, server_config_with};
+pub use config::{ClientTls, peer_identity, peer_svid, server_config, server_config_with};
 pub use verify::{
     PeerPolicy, SpiffeClientVerifier, SpiffeServerVerifier, VerifyError, single_uri_san,
 };
