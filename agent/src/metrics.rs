@@ -20,6 +20,7 @@ use weft_link::{
 };
 
 use crate::{capture::Capture, identity::Identities, state::Workload};
+use weft_mesh::policy::DenialKind;
 
 /// The agent's trust domain (`--trust-domain`) when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -144,6 +145,16 @@ impl DenialLabels {
     pub const SERVICE_NO_ENDPOINTS: DenialLabels = DenialLabels {
         reason: "service_no_endpoints",
     };
+}
+
+/// The `weft_connections_denied_total` reason of a refusal at admission, for every path.
+impl From<DenialKind> for DenialLabels {
+    fn from(kind: DenialKind) -> Self {
+        match kind {
+            DenialKind::PeerAuthStrict => Self::STRICT_MTLS,
+            DenialKind::Authorization | DenialKind::SourceMismatch => Self::AUTHORIZATION,
+        }
+    }
 }
 
 /// Workload, namespace, principal and app of one end of a connection.

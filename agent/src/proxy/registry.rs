@@ -85,16 +85,6 @@ impl ClosedLabels {
     }
 }
 
-/// The `weft_connections_denied_total` reason of a refusal at admission, for every path.
-impl From<DenialKind> for crate::metrics::DenialLabels {
-    fn from(kind: DenialKind) -> Self {
-        match kind {
-            DenialKind::PeerAuthStrict => Self::STRICT_MTLS,
-            DenialKind::Authorization | DenialKind::SourceMismatch => Self::AUTHORIZATION,
-        }
-    }
-}
-
 struct Live {
     authorized: Authorized,
     /// Duplicates of the connection's sockets, to shut them down from here.
@@ -177,7 +167,12 @@ impl ConnectionRegistry {
             id,
             registry: self.clone(),
         };
-        self.recheck_one(id, SystemTime::now());
+        self.recheck_one(
+            id,
+            &self.workloads.load(),
+            &self.policies.load(),
+            SystemTime::now(),
+        );
         Ok(registration)
     }
 
@@ -186,12 +181,10 @@ impl ConnectionRegistry {
         self.changed.notify_one();
     }
 
-    pub fn len(&self) -> usize {
+    /// How many connections are registered.
+    #[cfg(test)]
+    pub fn live_count(&self) -> usize {
         self.live.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Re-checks every live connection whenever something changed or a peer certificate
@@ -222,23 +215,30 @@ impl ConnectionRegistry {
             .min()
     }
 
-    /// Re-checks every live connection at `now`; returns how many were closed.
+    /// Re-checks every live connection at `now` against one snapshot of workloads and
+    /// policy; returns how many were closed.
     pub fn recheck(&self, now: SystemTime) -> usize {
+        let workloads = self.workloads.load();
+        let policies = self.policies.load();
         let ids: Vec<u64> = self.live.lock().keys().copied().collect();
         ids.into_iter()
-            .filter(|id| self.recheck_one(*id, now))
+            .filter(|id| self.recheck_one(*id, &workloads, &policies, now))
             .count()
     }
 
     /// Closes connection `id` if it is no longer allowed; returns whether it did.
-    fn recheck_one(&self, id: u64, now: SystemTime) -> bool {
-        let workloads = self.workloads.load();
-        let policies = self.policies.load();
+    fn recheck_one(
+        &self,
+        id: u64,
+        workloads: &WorkloadStore,
+        policies: &PolicyIndex,
+        now: SystemTime,
+    ) -> bool {
         let mut live = self.live.lock();
         let Some(entry) = live.get(&id) else {
             return false;
         };
-        let Some(why) = verdict(&entry.authorized, &workloads, &policies, now) else {
+        let Some(why) = verdict(&entry.authorized, workloads, policies, now) else {
             return false;
         };
         // Removed so that it is closed and counted once; the registration's drop finds
