@@ -114,7 +114,7 @@ impl ServiceIndex {
         &self,
         dst: SocketAddr,
         workloads: &WorkloadStore,
-        pick: usize,
+        pick: impl FnOnce() -> usize,
     ) -> Option<Result<Resolved, Unresolved>> {
         let service = self.by_vip(dst.ip())?;
         let Some(target_port) = service.target_port(dst.port()) else {
@@ -125,23 +125,31 @@ impl ServiceIndex {
         };
         let family_v4 = dst.ip().to_canonical().is_ipv4();
         // Endpoints with an address of the VIP's family: a v6 VIP is not answered from v4.
-        let endpoints: Vec<(&Arc<Workload>, IpAddr)> = service
-            .endpoints
-            .iter()
-            .filter_map(|uid| workloads.by_uid(uid))
-            .filter_map(|w| {
-                w.ips
-                    .iter()
-                    .find(|ip| ip.is_ipv4() == family_v4)
-                    .map(|ip| (w, *ip))
-            })
-            .collect();
-        if endpoints.is_empty() {
-            return Some(Err(Unresolved::NoEndpoints {
+        let endpoints = || {
+            service
+                .endpoints
+                .iter()
+                .filter_map(|uid| workloads.by_uid(uid))
+                .filter_map(|w| {
+                    w.ips
+                        .iter()
+                        .find(|ip| ip.is_ipv4() == family_v4)
+                        .map(|ip| (w, *ip))
+                })
+        };
+        // Counted, then walked again to the pick: no allocation per connection.
+        let no_endpoints = || {
+            Some(Err(Unresolved::NoEndpoints {
                 service: service.clone(),
-            }));
+            }))
+        };
+        let count = endpoints().count();
+        if count == 0 {
+            return no_endpoints();
         }
-        let (endpoint, ip) = endpoints[pick % endpoints.len()];
+        let Some((endpoint, ip)) = endpoints().nth(pick() % count) else {
+            return no_endpoints();
+        };
         Some(Ok(Resolved {
             service: service.clone(),
             endpoint: endpoint.clone(),
@@ -255,7 +263,7 @@ mod tests {
         let mut seen = Vec::new();
         for pick in 0..2 {
             let r = idx
-                .resolve("10.96.0.10:80".parse().unwrap(), &s, pick)
+                .resolve("10.96.0.10:80".parse().unwrap(), &s, || pick)
                 .unwrap()
                 .unwrap();
             assert_eq!(r.service.hostname(), "web.default.svc.cluster.local");
@@ -267,7 +275,7 @@ mod tests {
         assert_eq!(seen, ["a", "b"], "picks spread over every endpoint");
         // The mapped form of a v4 VIP is the same VIP.
         assert!(
-            idx.resolve("[::ffff:10.96.0.10]:80".parse().unwrap(), &s, 0)
+            idx.resolve("[::ffff:10.96.0.10]:80".parse().unwrap(), &s, || 0)
                 .is_some()
         );
     }
@@ -282,7 +290,7 @@ mod tests {
         let s = store();
         for pick in 0..4 {
             let r = idx
-                .resolve("[fd00:96::10]:80".parse().unwrap(), &s, pick)
+                .resolve("[fd00:96::10]:80".parse().unwrap(), &s, || pick)
                 .unwrap()
                 .unwrap();
             assert_eq!(r.endpoint.name, "a", "b has no IPv6 address");
@@ -299,16 +307,19 @@ mod tests {
         let s = store();
         let idx = index(resource(&["10.96.0.10"], &[(80, 8080)], &["a"]));
         assert!(matches!(
-            idx.resolve("10.96.0.10:81".parse().unwrap(), &s, 0),
+            idx.resolve("10.96.0.10:81".parse().unwrap(), &s, || 0),
             Some(Err(Unresolved::UnknownPort { port: 81, .. }))
         ));
         let empty = index(resource(&["10.96.0.10"], &[(80, 8080)], &["gone"]));
         assert!(matches!(
-            empty.resolve("10.96.0.10:80".parse().unwrap(), &s, 0),
+            empty.resolve("10.96.0.10:80".parse().unwrap(), &s, || 0),
             Some(Err(Unresolved::NoEndpoints { .. }))
         ));
         // Not a VIP: the destination is itself.
-        assert!(idx.resolve("10.0.0.1:80".parse().unwrap(), &s, 0).is_none());
+        assert!(
+            idx.resolve("10.0.0.1:80".parse().unwrap(), &s, || 0)
+                .is_none()
+        );
     }
 
     #[test]

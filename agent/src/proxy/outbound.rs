@@ -201,7 +201,7 @@ impl Connection {
         let (src_workload, dst_workload, service, dst) = {
             let workloads = self.ctx.workloads.load();
             let src_workload = workloads.by_uid(&self.pod.uid).cloned();
-            let pick = self.ctx.vip_picks.fetch_add(1, Ordering::Relaxed);
+            let pick = || self.ctx.vip_picks.fetch_add(1, Ordering::Relaxed);
             match self.ctx.services.load().resolve(original, &workloads, pick) {
                 None => (
                     src_workload,
