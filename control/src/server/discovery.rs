@@ -154,6 +154,9 @@ impl Discovery for DiscoveryService {
             .resource_types()
             .filter(|t| *t != ResourceType::Unspecified)
             .collect();
+        // The request may name a type any number of times; each is dumped once.
+        types.sort_unstable();
+        types.dedup();
         if types.is_empty() {
             types = ALL_TYPES.to_vec();
         }
@@ -184,7 +187,9 @@ impl DiscoveryService {
         let certs = request.peer_certs();
         let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
         Principal::of_peer(leaf, &self.trust_domain).map_err(|reason| {
-            warn!(peer = %peer_of(request), call, %reason, "refused an unauthenticated call");
+            // Anyone who can reach the port can send these, as fast as they like: the
+            // counter shows them, the log only at debug.
+            debug!(peer = %peer_of(request), call, %reason, "refused an unauthenticated call");
             self.store.metrics().unauthenticated(call);
             Status::unauthenticated(format!(
                 "{call} needs a credential: {reason}. Agents present their node credential \
@@ -233,6 +238,10 @@ fn authorize_hello(principal: &Principal, hello: &pb::ClientHello) -> Result<(),
 /// Clears every consumer's API-key hashes: a hash is as good as the key to whoever can
 /// try keys offline, so only the gateway, which checks keys, receives them.
 fn redact_api_keys(response: &mut pb::DiscoveryResponse) {
+    // Only consumers carry key hashes: every other response goes out untouched.
+    if response.resource_type() != ResourceType::Consumer {
+        return;
+    }
     for resource in &mut response.resources {
         if let Some(pb::resource::Kind::Consumer(consumer)) = &mut resource.kind {
             consumer.api_key_sha256.clear();
