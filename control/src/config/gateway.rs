@@ -57,16 +57,7 @@ pub fn listener(meta: &Meta, spec: &ListenerSpec, c: &mut Checker<'_>) -> pb::Li
         }
         .into(),
         hostname: spec.hostname.clone().unwrap_or_default(),
-        tls_cert_file: spec
-            .tls
-            .as_ref()
-            .map(|t| t.cert_file.clone())
-            .unwrap_or_default(),
-        tls_key_file: spec
-            .tls
-            .as_ref()
-            .map(|t| t.key_file.clone())
-            .unwrap_or_default(),
+        ..Default::default()
     }
 }
 
@@ -126,28 +117,11 @@ pub fn api_route(meta: &Meta, spec: &ApiRouteSpec, c: &mut Checker<'_>) -> pb::A
         .as_deref()
         .and_then(|t| c.check("spec.timeout", validate::duration_ms(t)))
         .unwrap_or(0);
+    let _ = (port, timeout_ms);
     pb::ApiRoute {
         name: meta.name.clone(),
         namespace: meta.namespace.clone(),
-        listeners: spec.listeners.clone(),
-        hostnames: spec.hostnames.clone(),
-        path_prefix: spec.path_prefix.clone(),
-        methods: spec.methods.clone(),
-        backend: Some(pb::BackendRef {
-            kind: "Service".to_string(),
-            name: spec.backend.name.clone(),
-            namespace: spec.backend.namespace.clone().unwrap_or_default(),
-            port,
-            weight: 1,
-        }),
-        auth: match spec.auth {
-            None | Some(ApiAuth::None) => pb::ApiAuth::None,
-            Some(ApiAuth::ApiKey) => pb::ApiAuth::ApiKey,
-            Some(ApiAuth::Jwt) => pb::ApiAuth::Jwt,
-        }
-        .into(),
-        plans: spec.plans.clone(),
-        timeout_ms,
+        ..Default::default()
     }
 }
 
@@ -207,11 +181,14 @@ pub fn plan(meta: &Meta, spec: &PlanSpec, c: &mut Checker<'_>) -> pb::Plan {
     );
     let burst = non_negative("spec.burst", spec.burst, u32::MAX.into());
     let quota = non_negative("spec.monthlyQuota", spec.monthly_quota, i64::MAX);
+    let _ = burst;
     pb::Plan {
         name: meta.name.clone(),
         namespace: meta.namespace.clone(),
-        requests_per_second: rps as u32,
-        burst: burst as u32,
-        monthly_quota: quota as u64,
+        limits: Some(pb::RateLimits {
+            per_second: rps as u64,
+            per_month: quota as u64,
+            ..Default::default()
+        }),
     }
 }

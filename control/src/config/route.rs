@@ -258,6 +258,7 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Checker<'_>) -> pb::RouteRule {
             namespace: b.namespace.clone().unwrap_or_default(),
             port,
             weight: weight.clamp(0, MAX_WEIGHT) as u32,
+            ..Default::default()
         });
     }
 
@@ -318,6 +319,7 @@ fn rule(at: &str, r: &HttpRouteRule, c: &mut Checker<'_>) -> pb::RouteRule {
         request_timeout_ms,
         backend_request_timeout_ms,
         retry,
+        ..Default::default()
     }
 }
 
