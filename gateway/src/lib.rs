@@ -1,3 +1,6 @@
-//! The edge gateway: listeners, routes, authentication, plans and quotas, transforms,
-//! caching, REST to gRPC, analytics and the developer portal. It joins the mesh through
-//! `weft-link`, never through the agent crate.
+//! The edge gateway: listeners, routes, authentication (`auth`), plans and quotas
+//! (`limits`), analytics. It joins the mesh through `weft-link` and routes with `weft-http`,
+//! never through the agent crate.
+
+pub mod auth;
+pub mod limits;
