@@ -70,3 +70,19 @@ pub fn build_agent(release: bool) -> anyhow::Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// `cargo build -p weft-gateway [--release]`; the binary's path (beside the agent's, where
+/// the testbed looks for it).
+pub fn build_gateway(release: bool) -> anyhow::Result<PathBuf> {
+    let mut build = cargo();
+    build.args(["build", "-p", "weft-gateway"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build).context("building the gateway failed")?;
+    let bin = agent_bin(release).with_file_name("weft-gateway");
+    if !bin.is_file() {
+        bail!("the build succeeded but left no {}", bin.display());
+    }
+    Ok(bin)
+}

@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// A flag for every agent, e.g. `--agent-arg=--worker-threads=1` (repeatable).
     #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
+    /// Also run the edge gateway (weft-gateway) in its own namespace on the fabric,
+    /// configured by the control plane.
+    #[arg(long)]
+    pub gateway: bool,
 }
 
 #[derive(Debug, Args)]
@@ -100,11 +104,17 @@ pub fn up(args: &UpArgs) -> anyhow::Result<()> {
     topology::validate_size(args.nodes, args.pods)?;
     setup::ensure()?;
     let bin = run::build_agent(args.release)?;
+    if args.gateway {
+        run::build_gateway(args.release)?;
+    }
     let mut agent = AgentConfig::new(bin);
     agent.extra_args.clone_from(&args.agent_args);
-    let config = Config::named(&args.name.name)
+    let mut config = Config::named(&args.name.name)
         .size(args.nodes, args.pods)
         .agent(agent);
+    if args.gateway {
+        config = config.with_gateway();
+    }
     let tb = bring_up(&config)?;
     print_summary(&tb);
     Ok(())
@@ -134,6 +144,15 @@ fn print_summary(tb: &Testbed) {
             .map(|p| format!("{} {} {}", p.name, p.ipv4, p.ipv6))
             .collect();
         println!("  {} {}: {}", node.name, node.ipv4, pods.join(", "));
+    }
+    if let Ok(gw) = tb.gateway() {
+        println!(
+            "  {} {} (netns {}, log {})",
+            gw.name,
+            gw.ipv4,
+            gw.netns,
+            weft_tests::testbed::gateway::gateway_log(&gw.dir).display()
+        );
     }
     let flag = if tb.name() == topology::DEFAULT_NAME {
         String::new()
@@ -175,6 +194,22 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
             n.admin_addr.to_string(),
             n.metrics_addr.to_string(),
             agent,
+        ]);
+    }
+    if let Ok(gw) = tb.gateway() {
+        let process = match gw.process {
+            Some(p) if p.is_alive() => format!("gateway pid {} running", p.pid),
+            Some(p) => format!("gateway pid {} DEAD", p.pid),
+            None => "gateway not started".to_owned(),
+        };
+        nodes.push(vec![
+            gw.name.clone(),
+            gw.netns.clone(),
+            gw.ipv4.to_string(),
+            gw.ipv6.to_string(),
+            gw.admin_addr.to_string(),
+            gw.metrics_addr.to_string(),
+            process,
         ]);
     }
     print_table(&nodes);
@@ -271,6 +306,22 @@ fn status_json(tb: &Testbed) -> serde_json::Value {
             })
         })
         .collect();
+    let gateway = tb.gateway().ok().map(|gw| {
+        serde_json::json!({
+            "name": gw.name,
+            "netns": gw.netns,
+            "ip": gw.ipv4,
+            "ipv6": gw.ipv6,
+            "admin_addr": gw.admin_addr,
+            "metrics_addr": gw.metrics_addr,
+            "readiness_addr": gw.readiness_addr,
+            "state_dir": gw.dir,
+            "log": weft_tests::testbed::gateway::gateway_log(&gw.dir),
+            "bin": gw.bin,
+            "pid": gw.process.map(|p| p.pid),
+            "alive": tb.gateway_alive(),
+        })
+    });
     serde_json::json!({
         "name": tb.name(),
         "state_dir": tb.state_dir(),
@@ -286,6 +337,7 @@ fn status_json(tb: &Testbed) -> serde_json::Value {
             "alive": tb.control_alive(),
         },
         "nodes": nodes,
+        "gateway": gateway,
         "pods": pods,
     })
 }

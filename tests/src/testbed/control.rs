@@ -80,7 +80,7 @@ pub fn node_key(state_dir: &Path, node: &str) -> PathBuf {
 
 /// The value of `--trust-domain` in extra control-plane flags, so node credentials are
 /// issued for the trust domain the control plane serves.
-fn trust_domain_flag(args: &[String]) -> Option<&str> {
+pub(super) fn trust_domain_flag(args: &[String]) -> Option<&str> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         if arg == "--trust-domain" {
@@ -403,7 +403,7 @@ fn yaml_file_name(file: &Path) -> Result<String> {
 
 /// Write then rename, so the watching control plane never reads half a file. The temporary
 /// name starts with a dot, which the control plane skips.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+pub(super) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp",
         path.file_name()

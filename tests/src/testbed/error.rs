@@ -130,6 +130,19 @@ pub enum Error {
         tail: String,
     },
 
+    #[error("testbed {testbed:?} has no gateway (bring it up with `Config::with_gateway`)")]
+    NoGateway { testbed: String },
+
+    #[error("gateway binary {} does not exist; build it with `cargo build -p weft-gateway` or set WEFT_GATEWAY_BIN (it is looked for next to the agent binary)", path.display())]
+    GatewayMissing { path: PathBuf },
+
+    #[error("the gateway is not ready: {status}; its log {}:\n{tail}", log.display())]
+    GatewayNotReady {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+
     #[error("timed out after {secs} s waiting for {what}")]
     Timeout { what: String, secs: u64 },
 

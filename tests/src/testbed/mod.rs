@@ -23,6 +23,7 @@ pub mod cmd;
 pub mod control;
 mod error;
 mod exec;
+pub mod gateway;
 pub mod netns;
 mod network;
 pub mod process;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use agent::{AgentConfig, READY_PATH};
 pub use error::{Error, Result};
 pub use exec::Background;
+pub use gateway::{GatewayConfig, GatewayNode};
 pub use topology::{Node, Pod};
 
 /// How long `down` gives the agents to exit after SIGTERM before it kills everything.
@@ -58,6 +60,9 @@ pub struct Config {
     /// Pods that exist (and are listed as workloads) but that no agent enrols, so their
     /// traffic is never captured: the "no mesh" baseline of the benchmarks.
     pub unenrolled: Vec<String>,
+    /// The edge gateway to run in its own namespace on the fabric (needs the agent: the
+    /// control plane runs with it); `None`: no gateway.
+    pub gateway: Option<GatewayConfig>,
 }
 
 impl Default for Config {
@@ -75,6 +80,7 @@ impl Config {
             pods_per_node: topology::DEFAULT_PODS_PER_NODE,
             agent: None,
             unenrolled: Vec::new(),
+            gateway: None,
         }
     }
 
@@ -96,6 +102,18 @@ impl Config {
         self.unenrolled = pods.iter().map(|p| (*p).to_owned()).collect();
         self
     }
+
+    /// The same with an edge gateway ([`GatewayConfig::from_env`]: `$WEFT_GATEWAY_BIN` or
+    /// the `weft-gateway` beside the agent binary) in namespace `<name>-gateway`.
+    pub fn with_gateway(self) -> Self {
+        self.gateway(GatewayConfig::from_env())
+    }
+
+    /// The same with the gateway `gateway`.
+    pub fn gateway(mut self, gateway: GatewayConfig) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
 }
 
 /// A testbed that is up. It is also the content of `state.json`.
@@ -114,6 +132,11 @@ pub struct Testbed {
     /// The control plane process, started with the agents.
     #[serde(default)]
     control: Option<process::ProcessId>,
+    /// The edge gateway's node, if configured.
+    #[serde(default)]
+    gateway: Option<GatewayNode>,
+    #[serde(default)]
+    gateway_config: Option<GatewayConfig>,
 }
 
 // === impl Testbed: lifecycle ===
@@ -132,6 +155,17 @@ impl Testbed {
         if let Some(agent) = &config.agent {
             agent.check()?;
         }
+        if let Some(gw) = &config.gateway {
+            let Some(agent) = &config.agent else {
+                return Err(Error::NoAgent {
+                    testbed: config.name.clone(),
+                });
+            };
+            let bin = gw.resolve_bin(&agent.bin);
+            if !bin.is_file() {
+                return Err(Error::GatewayMissing { path: bin });
+            }
+        }
         down(&config.name)?;
         match Self::create(config) {
             Ok(tb) => Ok(tb),
@@ -147,6 +181,19 @@ impl Testbed {
         let name = &config.name;
         let cgroup2 = cgroup::cgroup2_mount()?;
         let (nodes, pods) = topology::build(name, config.nodes, config.pods_per_node, &cgroup2);
+        let cgroup_root = topology::cgroup_root(&cgroup2, name);
+        let gateway_node = config
+            .gateway
+            .as_ref()
+            .zip(config.agent.as_ref())
+            .map(|(gw, agent)| {
+                gateway::node(
+                    name,
+                    &state::state_dir(name),
+                    &cgroup_root,
+                    gw.resolve_bin(&agent.bin),
+                )
+            });
         let mut tb = Self {
             name: name.clone(),
             cgroup_root: topology::cgroup_root(&cgroup2, name),
@@ -157,6 +204,8 @@ impl Testbed {
             agent: config.agent.clone(),
             unenrolled: config.unenrolled.clone(),
             control: None,
+            gateway: gateway_node,
+            gateway_config: config.gateway.clone(),
         };
         for pod in &tb.unenrolled {
             tb.pod(pod)?;
@@ -178,12 +227,18 @@ impl Testbed {
             std::fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
         }
         network::build(name, &tb.nodes, &tb.pods)?;
+        if let Some(gw) = &tb.gateway {
+            gateway::build_network(name, gw, &tb.nodes)?;
+        }
         bpffs::ensure_mounted()?;
         state::write_agent_inputs(&tb.state_dir, &tb.nodes, &tb.pods, &tb.unenrolled)?;
         tb.write_control_config()?;
         if tb.agent.is_some() {
             tb.start_control()?;
             tb.start_agents()?;
+            if tb.gateway.is_some() {
+                tb.start_gateway()?;
+            }
         }
         tb.save()?;
         Ok(tb)
@@ -311,8 +366,12 @@ pub fn down(name: &str) -> Result<()> {
     topology::validate_name(name)?;
     let cgroup_root = cgroup::cgroup2_mount().map(|m| topology::cgroup_root(&m, name));
 
-    // Agents first and gently: a clean exit detaches what they attached.
+    // Agents first and gently: a clean exit detaches what they attached. The gateway
+    // drains on SIGTERM, so it gets the same chance.
     if let Ok(tb) = Testbed::load(name) {
+        if let Some(gw) = tb.gateway.as_ref().and_then(|g| g.process) {
+            gw.signal(nix::sys::signal::Signal::SIGTERM)?;
+        }
         for node in &tb.nodes {
             if let Some(agent) = node.agent {
                 agent.signal(nix::sys::signal::Signal::SIGTERM)?;
@@ -322,6 +381,9 @@ pub fn down(name: &str) -> Result<()> {
             if let Some(agent) = node.agent {
                 agent.wait_exit(AGENT_STOP_GRACE);
             }
+        }
+        if let Some(gw) = tb.gateway.as_ref().and_then(|g| g.process) {
+            gw.wait_exit(gateway::STOP_GRACE);
         }
     }
     if let Ok(root) = &cgroup_root {

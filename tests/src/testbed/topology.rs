@@ -144,7 +144,7 @@ pub fn fabric_netns(name: &str) -> String {
 }
 
 /// Whether the namespace `netns` is one that testbed `name` creates. The match is exact
-/// (fabric, node-<digits>, pod-<digits><letters>), so that testbed "weft" never claims the
+/// (fabric, gateway, node-<digits>, pod-<digits><letters>), so that testbed "weft" never claims the
 /// namespaces of testbed "weft-e2e-x".
 pub fn owns_netns(name: &str, netns: &str) -> bool {
     let Some(rest) = netns.strip_prefix(name).and_then(|r| r.strip_prefix('-')) else {
@@ -154,7 +154,7 @@ pub fn owns_netns(name: &str, netns: &str) -> bool {
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         split > 0 && tail(&s[split..])
     };
-    if rest == "fabric" {
+    if rest == "fabric" || rest == "gateway" {
         true
     } else if let Some(n) = rest.strip_prefix("node-") {
         digits_then(n, str::is_empty)
