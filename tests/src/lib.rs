@@ -10,6 +10,7 @@
 //! on `weft-agent`; it runs the agent binary it is given.
 
 pub mod bench;
+pub mod edge;
 pub mod http;
 pub mod prom;
 pub mod scenario;
