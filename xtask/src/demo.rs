@@ -1,10 +1,14 @@
 //! `cargo xtask demo`: a two-node mesh with traffic through it, then what the agents saw,
-//! in words. The mesh is left running to look around.
+//! in words; then the edge gateway publishing a sample API at `/demo/` (backed by pod-2a's
+//! server through a mesh Service), with an API key on a plan of 5 requests per second, and
+//! the curl lines that show a 200, a 401 and a 429, run once. The mesh is left running to
+//! look around.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use weft_tests::Testbed;
+use weft_tests::edge::{self, Client};
 use weft_tests::scenario::{self, TcpCounters};
 use weft_tests::testbed::{AgentConfig, Config, topology};
 
@@ -12,11 +16,21 @@ use crate::{run, setup, testbed};
 
 /// How long the agents get to show the demo's connections in their metrics.
 const METRICS_WAIT: Duration = Duration::from_secs(10);
+/// The demo API's consumer key and its plan's limit.
+const DEMO_KEY: &str = "demo-key";
+const DEMO_PER_SECOND: u32 = 5;
+/// The VIP of the Service in front of pod-2a's server.
+const DEMO_VIP: &str = "10.96.0.80";
+/// The file the demo's gateway documents are written to in the control plane's directory.
+const DEMO_FILE: &str = "demo-api.yaml";
 
 pub fn run() -> anyhow::Result<()> {
     setup::ensure()?;
     let bin = run::build_agent(false)?;
-    let config = Config::named(topology::DEFAULT_NAME).agent(AgentConfig::new(bin));
+    run::build_gateway(false)?;
+    let config = Config::named(topology::DEFAULT_NAME)
+        .agent(AgentConfig::new(bin))
+        .with_gateway();
     let tb = testbed::bring_up(&config)?;
 
     let client = "pod-1a";
@@ -50,10 +64,78 @@ pub fn run() -> anyhow::Result<()> {
             Err(e) => println!("  {}: could not read the metrics: {e}", node.name),
         }
     }
+    publish_api(&tb, client)?;
     println!(
         "the mesh is still up. look around: cargo xtask testbed status / cargo xtask testbed exec \
          pod-1a -- curl -s http://10.78.2.11:8000/whoami.txt; take it down: cargo xtask testbed down"
     );
+    Ok(())
+}
+
+/// The demo API: the `edge` Gateway, a Service in front of pod-2a's server, an HTTPRoute
+/// from `/demo/` to it (the prefix rewritten to `/`), an ApiPolicy asking for an API key,
+/// consumer `demo` holding `demo-key` (stored as its SHA-256) on plan `demo` (5 requests
+/// per second).
+fn api_documents() -> anyhow::Result<String> {
+    let ns = edge::NAMESPACE;
+    let port = scenario::HTTP_PORT;
+    Ok([
+        edge::gateway_doc(),
+        edge::service_doc("demo", "pod-2a", port, DEMO_VIP),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: demo, \
+             namespace: {ns}}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules:\n  \
+             - matches: [{{path: {{type: PathPrefix, value: /demo/}}}}]\n    filters:\n    \
+             - type: URLRewrite\n      urlRewrite: {{path: {{type: ReplacePrefixMatch, \
+             replacePrefixMatch: /}}}}\n    backendRefs: [{{name: demo, port: {port}}}]\n"
+        ),
+        edge::api_key_policy_doc("demo-api", "demo", "demo"),
+        edge::plan_doc("demo", DEMO_PER_SECOND),
+        edge::consumer_doc("demo", DEMO_KEY, "demo")?,
+    ]
+    .join("---\n"))
+}
+
+/// Publishes the demo API through the gateway, prints the curl lines that show each answer
+/// and runs them once.
+fn publish_api(tb: &Testbed, client: &str) -> anyhow::Result<()> {
+    tb.apply_yaml(DEMO_FILE, &api_documents()?)?;
+    let url = edge::gateway_url(tb, "/demo/whoami.txt")?;
+    println!(
+        "gateway {}: publishes {url} (HTTPRoute demo -> Service demo -> pod-2a over HBONE), \
+         API key required, consumer key {DEMO_KEY} on a plan of {DEMO_PER_SECOND} requests per \
+         second; documents in {}",
+        tb.gateway_ip()?,
+        tb.config_dir().join(DEMO_FILE).display()
+    );
+    let with_key = format!("-H 'x-api-key: {DEMO_KEY}' ");
+    let code = "curl -s -o /dev/null -w '%{http_code}\\n'";
+    let lines = [
+        ("200 (the key)", format!("{code} {with_key}{url}")),
+        ("401 (no key)", format!("{code} {url}")),
+        (
+            "429 after 5 (a burst of 10)",
+            format!("for i in $(seq 10); do {code} {with_key}{url}; done"),
+        ),
+    ];
+    edge::curl_until(
+        tb,
+        Client::Pod(client),
+        &["-H", &format!("x-api-key: {DEMO_KEY}"), &url],
+        200,
+    )
+    .context("the demo API did not answer 200 through the gateway")?;
+    // A fresh second for the burst.
+    std::thread::sleep(Duration::from_millis(1100));
+    for (what, line) in &lines {
+        println!("  {what}: cargo xtask testbed exec {client} -- sh -c \"{line}\"");
+        let out = tb.exec(client, &["sh", "-c", line])?;
+        let codes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        println!("    -> {}", codes.join(" "));
+    }
     Ok(())
 }
 

@@ -14,6 +14,8 @@ use crate::run::run;
 /// essential packages, always there. Then what `cargo xtask bench` runs (its quick run is
 /// part of `cargo xtask test`): iperf3, nginx (server, and with its stream module a peer
 /// proxy), haproxy, openssl for the peers' certificates, and a TTF font for chart labels.
+/// The edge gateway's tests add h2load (nghttp2-client), an HTTP/2 load generator and
+/// client, and redis-server, the shared limits store several gateways count in.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
@@ -27,6 +29,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "haproxy",
     "openssl",
     "fonts-dejavu-core",
+    "nghttp2-client",
+    "redis-server",
 ];
 
 /// The bpf-linker the eBPF build needs: 0.11+ wants a system LLVM that Debian 12 lacks.
