@@ -43,7 +43,7 @@ pub fn run(common: &Common) -> anyhow::Result<Tally> {
 async fn connection(common: Common, measure_from: Instant, end: Instant) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
     let host = common.addr.to_string();
-    let request = http::request(&host, &common.path, common.close);
+    let request = http::request_with(&host, &common.path, common.close, &common.headers);
     let mut stream: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(4096);
     loop {

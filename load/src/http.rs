@@ -1,10 +1,13 @@
 //! The smallest HTTP/1.1 client the benchmarks need: a fixed GET, and a response parser that
 //! finds where the response ends (Content-Length, or end of stream with `Connection: close`).
 
-/// `GET <path>` for `host`; with `close`, asks the server to close after answering.
-pub fn request(host: &str, path: &str, close: bool) -> Vec<u8> {
+/// `GET <path>` for `host`, with extra header lines (`name: value`, e.g. an API key); with
+/// `close`, asks the server to close after answering.
+pub fn request_with(host: &str, path: &str, close: bool, headers: &[String]) -> Vec<u8> {
     let connection = if close { "close" } else { "keep-alive" };
-    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: {connection}\r\n\r\n").into_bytes()
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: {connection}\r\n{extra}\r\n")
+        .into_bytes()
 }
 
 /// How much of a buffered response is known.
@@ -102,9 +105,15 @@ mod tests {
 
     #[test]
     fn builds_requests() {
-        let r = String::from_utf8(request("10.0.0.1:80", "/1k", true)).unwrap();
+        let r = String::from_utf8(request_with("10.0.0.1:80", "/1k", true, &[])).unwrap();
         assert!(r.starts_with("GET /1k HTTP/1.1\r\n"));
         assert!(r.contains("Connection: close\r\n"));
         assert!(r.ends_with("\r\n\r\n"));
+        let keyed = request_with("h", "/1k", false, &["x-api-key: k".to_owned()]);
+        assert!(
+            String::from_utf8(keyed)
+                .unwrap()
+                .ends_with("keep-alive\r\nx-api-key: k\r\n\r\n")
+        );
     }
 }

@@ -68,6 +68,9 @@ pub struct Common {
     /// One request per connection (`Connection: close`): new connections per second.
     #[arg(long)]
     close: bool,
+    /// An extra request header, `name: value` (repeatable), e.g. `x-api-key: k`.
+    #[arg(long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
 }
 
 impl Common {

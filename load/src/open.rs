@@ -60,7 +60,7 @@ fn connection(
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
     let host = common.addr.to_string();
-    let request = http::request(&host, &common.path, common.close);
+    let request = http::request_with(&host, &common.path, common.close, &common.headers);
     let mut stream: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(4096);
     let mut due = first;

@@ -141,7 +141,7 @@ pub(super) fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf> 
 /// nginx serving the 1 KiB object from one pod: one worker, no access log, keep-alive
 /// connections that last the whole run (nginx closes one every 1000 requests by default,
 /// which would count as an error in the closed loop).
-fn server_conf(dir: &Path, www: &Path, pod: &str) -> String {
+pub(super) fn server_conf(dir: &Path, www: &Path, pod: &str) -> String {
     let (dir, www) = (dir.display(), www.display());
     format!(
         "# The benchmark server in {pod}, written by `cargo xtask bench`.\n\
@@ -158,7 +158,7 @@ fn server_conf(dir: &Path, www: &Path, pod: &str) -> String {
 
 /// nginx's temporary directories, moved out of /var/lib/nginx so that the benchmark never
 /// shares files with a system nginx. nginx creates the last path component only.
-fn temp_paths(prefix: &str) -> String {
+pub(super) fn temp_paths(prefix: &str) -> String {
     ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
         .iter()
         .map(|t| format!("  {t}_temp_path {prefix}-{t};\n"))

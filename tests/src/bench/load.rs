@@ -72,6 +72,8 @@ pub struct LoadArgs {
     /// Open loop only: requests per second over all connections.
     pub rate: Option<u32>,
     pub close: bool,
+    /// Extra request headers, `name: value`.
+    pub headers: Vec<String>,
 }
 
 impl LoadArgs {
@@ -99,6 +101,9 @@ impl LoadArgs {
         }
         if self.close {
             args.push("--close".to_owned());
+        }
+        for h in &self.headers {
+            args.extend(["--header".to_owned(), h.clone()]);
         }
         args
     }

@@ -10,6 +10,7 @@
 
 pub mod env;
 mod error;
+pub mod gateway;
 pub mod load;
 pub mod machine;
 pub mod peers;

@@ -313,6 +313,7 @@ fn load(
         warmup: Duration::from_secs_f64(plan.warmup_secs),
         rate,
         close,
+        headers: Vec::new(),
     };
     let mut argv = vec![tools.load.display().to_string()];
     argv.extend(args.to_args());

@@ -5,6 +5,7 @@
 
 mod chart;
 pub mod control_scale;
+pub mod gateway;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -27,13 +28,16 @@ const AGENT_ARGS: [&str; 2] = ["--worker-threads", "1"];
 /// The agent's log filter: its default, with one access-log line per connection, as a
 /// deployment would run it.
 const AGENT_RUST_LOG: &str = "info";
+/// The scenario that compares the edge gateway with nginx as a reverse proxy; it runs in a
+/// testbed of its own, after the mesh scenarios (see `gateway.rs`).
+const GATEWAY_SCENARIO: &str = "gateway";
 
 #[derive(Debug, Clone, Default, ClapArgs)]
 pub struct Args {
     /// One short round (about two minutes): checks the harness, not the speed.
     #[arg(long)]
     pub quick: bool,
-    /// Only these scenarios (repeatable): throughput, rps-1, rps-50, cps, latency.
+    /// Only these scenarios (repeatable): throughput, rps-1, rps-50, cps, latency, gateway.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// Output directory [default: target/bench/<UTC timestamp>].
@@ -75,6 +79,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut plan = plan(args)?;
     setup::ensure()?;
     let release = !args.debug_build;
+    let with_gateway =
+        args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == GATEWAY_SCENARIO);
+    if plan.scenarios.is_empty() {
+        // `--scenario gateway` alone.
+        let out = args.out.clone().unwrap_or_else(|| {
+            target_dir()
+                .join("bench")
+                .join(utc_stamp().replace([':', '-'], ""))
+        });
+        gateway::run(&plan, &out, release)?;
+        println!(
+            "bench: done in {:.0} s; report: {}",
+            started.elapsed().as_secs_f64(),
+            out.join("gateway.md").display()
+        );
+        return Ok(());
+    }
     let (agent, load) = build(release, args.agent.as_deref())?;
     let stamp = utc_stamp();
     let out = args.out.clone().unwrap_or_else(|| {
@@ -159,6 +180,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         warnings,
     };
     write_outputs(&results, &out)?;
+    if with_gateway {
+        gateway::run(&results.plan, &out, release)?;
+    }
     println!(
         "bench: done in {:.0} s; report: {}",
         started.elapsed().as_secs_f64(),
@@ -195,9 +219,14 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         plan.scenarios = args
             .scenarios
             .iter()
+            .filter(|s| *s != GATEWAY_SCENARIO)
             .map(|s| {
                 Scenario::from_id(s).with_context(|| {
-                    let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.id()).collect();
+                    let known: Vec<&str> = Scenario::ALL
+                        .iter()
+                        .map(|s| s.id())
+                        .chain([GATEWAY_SCENARIO])
+                        .collect();
                     format!(
                         "unknown scenario {s:?}; the scenarios are {}",
                         known.join(", ")
