@@ -62,6 +62,58 @@ fn url(tb: &Testbed, path: &str) -> String {
     edge::gateway_url(tb, path).unwrap()
 }
 
+// === the testbed ===
+
+#[test]
+fn the_gateway_node_sits_on_the_fabric_and_goes_with_a_failed_test() {
+    let name = format!("{PREFIX}-node");
+    let seen = std::sync::Mutex::new(None);
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let tb = edge_mesh("node");
+        let gw = tb.gateway().unwrap().clone();
+        assert_eq!(gw.ipv4.to_string(), "10.77.0.2");
+        assert_eq!(gw.netns, format!("{name}-gateway"));
+        assert!(tb.gateway_alive(), "the gateway runs");
+        assert!(tb.gateway_cert().unwrap().is_file(), "its credential");
+        // What `testbed status --json` shows is read back from the state file.
+        let loaded = Testbed::load(&name).unwrap();
+        assert_eq!(loaded.gateway().unwrap().ipv4, gw.ipv4);
+        assert_eq!(loaded.gateway().unwrap().process, gw.process);
+        // The gateway reaches the pods of every node through that node.
+        for pod in ["pod-1a", "pod-2a"] {
+            let ip = tb.pod(pod).unwrap().ipv4.to_string();
+            let out = tb
+                .exec_gateway(&["ping", "-c", "1", "-W", "3", &ip])
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "the gateway cannot reach {pod}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let args: Vec<String> = tb
+            .gateway_args()
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--control" && w[1] == "https://10.77.0.1:15012"),
+            "{args:?}"
+        );
+        *seen.lock().unwrap() = gw.process;
+        panic!("a test fails with the gateway up");
+    }));
+    assert!(failed.is_err());
+    let process = seen.lock().unwrap().expect("the gateway was started");
+    assert!(!process.is_alive(), "the gateway outlived its testbed");
+    assert_eq!(
+        weft_tests::testbed::leftover_netns(&name).unwrap(),
+        Vec::<String>::new()
+    );
+}
+
 // === into the mesh ===
 
 #[test]
