@@ -123,6 +123,29 @@ pub fn plan_doc(name: &str, per_second: u32) -> String {
     )
 }
 
+/// The demo's API (`cargo xtask demo`): the `edge` Gateway, a Service `demo` (VIP `vip`) in
+/// front of pod-2a's server on [`crate::scenario::HTTP_PORT`], an HTTPRoute from `/demo/` to
+/// it (the prefix rewritten to `/`), an ApiPolicy asking for an API key, and consumer `demo`
+/// holding `key` (stored as its SHA-256) on plan `demo` of `per_second` requests per second.
+pub fn demo_api_documents(key: &str, per_second: u32, vip: &str) -> Result<String> {
+    let port = crate::scenario::HTTP_PORT;
+    Ok([
+        gateway_doc(),
+        service_doc("demo", "pod-2a", port, vip),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: demo, \
+             namespace: {NAMESPACE}}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules:\n  \
+             - matches: [{{path: {{type: PathPrefix, value: /demo/}}}}]\n    filters:\n    \
+             - type: URLRewrite\n      urlRewrite: {{path: {{type: ReplacePrefixMatch, \
+             replacePrefixMatch: /}}}}\n    backendRefs: [{{name: demo, port: {port}}}]\n"
+        ),
+        api_key_policy_doc("demo-api", "demo", "demo"),
+        plan_doc("demo", per_second),
+        consumer_doc("demo", key, "demo")?,
+    ]
+    .join("---\n"))
+}
+
 /// `http://<gateway>:8080<path>`.
 pub fn gateway_url(tb: &Testbed, path: &str) -> Result<String> {
     Ok(format!(

@@ -72,34 +72,13 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo API: the `edge` Gateway, a Service in front of pod-2a's server, an HTTPRoute
-/// from `/demo/` to it (the prefix rewritten to `/`), an ApiPolicy asking for an API key,
-/// consumer `demo` holding `demo-key` (stored as its SHA-256) on plan `demo` (5 requests
-/// per second).
-fn api_documents() -> anyhow::Result<String> {
-    let ns = edge::NAMESPACE;
-    let port = scenario::HTTP_PORT;
-    Ok([
-        edge::gateway_doc(),
-        edge::service_doc("demo", "pod-2a", port, DEMO_VIP),
-        format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: demo, \
-             namespace: {ns}}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules:\n  \
-             - matches: [{{path: {{type: PathPrefix, value: /demo/}}}}]\n    filters:\n    \
-             - type: URLRewrite\n      urlRewrite: {{path: {{type: ReplacePrefixMatch, \
-             replacePrefixMatch: /}}}}\n    backendRefs: [{{name: demo, port: {port}}}]\n"
-        ),
-        edge::api_key_policy_doc("demo-api", "demo", "demo"),
-        edge::plan_doc("demo", DEMO_PER_SECOND),
-        edge::consumer_doc("demo", DEMO_KEY, "demo")?,
-    ]
-    .join("---\n"))
-}
-
 /// Publishes the demo API through the gateway, prints the curl lines that show each answer
 /// and runs them once.
 fn publish_api(tb: &Testbed, client: &str) -> anyhow::Result<()> {
-    tb.apply_yaml(DEMO_FILE, &api_documents()?)?;
+    tb.apply_yaml(
+        DEMO_FILE,
+        &edge::demo_api_documents(DEMO_KEY, DEMO_PER_SECOND, DEMO_VIP)?,
+    )?;
     let url = edge::gateway_url(tb, "/demo/whoami.txt")?;
     println!(
         "gateway {}: publishes {url} (HTTPRoute demo -> Service demo -> pod-2a over HBONE), \
