@@ -240,6 +240,7 @@ mod tests {
             warmup: Duration::from_millis(500),
             rate: Some(1000),
             close: true,
+            headers: vec!["x-api-key: k".to_owned()],
         };
         let argv = std::iter::once("weft-load".to_owned()).chain(args.to_args());
         match Cli::try_parse_from(argv).unwrap().mode {
@@ -249,6 +250,7 @@ mod tests {
                 assert_eq!(common.duration(), Duration::from_secs(3));
                 assert_eq!(common.warmup(), Duration::from_millis(500));
                 assert!(common.close);
+                assert_eq!(common.headers, ["x-api-key: k"]);
             }
             other => panic!("parsed as {other:?}"),
         }

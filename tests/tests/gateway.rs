@@ -67,7 +67,7 @@ fn url(tb: &Testbed, path: &str) -> String {
 #[test]
 fn the_gateway_node_sits_on_the_fabric_and_goes_with_a_failed_test() {
     let name = format!("{PREFIX}-node");
-    let seen = std::sync::Mutex::new(None);
+    let seen = std::cell::Cell::new(None);
     let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let tb = edge_mesh("node");
         let gw = tb.gateway().unwrap().clone();
@@ -102,11 +102,11 @@ fn the_gateway_node_sits_on_the_fabric_and_goes_with_a_failed_test() {
                 .any(|w| w[0] == "--control" && w[1] == "https://10.77.0.1:15012"),
             "{args:?}"
         );
-        *seen.lock().unwrap() = gw.process;
+        seen.set(gw.process);
         panic!("a test fails with the gateway up");
     }));
     assert!(failed.is_err());
-    let process = seen.lock().unwrap().expect("the gateway was started");
+    let process = seen.get().expect("the gateway was started");
     assert!(!process.is_alive(), "the gateway outlived its testbed");
     assert_eq!(
         weft_tests::testbed::leftover_netns(&name).unwrap(),
@@ -493,5 +493,108 @@ fn the_gateway_to_pod_leg_is_mutual_tls_on_port_15008() {
     assert!(
         read(&format!("tcp port {ECHO_PORT}")).trim().is_empty(),
         "traffic to the application port left the gateway outside the tunnel"
+    );
+}
+
+// === limits shared in Redis ===
+
+/// `args` with the value after each flag of `replace` swapped.
+fn with_values(args: &[String], replace: &[(&str, &str)]) -> Vec<String> {
+    let mut out = args.to_vec();
+    for (flag, value) in replace {
+        if let Some(i) = out.iter().position(|a| a == flag) {
+            out[i + 1] = (*value).to_owned();
+        }
+    }
+    out
+}
+
+#[test]
+fn two_gateways_share_a_plan_limit_in_redis() {
+    let tb = edge_mesh("redis");
+    publish_echo(&tb);
+    protect_echo(&tb, 5);
+    let redis = tb
+        .spawn_gateway_side(&[
+            "redis-server",
+            "--bind",
+            "10.77.0.2",
+            "--port",
+            "6379",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .unwrap();
+    eventually("redis to listen", Duration::from_secs(10), || {
+        std::fs::read_to_string(&redis.log).is_ok_and(|l| l.contains("Ready to accept"))
+    });
+    let store = "redis://10.77.0.2:6379";
+    let gw = tb.gateway().unwrap().clone();
+    let base: Vec<String> = tb
+        .gateway_args()
+        .unwrap()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // Replica A: the testbed's gateway, restarted with the shared store.
+    let mut tb = tb;
+    tb.stop_gateway().unwrap();
+    let mut a = vec![gw.bin.display().to_string()];
+    a.extend(base.clone());
+    a.extend(["--limits-store".to_owned(), store.to_owned()]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let replica_a = tb.spawn_gateway_side(&a).unwrap();
+    // Replica B: the same gateway on node-1's host, its own state and endpoints.
+    let b_dir = tb.state_dir().join("gateway-b");
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let b_dir_s = b_dir.display().to_string();
+    let mut b = vec![gw.bin.display().to_string()];
+    b.extend(with_values(
+        &base,
+        &[
+            ("--state-dir", &b_dir_s),
+            ("--admin-addr", "127.0.0.1:16000"),
+            ("--metrics-addr", "0.0.0.0:16020"),
+            ("--readiness-addr", "0.0.0.0:16021"),
+        ],
+    ));
+    b.extend(["--limits-store".to_owned(), store.to_owned()]);
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    let replica_b = tb.spawn_node("node-1", &b).unwrap();
+
+    let key = ["-H", "x-api-key: alice-key"];
+    let via_a = url(&tb, "/echo/shared");
+    let via_b = format!("http://10.77.0.11:{}/echo/shared", edge::HTTP_LISTENER_PORT);
+    for target in [&via_a, &via_b] {
+        curl_until(&tb, Client::Node("node-2"), &[key[0], key[1], target], 200).unwrap_or_else(
+            |e| {
+                panic!(
+                    "{e}\nreplica A log:\n{}\nreplica B log:\n{}",
+                    weft_tests::testbed::state::tail(&replica_a.log, 15),
+                    weft_tests::testbed::state::tail(&replica_b.log, 15)
+                )
+            },
+        );
+    }
+    // A new second, then 10 requests alternating between the replicas: one budget of 5.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        let target = if i % 2 == 0 { &via_a } else { &via_b };
+        let r = curl(&tb, Client::Node("node-2"), &[key[0], key[1], target]).unwrap();
+        codes.push(r.status);
+    }
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    assert!(
+        codes.iter().all(|c| *c == 200 || *c == 429),
+        "only 200 and 429: {codes:?}"
+    );
+    assert!(
+        (1..=5).contains(&ok),
+        "the replicas share one budget of 5 per second: {codes:?}"
     );
 }
