@@ -254,6 +254,51 @@ pub fn curl(tb: &Testbed, client: Client<'_>, args: &[&str]) -> Result<Reply> {
 
 static BODY_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Sends `n` requests to `url` in one curl process over one keep-alive connection (a burst
+/// of a few milliseconds), with `args` (headers) before the URLs; every reply, in order.
+pub fn burst(
+    tb: &Testbed,
+    client: Client<'_>,
+    args: &[&str],
+    url: &str,
+    n: usize,
+) -> Result<Vec<Reply>> {
+    let headers_file = tb.state_dir().join(format!(
+        "curl-headers-{}-{}",
+        std::process::id(),
+        BODY_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let headers_arg = headers_file.display().to_string();
+    let mut argv = vec!["curl", "-sS", "-g", "--max-time", "10", "-D", &headers_arg];
+    argv.extend_from_slice(args);
+    for _ in 0..n {
+        argv.extend(["-o", "/dev/null", url]);
+    }
+    let out = match client {
+        Client::Node(node) => tb.exec_node(node, &argv)?,
+        Client::Pod(p) => tb.exec(p, &argv)?,
+        Client::Gateway => tb.exec_gateway(&argv)?,
+    };
+    let text = std::fs::read_to_string(&headers_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&headers_file);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    Ok(text
+        .split("\r\n\r\n")
+        .filter(|b| b.starts_with("HTTP/") && !b.starts_with("HTTP/1.1 100"))
+        .map(|b| parse_reply(b, String::new(), stderr.clone()))
+        .collect())
+}
+
+/// Sleeps until just after the next full second of the clock, so that a burst that
+/// follows falls within one second of a limiter that counts per calendar second.
+pub fn align_to_second() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let into = Duration::from_nanos(u64::from(now.subsec_nanos()));
+    std::thread::sleep(Duration::from_secs(1) - into + Duration::from_millis(20));
+}
+
 /// Repeats `curl` until its status is `status` (the configuration has reached the gateway),
 /// for up to [`CONFIG_WAIT`]; the matching reply, or an error with the last one seen.
 pub fn curl_until(tb: &Testbed, client: Client<'_>, args: &[&str], status: u16) -> Result<Reply> {
