@@ -388,6 +388,29 @@ fn a_parent_gateway_or_listener_that_does_not_exist_is_a_warning() {
 }
 
 #[test]
+fn a_route_attaches_only_where_its_hostnames_meet_the_listener_hostname() {
+    let gw = GATEWAY.replace(
+        "protocol: HTTP}",
+        "protocol: HTTP, hostname: \"*.example.com\"}",
+    );
+    let route = ROUTE.replace("  rules:", "  hostnames: [api.example.org]\n  rules:");
+    let set = assert_warning(
+        &docs(&[&gw, &route]),
+        1,
+        "spec.hostnames",
+        "no hostname of the route matches",
+    );
+    assert_eq!(set.count(ResourceType::ApiRoute), 0);
+    let route = ROUTE.replace(
+        "  rules:",
+        "  hostnames: [api.example.org, api.example.com]\n  rules:",
+    );
+    let (set, d) = check(&docs(&[&gw, &route]));
+    assert!(d.iter().all(|d| !d.is_error()), "{:#?}", rendered(&d));
+    assert_eq!(set.count(ResourceType::ApiRoute), 1);
+}
+
+#[test]
 fn listeners_admit_routes_of_their_own_namespace_unless_all_are_allowed() {
     let route = ROUTE
         .replace("namespace: demo}", "namespace: other}")

@@ -416,6 +416,23 @@ pub fn compile<D: Borrow<ParsedDocument>>(
                 );
                 continue;
             }
+            let host_ok = named.iter().any(|l| {
+                compiled.hostnames.is_empty()
+                    || compiled
+                        .hostnames
+                        .iter()
+                        .any(|h| hosts_intersect(h, &l.listener.hostname))
+            });
+            if !host_ok {
+                c.warning(
+                    "spec.hostnames",
+                    format!(
+                        "no hostname of the route matches the hostname of a listener of \
+                         Gateway {key}: the route is not attached to it"
+                    ),
+                );
+                continue;
+            }
             parents.push(pb::ParentRef {
                 namespace: ns,
                 ..p.clone()
@@ -490,4 +507,48 @@ fn gateway_parents(d: &ParsedDocument, kind: &str) -> Vec<(usize, pb::ParentRef)
             )
         })
         .collect()
+}
+
+/// Whether a request can match both a route host name and a listener host name, as
+/// Gateway API attaches routes: empty means any, and `*.example.com` matches one or more
+/// labels before `.example.com`. Both are lower case (validated).
+fn hosts_intersect(route: &str, listener: &str) -> bool {
+    if route.is_empty() || listener.is_empty() {
+        return true;
+    }
+    let covers = |wildcard: &str, host: &str| match wildcard.strip_prefix('*') {
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => wildcard == host,
+    };
+    match (route.strip_prefix('*'), listener.strip_prefix('*')) {
+        (None, None) => route == listener,
+        (None, Some(_)) => covers(listener, route),
+        (Some(_), None) => covers(route, listener),
+        (Some(r), Some(l)) => r.ends_with(l) || l.ends_with(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hosts_intersect;
+
+    #[test]
+    fn host_names_intersect_as_gateway_api_says() {
+        for (route, listener, want) in [
+            ("", "a.example.com", true),
+            ("a.example.com", "", true),
+            ("a.example.com", "a.example.com", true),
+            ("a.example.com", "b.example.com", false),
+            ("a.example.com", "*.example.com", true),
+            ("a.b.example.com", "*.example.com", true),
+            ("example.com", "*.example.com", false),
+            ("*.example.com", "a.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("*.a.example.com", "*.example.com", true),
+            ("*.example.com", "*.a.example.com", true),
+            ("*.example.org", "*.example.com", false),
+        ] {
+            assert_eq!(hosts_intersect(route, listener), want, "{route} {listener}");
+        }
+    }
 }

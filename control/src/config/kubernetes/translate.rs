@@ -5,7 +5,7 @@
 //! validated them, so only what Weft adds (IPs it must parse, named ports it must resolve)
 //! can fail here. Other kinds arrive as `DynamicObject`s whose `spec` is decoded into the
 //! YAML model's types, which reject unknown fields: an Istio or Gateway API field Weft does
-//! not implement (`when`, `filters`, ...) rejects the object with that field's path rather
+//! not implement (`when`, `sessionPersistence`, ...) rejects the object with that field's path rather
 //! than being silently ignored, exactly as in a file.
 
 use std::sync::Arc;
