@@ -12,10 +12,9 @@ use weft_proto::discovery::v1::{self as pb, ResourceType, resource::Kind as PbKi
 
 use super::{
     Diagnostic, Origin, ResourceSet,
-    document::{Body, Kind, ParsedDocument},
-    gateway, mesh, policy,
+    document::{Body, Meta, ParsedDocument},
+    edge, mesh, policy,
     resources::resource_type,
-    route,
     validate::Checker,
 };
 
@@ -35,7 +34,9 @@ pub fn compile<D: Borrow<ParsedDocument>>(
     let mut ips: BTreeMap<IpAddr, (String, Origin)> = BTreeMap::new();
     let mut vips: BTreeMap<IpAddr, (String, Origin)> = BTreeMap::new();
 
-    for doc in documents {
+    // Documents of the edge gateway's kinds, compiled together after the others.
+    let mut edge_docs: Vec<(usize, Meta)> = Vec::new();
+    for (index, doc) in documents.iter().enumerate() {
         let doc = doc.borrow();
         let mut c = Checker::new(&doc.origin, doc.kind, diagnostics);
         let Some(meta) = c.meta(&doc.meta) else {
@@ -110,56 +111,72 @@ pub fn compile<D: Borrow<ParsedDocument>>(
                 format!("peerauthentication/{}", meta.key()),
                 PbKind::Policy(policy::peer_authentication(&meta, spec, &mut c)),
             )],
-            Body::HttpRoute(spec) => vec![(
-                meta.key(),
-                PbKind::Route(route::http_route(&meta, spec, &mut c)),
-            )],
-            Body::Listener(spec) => vec![(
-                meta.key(),
-                PbKind::Listener(gateway::listener(&meta, spec, &mut c)),
-            )],
-            Body::ApiRoute(spec) => vec![(
-                meta.key(),
-                PbKind::ApiRoute(gateway::api_route(&meta, spec, &mut c)),
-            )],
-            Body::Consumer(spec) => vec![(
-                meta.key(),
-                PbKind::Consumer(gateway::consumer(&meta, spec, &mut c)),
-            )],
-            Body::Plan(spec) => {
-                vec![(meta.key(), PbKind::Plan(gateway::plan(&meta, spec, &mut c)))]
+            Body::HttpRoute(_)
+            | Body::GrpcRoute(_)
+            | Body::Gateway(_)
+            | Body::Secret(_)
+            | Body::Backend(_)
+            | Body::ApiPolicy(_)
+            | Body::Consumer(_)
+            | Body::Plan(_) => {
+                edge_docs.push((index, meta));
+                continue;
             }
         };
-        for (name, kind) in resources {
-            let resource = pb::Resource {
-                name: name.clone(),
-                kind: Some(kind),
-            };
-            let ty = resource_type(&resource);
-            match origins.entry((ty, name)) {
-                Entry::Occupied(e) => {
-                    c.error(
-                        "metadata.name",
-                        format!(
-                            "{} {} is already defined in {}",
-                            doc.kind.name(),
-                            meta.key(),
-                            e.get()
-                        ),
-                    );
-                    continue;
-                }
-                Entry::Vacant(e) => {
-                    e.insert(doc.origin.clone());
-                }
-            }
-            set.insert(resource);
-        }
+        add(&mut set, &mut origins, doc, &meta, resources, &mut c);
+    }
+    for out in edge::compile(documents, &edge_docs, diagnostics) {
+        let doc = documents[out.index].borrow();
+        let mut c = Checker::new(&doc.origin, doc.kind, diagnostics);
+        add(
+            &mut set,
+            &mut origins,
+            doc,
+            &out.meta,
+            out.resources,
+            &mut c,
+        );
     }
 
     select_workloads(&mut set);
     check_references(documents, &set, diagnostics);
     set
+}
+
+/// Adds one document's resources, refusing a name another document already took.
+fn add(
+    set: &mut ResourceSet,
+    origins: &mut BTreeMap<(ResourceType, String), Origin>,
+    doc: &ParsedDocument,
+    meta: &Meta,
+    resources: Vec<(String, PbKind)>,
+    c: &mut Checker<'_>,
+) {
+    for (name, kind) in resources {
+        let resource = pb::Resource {
+            name: name.clone(),
+            kind: Some(kind),
+        };
+        let ty = resource_type(&resource);
+        match origins.entry((ty, name)) {
+            Entry::Occupied(e) => {
+                c.error(
+                    "metadata.name",
+                    format!(
+                        "{} {} is already defined in {}",
+                        doc.kind.name(),
+                        meta.key(),
+                        e.get()
+                    ),
+                );
+                continue;
+            }
+            Entry::Vacant(e) => {
+                e.insert(doc.origin.clone());
+            }
+        }
+        set.insert(resource);
+    }
 }
 
 /// Fills in each service's `workload_uids`. A service selects only workloads of its own
@@ -209,20 +226,28 @@ fn check_references<D: Borrow<ParsedDocument>>(
 ) {
     for doc in documents {
         let doc = doc.borrow();
-        let Body::HttpRoute(spec) = &doc.body else {
-            continue;
+        let (parent_refs, backend_refs): (_, Vec<_>) = match &doc.body {
+            Body::HttpRoute(spec) => (
+                &spec.parent_refs,
+                spec.rules.iter().map(|r| &r.backend_refs).collect(),
+            ),
+            Body::GrpcRoute(spec) => (
+                &spec.parent_refs,
+                spec.rules.iter().map(|r| &r.backend_refs).collect(),
+            ),
+            _ => continue,
         };
         let namespace = doc
             .meta
             .namespace
             .as_deref()
             .unwrap_or(super::validate::DEFAULT_NAMESPACE);
-        let mut c = Checker::new(&doc.origin, Kind::HttpRoute, diagnostics);
+        let mut c = Checker::new(&doc.origin, doc.kind, diagnostics);
         let exists = |ns: &Option<String>, name: &str| {
             let key = format!("{}/{name}", ns.as_deref().unwrap_or(namespace));
             set.get(ResourceType::Service, &key).is_some()
         };
-        for (i, p) in spec.parent_refs.iter().enumerate() {
+        for (i, p) in parent_refs.iter().enumerate() {
             if p.kind.as_deref() == Some("Service") && !exists(&p.namespace, &p.name) {
                 c.warning(
                     format!("spec.parentRefs[{i}].name"),
@@ -230,9 +255,10 @@ fn check_references<D: Borrow<ParsedDocument>>(
                 );
             }
         }
-        for (i, r) in spec.rules.iter().enumerate() {
-            for (j, b) in r.backend_refs.iter().enumerate() {
-                if !exists(&b.namespace, &b.name) {
+        for (i, refs) in backend_refs.iter().enumerate() {
+            for (j, b) in refs.iter().enumerate() {
+                let is_service = b.kind.as_deref().unwrap_or("Service") == "Service";
+                if is_service && !exists(&b.namespace, &b.name) {
                     c.warning(
                         format!("spec.rules[{i}].backendRefs[{j}].name"),
                         format!("no Service {:?} is defined", b.name),

@@ -11,13 +11,17 @@ use serde::Deserialize;
 
 use super::Origin;
 
-pub use super::gateway::{ApiRouteSpec, ConsumerSpec, ListenerSpec, PlanSpec};
+pub use super::gateway::{
+    ApiPolicySpec, BackendSpec, ConsumerSpec, GatewaySpec, PlanSpec, SecretSpec,
+};
 pub use super::mesh::{ServiceSpec, WorkloadSpec};
 pub use super::policy::{AuthorizationPolicySpec, NetworkPolicySpec, PeerAuthenticationSpec};
-pub use super::route::HttpRouteSpec;
+pub use super::route::{GrpcRouteSpec, HttpRouteSpec};
 
 /// The API group of Weft's own kinds.
 pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
+/// The Gateway API version Weft reads.
+pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
 /// Every supported `(apiVersion, kind)` pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,8 +32,11 @@ pub enum Kind {
     AuthorizationPolicy,
     PeerAuthentication,
     HttpRoute,
-    Listener,
-    ApiRoute,
+    GrpcRoute,
+    Gateway,
+    Secret,
+    Backend,
+    ApiPolicy,
     Consumer,
     Plan,
 }
@@ -49,9 +56,12 @@ impl Kind {
             ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
                 Kind::PeerAuthentication
             }
-            ("gateway.networking.k8s.io/v1", "HTTPRoute") => Kind::HttpRoute,
-            (WEFT_API_VERSION, "Listener") => Kind::Listener,
-            (WEFT_API_VERSION, "ApiRoute") => Kind::ApiRoute,
+            (GATEWAY_API_VERSION, "HTTPRoute") => Kind::HttpRoute,
+            (GATEWAY_API_VERSION, "GRPCRoute") => Kind::GrpcRoute,
+            (GATEWAY_API_VERSION, "Gateway") => Kind::Gateway,
+            ("v1", "Secret") => Kind::Secret,
+            (WEFT_API_VERSION, "Backend") => Kind::Backend,
+            (WEFT_API_VERSION, "ApiPolicy") => Kind::ApiPolicy,
             (WEFT_API_VERSION, "Consumer") => Kind::Consumer,
             (WEFT_API_VERSION, "Plan") => Kind::Plan,
             _ => return None,
@@ -67,8 +77,11 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::HttpRoute => "HTTPRoute",
-            Kind::Listener => "Listener",
-            Kind::ApiRoute => "ApiRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::Gateway => "Gateway",
+            Kind::Secret => "Secret",
+            Kind::Backend => "Backend",
+            Kind::ApiPolicy => "ApiPolicy",
             Kind::Consumer => "Consumer",
             Kind::Plan => "Plan",
         }
@@ -77,14 +90,30 @@ impl Kind {
     /// The expected `apiVersion`, for messages.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Service => "v1",
+            Kind::Service | Kind::Secret => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::AuthorizationPolicy | Kind::PeerAuthentication => "security.istio.io/v1",
-            Kind::HttpRoute => "gateway.networking.k8s.io/v1",
-            Kind::Workload | Kind::Listener | Kind::ApiRoute | Kind::Consumer | Kind::Plan => {
+            Kind::HttpRoute | Kind::GrpcRoute | Kind::Gateway => GATEWAY_API_VERSION,
+            Kind::Workload | Kind::Backend | Kind::ApiPolicy | Kind::Consumer | Kind::Plan => {
                 WEFT_API_VERSION
             }
         }
+    }
+}
+
+/// What to write instead of a kind Weft no longer reads, for the error that refuses it.
+pub fn replaced_kind(api_version: &str, kind: &str) -> Option<&'static str> {
+    match (api_version, kind) {
+        (WEFT_API_VERSION, "Listener") => Some(
+            "the weft.dev Listener kind is gone: write a Gateway (gateway.networking.k8s.io/v1) \
+             with gatewayClassName: weft and one entry of spec.listeners per port",
+        ),
+        (WEFT_API_VERSION, "ApiRoute") => Some(
+            "the weft.dev ApiRoute kind is gone: write an HTTPRoute whose parentRefs name a \
+             weft Gateway, and an ApiPolicy (weft.dev/v1alpha1) whose targetRefs name the route \
+             for authentication, plans and limits",
+        ),
+        _ => None,
     }
 }
 
@@ -105,8 +134,9 @@ pub struct ObjectMeta {
     pub resource_version: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     pub generation: Option<serde::de::IgnoredAny>,
+    /// RFC 3339; orders routes and policies as Gateway API asks (oldest first).
     #[serde(default)]
-    pub creation_timestamp: Option<serde::de::IgnoredAny>,
+    pub creation_timestamp: Option<String>,
     #[serde(default)]
     pub managed_fields: Option<serde::de::IgnoredAny>,
 }
@@ -125,6 +155,34 @@ pub struct Document<S> {
     pub status: Option<serde::de::IgnoredAny>,
 }
 
+/// A `v1` Secret document: no `spec`, its content sits at the top.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretDocument {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(rename = "type")]
+    pub secret_type: Option<String>,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
+    #[serde(default)]
+    pub immutable: Option<bool>,
+}
+
+impl SecretDocument {
+    pub fn into_spec(self) -> SecretSpec {
+        SecretSpec {
+            secret_type: self.secret_type,
+            data: self.data,
+            string_data: self.string_data,
+        }
+    }
+}
+
 /// Validated `metadata`: what every kind needs to be named and selected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
@@ -132,6 +190,8 @@ pub struct Meta {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
     pub uid: Option<String>,
+    /// `metadata.creationTimestamp` in milliseconds since the Unix epoch; 0 when not given.
+    pub created_at_unix_ms: u64,
 }
 
 impl Meta {
@@ -160,8 +220,11 @@ pub enum Body {
     AuthorizationPolicy(AuthorizationPolicySpec),
     PeerAuthentication(PeerAuthenticationSpec),
     HttpRoute(HttpRouteSpec),
-    Listener(ListenerSpec),
-    ApiRoute(ApiRouteSpec),
+    GrpcRoute(GrpcRouteSpec),
+    Gateway(GatewaySpec),
+    Secret(SecretSpec),
+    Backend(BackendSpec),
+    ApiPolicy(ApiPolicySpec),
     Consumer(ConsumerSpec),
     Plan(PlanSpec),
 }

@@ -10,6 +10,7 @@
 
 mod compile;
 pub mod document;
+mod edge;
 mod gateway;
 pub mod kubernetes;
 mod mesh;

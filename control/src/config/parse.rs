@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Diagnostic, Origin,
-    document::{Body, Document, Kind, ParsedDocument},
+    document::{self, Body, Document, Kind, ParsedDocument, SecretDocument},
 };
 
 /// Reads and parses one file; read errors become a diagnostic for the whole file.
@@ -162,6 +162,12 @@ fn parse_document(
     let api_version = field("apiVersion", diagnostics);
     let kind_name = field("kind", diagnostics);
     let (api_version, kind_name) = (api_version?, kind_name?);
+    if let Some(instead) = document::replaced_kind(&api_version, &kind_name) {
+        let mut d = Diagnostic::error(origin.clone(), "kind", instead);
+        d.kind = Some(kind_name);
+        diagnostics.push(d);
+        return None;
+    }
     let Some(kind) = Kind::from_api(&api_version, &kind_name) else {
         let mut d = Diagnostic::warning(
             origin.clone(),
@@ -180,8 +186,11 @@ fn parse_document(
         Kind::AuthorizationPolicy => typed(origin, segment, kind, Body::AuthorizationPolicy),
         Kind::PeerAuthentication => typed(origin, segment, kind, Body::PeerAuthentication),
         Kind::HttpRoute => typed(origin, segment, kind, Body::HttpRoute),
-        Kind::Listener => typed(origin, segment, kind, Body::Listener),
-        Kind::ApiRoute => typed(origin, segment, kind, Body::ApiRoute),
+        Kind::GrpcRoute => typed(origin, segment, kind, Body::GrpcRoute),
+        Kind::Gateway => typed(origin, segment, kind, Body::Gateway),
+        Kind::Secret => secret(origin, segment),
+        Kind::Backend => typed(origin, segment, kind, Body::Backend),
+        Kind::ApiPolicy => typed(origin, segment, kind, Body::ApiPolicy),
         Kind::Consumer => typed(origin, segment, kind, Body::Consumer),
         Kind::Plan => typed(origin, segment, kind, Body::Plan),
     };
@@ -228,6 +237,29 @@ fn typed<S: DeserializeOwned>(
         kind,
         meta: doc.metadata,
         body: wrap(spec),
+    })
+}
+
+/// A `Secret`, which has no `spec`: its `type`, `data` and `stringData` sit at the top.
+fn secret(origin: &Origin, segment: &Segment) -> Result<ParsedDocument, Box<Diagnostic>> {
+    let mut path = String::new();
+    let parsed = serde_saphyr::with_deserializer_from_str(&segment.text, |de| {
+        serde_path_to_error::deserialize::<_, SecretDocument>(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    let doc = parsed.map_err(|e| {
+        let path = if path == "." { "" } else { path.as_str() };
+        let mut d = yaml_error(origin, segment, path, &e);
+        d.kind = Some(Kind::Secret.name().to_string());
+        Box::new(d)
+    })?;
+    Ok(ParsedDocument {
+        origin: origin.clone(),
+        kind: Kind::Secret,
+        meta: doc.metadata.clone(),
+        body: Body::Secret(doc.into_spec()),
     })
 }
 

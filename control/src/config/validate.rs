@@ -73,11 +73,18 @@ impl<'a> Checker<'a> {
                 format!("must be 1-128 characters without spaces, got {uid:?}"),
             );
         }
+        let created_at_unix_ms = match &meta.creation_timestamp {
+            None => 0,
+            Some(t) => self
+                .check("metadata.creationTimestamp", timestamp_ms(t))
+                .unwrap_or(0),
+        };
         Some(Meta {
             name: name?.to_string(),
             namespace: namespace?.to_string(),
             labels: meta.labels.clone(),
             uid: meta.uid.clone(),
+            created_at_unix_ms,
         })
     }
 
@@ -293,4 +300,40 @@ pub fn duration_ms(value: &str) -> Result<u64, String> {
         total = total.saturating_add(n.saturating_mul(unit_ms));
     }
     Ok(total)
+}
+
+/// An RFC 3339 time (`2024-05-01T12:00:00Z`, as Kubernetes writes `creationTimestamp`), in
+/// milliseconds since the Unix epoch; times before the epoch count as 0.
+pub fn timestamp_ms(value: &str) -> Result<u64, String> {
+    value
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .map(|t| u64::try_from(t.as_millisecond()).unwrap_or(0))
+        .map_err(|_| format!("{value:?} is not an RFC 3339 time such as 2024-05-01T12:00:00Z"))
+}
+
+/// A Gateway API host name: an RFC 1123 subdomain, `*.`-prefixed when `wildcard` allows
+/// it; IP addresses are not host names.
+pub fn hostname(value: &str, wildcard: bool) -> Result<(), String> {
+    let bare = match value.strip_prefix("*.") {
+        Some(rest) if wildcard => rest,
+        Some(_) => return Err(format!("must not be a wildcard, got {value:?}")),
+        None => value,
+    };
+    if value.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "must be a host name, not an IP address, got {value:?}"
+        ));
+    }
+    dns_subdomain(bare).map(|_| ())
+}
+
+/// An HTTP header name (an RFC 9110 token).
+pub fn header_name(value: &str) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if value.is_empty() || value.len() > 256 || !value.bytes().all(token) {
+        return Err(format!(
+            "must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~), got {value:?}"
+        ));
+    }
+    Ok(())
 }

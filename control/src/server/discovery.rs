@@ -8,8 +8,9 @@
 //! - Status: operators (it lists every client);
 //! - ConfigDump: operators for any node, a node for itself.
 //!
-//! API-key hashes (`Consumer.api_key_sha256`) go to the gateway only; everyone else gets
-//! consumers without them.
+//! API-key hashes (`Consumer.api_key_sha256`) and listener private keys
+//! (`Listener.certificates[].key_pem`) go to the gateway only; everyone else gets consumers
+//! and listeners without them.
 
 use std::{sync::Arc, time::Duration};
 
@@ -168,7 +169,7 @@ impl Discovery for DiscoveryService {
             .map(|ty| {
                 let mut snapshot = store::snapshot(ty, version, &resources);
                 if !principal.sees_api_key_hashes() {
-                    redact_api_keys(&mut snapshot);
+                    redact_gateway_secrets(&mut snapshot);
                 }
                 snapshot
             })
@@ -235,16 +236,24 @@ fn authorize_hello(principal: &Principal, hello: &pb::ClientHello) -> Result<(),
     }
 }
 
-/// Clears every consumer's API-key hashes: a hash is as good as the key to whoever can
-/// try keys offline, so only the gateway, which checks keys, receives them.
-fn redact_api_keys(response: &mut pb::DiscoveryResponse) {
-    // Only consumers carry key hashes: every other response goes out untouched.
-    if response.resource_type() != ResourceType::Consumer {
+/// Clears what only the gateway may hold: every consumer's API-key hashes (a hash is as
+/// good as the key to whoever can try keys offline) and every listener certificate's
+/// private key. Only the gateway, which checks keys and terminates TLS, receives them.
+fn redact_gateway_secrets(response: &mut pb::DiscoveryResponse) {
+    // Only consumers and listeners carry secrets: every other response goes out untouched.
+    let ty = response.resource_type();
+    if ty != ResourceType::Consumer && ty != ResourceType::Listener {
         return;
     }
     for resource in &mut response.resources {
-        if let Some(pb::resource::Kind::Consumer(consumer)) = &mut resource.kind {
-            consumer.api_key_sha256.clear();
+        match &mut resource.kind {
+            Some(pb::resource::Kind::Consumer(consumer)) => consumer.api_key_sha256.clear(),
+            Some(pb::resource::Kind::Listener(listener)) => {
+                for cert in &mut listener.certificates {
+                    cert.key_pem.clear();
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -329,7 +338,7 @@ impl Writer {
         self.next_nonce += 1;
         response.nonce = format!("{}-{}", self.stream, self.next_nonce);
         if self.redact {
-            redact_api_keys(&mut response);
+            redact_gateway_secrets(&mut response);
         }
         if let Some(t) = self.info.lock().types.get_mut(&response.resource_type()) {
             t.last_sent_version = response.version;

@@ -14,7 +14,7 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Service},
+        core::v1::{Pod, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
@@ -27,6 +27,7 @@ use weft_proto::discovery::v1::{self as pb, ResourceType, resource::Kind as PbKi
 use super::translate::{self, Translation};
 use crate::config::{
     Diagnostic, Loaded, Origin, ParsedDocument, ResourceSet, Severity, compile, document::Kind,
+    gateway::GATEWAY_CLASS,
 };
 
 /// The label that ties an EndpointSlice to its Service.
@@ -39,6 +40,8 @@ pub struct Objects {
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub network_policies: Vec<Arc<NetworkPolicy>>,
+    /// TLS Secrets; only those a `weft` Gateway's listener names are read.
+    pub secrets: Vec<Arc<Secret>>,
     /// Objects of kinds watched without a Rust type, by the model kind they translate to.
     pub dynamic: Vec<(Kind, Vec<Arc<DynamicObject>>)>,
 }
@@ -70,6 +73,21 @@ pub fn assemble(objects: &Objects) -> Loaded {
         let t = translate::network_policy(np, &mut warnings);
         diagnostics.append(&mut warnings);
         accept("NetworkPolicy", &np.metadata, t, &mut diagnostics);
+    }
+    let wanted = gateway_secrets(objects);
+    for secret in sorted(&objects.secrets) {
+        let key = (
+            secret.metadata.namespace.clone().unwrap_or_default(),
+            secret.metadata.name.clone().unwrap_or_default(),
+        );
+        if wanted.contains(&key) {
+            accept(
+                "Secret",
+                &secret.metadata,
+                translate::secret(secret),
+                &mut diagnostics,
+            );
+        }
     }
     for (kind, objs) in &objects.dynamic {
         for obj in sorted(objs) {
@@ -196,6 +214,39 @@ fn endpoint_slices(set: &mut ResourceSet, slices: &[Arc<EndpointSlice>]) {
             set.insert(resource);
         }
     }
+}
+
+/// `(namespace, name)` of every Secret a listener of a `weft` Gateway names: the other
+/// Secrets of the cluster are none of the control plane's business.
+fn gateway_secrets(objects: &Objects) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let gateways = objects
+        .dynamic
+        .iter()
+        .filter(|(kind, _)| *kind == Kind::Gateway)
+        .flat_map(|(_, objs)| objs.iter());
+    for gw in gateways {
+        let spec = &gw.data["spec"];
+        if spec["gatewayClassName"].as_str() != Some(GATEWAY_CLASS) {
+            continue;
+        }
+        let namespace = gw.metadata.namespace.clone().unwrap_or_default();
+        let listeners = spec["listeners"].as_array().into_iter().flatten();
+        for listener in listeners {
+            let refs = listener["tls"]["certificateRefs"]
+                .as_array()
+                .into_iter()
+                .flatten();
+            for r in refs {
+                if let Some(name) = r["name"].as_str() {
+                    // A ref to another namespace is refused when the Gateway compiles.
+                    let ns = r["namespace"].as_str().unwrap_or(&namespace);
+                    out.insert((ns.to_string(), name.to_string()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Objects in namespace/name order, so that every rebuild sees them alike.

@@ -51,93 +51,170 @@ pub enum TunnelProtocol {
     Tcp,
 }
 
-/// An edge gateway listener.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A plain HTTP or HTTPS backend outside the mesh, for `backendRefs` of group `weft.dev`.
+#[derive(CustomResource, Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
-    kind = "Listener",
-    doc = "A port the Weft edge gateway accepts requests on.",
+    kind = "Backend",
+    doc = "A plain HTTP or HTTPS backend outside the mesh that Weft gateway routes send to.",
     namespaced,
     category = "weft",
-    printcolumn(name = "Port", type_ = "integer", json_path = ".spec.port")
+    printcolumn(name = "URL", type_ = "string", json_path = ".spec.url")
 )]
 #[serde(rename_all = "camelCase")]
-pub struct ListenerSpec {
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: i64,
-    pub protocol: ListenerProtocol,
+pub struct BackendSpec {
+    /// `http://host[:port]` or `https://host[:port]`, without a path.
+    pub url: String,
+    /// Extra trust anchors (PEM) for an `https://` url, on top of the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    /// Required for `HTTPS`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ListenerTls>,
+    pub ca_certificate: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum ListenerProtocol {
-    #[serde(rename = "HTTP")]
-    Http,
-    #[serde(rename = "HTTPS")]
-    Https,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ListenerTls {
-    /// Path of the certificate chain (PEM) on the gateway.
-    pub cert_file: String,
-    /// Path of the private key (PEM) on the gateway.
-    pub key_file: String,
-}
-
-/// An API published at the edge gateway.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// How callers of the routes (or Gateway) it targets authenticate, and how they are
+/// metered.
+#[derive(CustomResource, Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
-    kind = "ApiRoute",
-    doc = "An API the Weft edge gateway publishes, and the Service behind it.",
+    kind = "ApiPolicy",
+    doc = "Authentication, plans and limits of the HTTPRoutes, GRPCRoutes or Gateway it targets.",
     namespaced,
     category = "weft",
-    printcolumn(name = "Path", type_ = "string", json_path = ".spec.pathPrefix")
+    printcolumn(name = "API", type_ = "string", json_path = ".spec.api")
 )]
 #[serde(rename_all = "camelCase")]
-pub struct ApiRouteSpec {
-    /// Listener names; empty means every listener.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub listeners: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hostnames: Vec<String>,
-    pub path_prefix: String,
-    /// Upper-case HTTP methods; empty means every method.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    pub backend: ApiBackend,
+pub struct ApiPolicySpec {
+    /// HTTPRoutes, GRPCRoutes or Gateways of the policy's namespace.
+    #[schemars(length(min = 1))]
+    pub target_refs: Vec<PolicyTargetRef>,
+    /// The API's name for analytics and per-API limits; the policy's name by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<ApiAuth>,
+    pub api: Option<String>,
+    /// API keys are accepted; `{}` looks in the `x-api-key` header and `apikey` parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyAuth>,
+    /// JWT bearer tokens are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
+    /// Requests without a credential pass as anonymous.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_anonymous: bool,
+    /// Scopes a JWT must carry, all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_scopes: Vec<String>,
+    /// Plans (of this namespace) a consumer must subscribe to one of.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plans: Vec<String>,
-    /// A Gateway API duration, e.g. `10s`.
+    /// `Route` (default) or `API`: whether plan limits count per route or per API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    pub limit_scope: Option<LimitScope>,
+    /// Limits on anonymous requests, per client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_limits: Option<Limits>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct ApiBackend {
-    /// A Service name.
-    pub name: String,
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct PolicyTargetRef {
+    /// `gateway.networking.k8s.io` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: i64,
+    pub group: Option<String>,
+    /// `HTTPRoute`, `GRPCRoute` or `Gateway`.
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyAuth {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct JwtAuth {
+    #[schemars(length(min = 1))]
+    pub providers: Vec<JwtProvider>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtProvider {
+    pub name: String,
+    /// The `iss` the tokens carry.
+    pub issuer: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    pub jwks: Jwks,
+    /// How long a fetched JWKS is used, e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+    /// Allowed clock skew, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<String>,
+    /// The claim that names the consumer; `sub` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_claim: Option<String>,
+    /// The claim holding scopes; `scope` by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_claim: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claim_to_headers: Vec<ClaimToHeader>,
+}
+
+/// Exactly one of `uri`, `file` or `inline`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Jwks {
+    /// An `https://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// A file on the gateway's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The JWKS document itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    /// Extra trust anchors (PEM) for `uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ClaimToHeader {
+    pub claim: String,
+    pub header: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum ApiAuth {
-    None,
-    ApiKey,
-    Jwt,
+pub enum LimitScope {
+    Route,
+    #[serde(rename = "API")]
+    Api,
+}
+
+/// Requests per window; 0 or absent means no limit for that window.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub per_second: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub per_minute: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub per_hour: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub per_day: Option<i64>,
+    /// Per calendar month (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub per_month: Option<i64>,
 }
 
 /// A client of the edge gateway, identified by API keys or JWT subjects.
@@ -171,27 +248,23 @@ pub struct ConsumerSpec {
     doc = "Rate limits and quotas that Weft edge gateway consumers subscribe to.",
     namespaced,
     category = "weft",
-    printcolumn(name = "RPS", type_ = "integer", json_path = ".spec.requestsPerSecond")
+    printcolumn(
+        name = "Per second",
+        type_ = "integer",
+        json_path = ".spec.limits.perSecond"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PlanSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 4294967295_i64))]
-    pub requests_per_second: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 4294967295_i64))]
-    pub burst: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
-    pub monthly_quota: Option<i64>,
+    pub limits: Limits,
 }
 
 /// Every CRD of the `weft.dev` group, with the file name it is kept under in `deploy/crds/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("workloads.weft.dev.yaml", Workload::crd()),
-        ("listeners.weft.dev.yaml", Listener::crd()),
-        ("apiroutes.weft.dev.yaml", ApiRoute::crd()),
+        ("backends.weft.dev.yaml", Backend::crd()),
+        ("apipolicies.weft.dev.yaml", ApiPolicy::crd()),
         ("consumers.weft.dev.yaml", Consumer::crd()),
         ("plans.weft.dev.yaml", Plan::crd()),
     ]

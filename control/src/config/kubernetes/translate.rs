@@ -5,14 +5,15 @@
 //! validated them, so only what Weft adds (IPs it must parse, named ports it must resolve)
 //! can fail here. Other kinds arrive as `DynamicObject`s whose `spec` is decoded into the
 //! YAML model's types, which reject unknown fields: an Istio or Gateway API field Weft does
-//! not implement (`when`, `filters`, ...) rejects the object with that field's path rather
+//! not implement (`when`, `sessionPersistence`, ...) rejects the object with that field's path rather
 //! than being silently ignored, exactly as in a file.
 
 use std::sync::Arc;
 
+use base64::Engine as _;
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Service},
+        core::v1::{Pod, Secret, Service},
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta as KubeMeta, util::intstr},
@@ -22,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::{
     Diagnostic, Origin,
-    document::{Body, IntOrString, Kind, ObjectMeta, ParsedDocument, PortProtocol},
+    document::{Body, IntOrString, Kind, ObjectMeta, ParsedDocument, PortProtocol, SecretSpec},
     mesh::{ServicePortSpec, ServiceSpec, WorkloadSpec},
     validate::DEFAULT_NAMESPACE,
 };
@@ -59,6 +60,7 @@ fn object_meta(meta: &KubeMeta) -> ObjectMeta {
         labels: meta.labels.clone().unwrap_or_default(),
         annotations: meta.annotations.clone().unwrap_or_default(),
         uid: meta.uid.clone(),
+        creation_timestamp: meta.creation_timestamp.as_ref().map(|t| t.0.to_string()),
         ..ObjectMeta::default()
     }
 }
@@ -289,6 +291,31 @@ pub fn network_policy(np: &NetworkPolicy, warnings: &mut Vec<Diagnostic>) -> Tra
     )
 }
 
+// === Secret ===
+
+/// A TLS Secret, as the certificate source of a `weft` Gateway's listener. Its data is
+/// already decoded by the client; it is handed on base64-encoded, as in a file.
+pub fn secret(secret: &Secret) -> Translation {
+    let origin = origin("Secret", &secret.metadata);
+    let data = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                base64::engine::general_purpose::STANDARD.encode(&v.0),
+            )
+        })
+        .collect();
+    let body = SecretSpec {
+        secret_type: secret.type_.clone(),
+        data,
+        string_data: secret.string_data.clone().unwrap_or_default(),
+    };
+    document(origin, Kind::Secret, &secret.metadata, Body::Secret(body))
+}
+
 // === Other kinds ===
 
 /// Any kind, from an object of its `apiVersion` and `kind` watched without a Rust type:
@@ -306,8 +333,16 @@ pub fn dynamic(kind: Kind, obj: &DynamicObject) -> Translation {
         Kind::AuthorizationPolicy => typed(origin, kind, meta, spec, Body::AuthorizationPolicy),
         Kind::PeerAuthentication => typed(origin, kind, meta, spec, Body::PeerAuthentication),
         Kind::HttpRoute => typed(origin, kind, meta, spec, Body::HttpRoute),
-        Kind::Listener => typed(origin, kind, meta, spec, Body::Listener),
-        Kind::ApiRoute => typed(origin, kind, meta, spec, Body::ApiRoute),
+        Kind::GrpcRoute => typed(origin, kind, meta, spec, Body::GrpcRoute),
+        Kind::Gateway => typed(origin, kind, meta, spec, Body::Gateway),
+        Kind::Backend => typed(origin, kind, meta, spec, Body::Backend),
+        Kind::ApiPolicy => typed(origin, kind, meta, spec, Body::ApiPolicy),
+        // Secrets are watched with their Rust type; see [`secret`].
+        Kind::Secret => Translation::Rejected(Diagnostic::error(
+            origin,
+            "",
+            "a Secret is read with its Rust type, not as a dynamic object",
+        )),
         Kind::Consumer => typed(origin, kind, meta, spec, Body::Consumer),
         Kind::Plan => typed(origin, kind, meta, spec, Body::Plan),
     }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Pod, Service},
+    core::v1::{Pod, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
@@ -34,6 +34,9 @@ use tracing::{debug, info, warn};
 use super::assemble::{Objects, assemble};
 use crate::config::{Loaded, ResourceSet, document::Kind};
 
+/// The field selector of the Secrets watched: TLS certificates only.
+const TLS_SECRETS: &str = "type=kubernetes.io/tls";
+
 /// How long to wait for the API server to answer the first request. Long enough for a
 /// loaded API server; short enough that a wrong kubeconfig fails while someone watches.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,7 +52,7 @@ pub const MAX_COALESCE: Duration = Duration::from_secs(1);
 /// The kinds watched without a Rust type, and the group/versions tried for each (newest
 /// first). A kind whose CRD is not installed is not watched; installing it later needs a
 /// restart of the control plane.
-const DYNAMIC_KINDS: [(Kind, &str, &[&str]); 8] = [
+const DYNAMIC_KINDS: [(Kind, &str, &[&str]); 10] = [
     (
         Kind::AuthorizationPolicy,
         "security.istio.io",
@@ -61,9 +64,11 @@ const DYNAMIC_KINDS: [(Kind, &str, &[&str]); 8] = [
         &["v1", "v1beta1"],
     ),
     (Kind::HttpRoute, "gateway.networking.k8s.io", &["v1"]),
+    (Kind::GrpcRoute, "gateway.networking.k8s.io", &["v1"]),
+    (Kind::Gateway, "gateway.networking.k8s.io", &["v1"]),
     (Kind::Workload, "weft.dev", &["v1alpha1"]),
-    (Kind::Listener, "weft.dev", &["v1alpha1"]),
-    (Kind::ApiRoute, "weft.dev", &["v1alpha1"]),
+    (Kind::Backend, "weft.dev", &["v1alpha1"]),
+    (Kind::ApiPolicy, "weft.dev", &["v1alpha1"]),
     (Kind::Consumer, "weft.dev", &["v1alpha1"]),
     (Kind::Plan, "weft.dev", &["v1alpha1"]),
 ];
@@ -131,6 +136,7 @@ struct Inner {
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
     network_policies: Store<NetworkPolicy>,
+    secrets: Store<Secret>,
     dynamic: Vec<(Kind, Store<DynamicObject>)>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
@@ -245,6 +251,16 @@ impl KubernetesSource {
             &shared,
             &mut tasks,
         );
+        // Only TLS Secrets, the certificate sources of Gateway listeners: the others (tokens,
+        // passwords) are never read, so never held in memory.
+        let secrets = reflect(
+            "Secret",
+            Api::all(client.clone()),
+            all.clone().fields(TLS_SECRETS),
+            (),
+            &shared,
+            &mut tasks,
+        );
         let mut dynamic = Vec::new();
         for (kind, group, versions) in DYNAMIC_KINDS {
             let Some(resource) = discover(&client, kind, group, versions).await else {
@@ -261,6 +277,7 @@ impl KubernetesSource {
                 services,
                 endpoint_slices,
                 network_policies,
+                secrets,
                 dynamic,
                 shared,
                 tasks,
@@ -287,6 +304,9 @@ impl KubernetesSource {
         }
         if !listed("NetworkPolicy", &inner.network_policies, deadline).await {
             pending.push("NetworkPolicy");
+        }
+        if !listed("Secret", &inner.secrets, deadline).await {
+            pending.push("Secret");
         }
         for (kind, store) in &inner.dynamic {
             if !listed(kind.name(), store, deadline).await {
@@ -322,6 +342,7 @@ impl KubernetesSource {
             services: inner.services.state(),
             endpoint_slices: inner.endpoint_slices.state(),
             network_policies: inner.network_policies.state(),
+            secrets: inner.secrets.state(),
             dynamic: inner
                 .dynamic
                 .iter()
