@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use http::{HeaderMap, Method};
 
-use super::model::{HeaderMatch, Match, PathMatch, QueryMatch, ValueMatch};
+use super::model::{HeaderMatch, Match, PathMatch, QueryMatch, RouteKind, ValueMatch};
 
 // === impl PathMatch ===
 
@@ -26,16 +26,25 @@ impl PathMatch {
         }
     }
 
-    /// Precedence among path matches, larger first. The spec orders Exact, then PathPrefix
-    /// by length, and leaves RegularExpression to the implementation. A regex is placed
-    /// between the two (longer pattern first), as Envoy Gateway and Contour do: every match
-    /// without a path is a PathPrefix `/`, so a regex ranked after prefixes would be
-    /// shadowed by any catch-all route.
-    pub(crate) fn rank(&self) -> (u8, usize) {
-        match self {
-            Self::Exact(value) => (3, value.len()),
-            Self::Regex(re) => (2, re.as_str().len()),
-            Self::Prefix { len, .. } => (1, *len),
+    /// Precedence among path matches, larger first.
+    ///
+    /// HTTPRoute: the spec orders Exact, then PathPrefix by length, and leaves
+    /// RegularExpression to the implementation. A regex is placed between the two (longer
+    /// pattern first), as Envoy Gateway and Contour do: every match without a path is a
+    /// PathPrefix `/`, so a regex ranked after prefixes would be shadowed by any catch-all.
+    ///
+    /// GRPCRoute method matches arrive compiled: service and method -> Exact
+    /// `/svc/method`, service only -> PathPrefix `/svc`, method only or a
+    /// RegularExpression type -> a regex. Its spec ranks by characters of the matching
+    /// service, then of the method, so a service-only match outranks a method-only one:
+    /// for gRPC the regex goes after the prefixes.
+    pub(crate) fn rank(&self, kind: RouteKind) -> (u8, usize) {
+        match (self, kind) {
+            (Self::Exact(value), _) => (3, value.len()),
+            (Self::Regex(re), RouteKind::Http) => (2, re.as_str().len()),
+            (Self::Prefix { len, .. }, RouteKind::Http) => (1, *len),
+            (Self::Prefix { len, .. }, RouteKind::Grpc) => (2, *len),
+            (Self::Regex(re), RouteKind::Grpc) => (1, re.as_str().len()),
         }
     }
 }
@@ -162,9 +171,9 @@ impl Match {
     /// The Gateway API precedence of a match within its host, larger first: path (see
     /// `PathMatch::rank`), then a method match, then the number of header matches, then
     /// the number of query parameter matches.
-    pub(crate) fn rank(&self) -> ((u8, usize), bool, usize, usize) {
+    pub(crate) fn rank(&self, kind: RouteKind) -> ((u8, usize), bool, usize, usize) {
         (
-            self.path.rank(),
+            self.path.rank(kind),
             self.method.is_some(),
             self.headers.len(),
             self.query_params.len(),

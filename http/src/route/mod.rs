@@ -3,6 +3,16 @@
 //! request matching (`matching`), filters (`filters`) and weighted backend choice
 //! (`backend`).
 //!
+//! Per request, a caller does:
+//!
+//! 1. `table.select_parts(&parts)` -> `Selected` (or 404);
+//! 2. `apply_request_filters(&rule.filters, ..)` -> forward, or answer the redirect;
+//!    `mirror_targets(&rule.filters, rand)` for copies;
+//! 3. `pick(rule, rand)` -> the backend (or 500), then its own `backend.filters` the same
+//!    way;
+//! 4. on the response, `apply_response_filters` with the rule's then the backend's filters;
+//! 5. retries per `rule.retry` and the process's `retry::RetryBudget`.
+//!
 //! Everything here is pure: no I/O, no clock, no random source. Callers pass the random
 //! numbers (`rand: u32`) so the choices are testable.
 //!

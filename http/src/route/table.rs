@@ -242,7 +242,7 @@ impl RouteTable {
                     };
                     let key = (
                         host_rank,
-                        m.rank(),
+                        m.rank(route.kind),
                         Reverse(route.created_at_unix_ms),
                         Reverse(&route.key),
                         Reverse(rule),
@@ -287,6 +287,11 @@ impl RouteTable {
                 match_index: c.matched as usize,
             })
         })
+    }
+
+    /// `select` on a request's head.
+    pub fn select_parts(&self, parts: &http::request::Parts) -> Option<Selected> {
+        self.select(&parts.method, &parts.uri, &parts.headers)
     }
 
     /// The candidate list of the most specific pattern covering `host`; each list already

@@ -442,3 +442,40 @@ fn selected_gives_rule_and_match() {
     assert_eq!(s.rule_index, 1);
     assert_eq!(s.matched().and_then(|m| m.path.prefix()), Some("/b"));
 }
+
+#[test]
+fn many_routes_and_hosts_select_the_right_one() {
+    // 200 routes over 50 exact hosts, a wildcard and a catch-all, 5 rules each.
+    let mut routes = Vec::new();
+    for i in 0..200 {
+        let mut r = route("ns", &format!("r{i:03}")).hosts(&[&format!("h{}.example.com", i % 50)]);
+        for j in 0..5 {
+            r = r.rule(exact(&format!("/r{i}/{j}")));
+        }
+        routes.push(r);
+    }
+    routes.push(
+        route("ns", "wild")
+            .hosts(&["*.example.com"])
+            .rule(prefix("/")),
+    );
+    routes.push(route("ns", "all").rule(prefix("/")));
+    let l = listener("http", 8080, None);
+    let n = run(
+        "scale",
+        &l,
+        routes,
+        &[
+            (
+                ("GET", "/r137/4", &["host: h37.example.com"]),
+                Some("ns/r137/4"),
+            ),
+            (
+                ("GET", "/r137/4", &["host: h38.example.com"]),
+                Some("ns/wild/0"),
+            ),
+            (("GET", "/r137/4", &["host: example.org"]), Some("ns/all/0")),
+        ],
+    );
+    assert_eq!(n, 3);
+}
