@@ -169,7 +169,10 @@ impl Analytics {
             window.labels(key)
         };
         self.metrics.observe(&key, r);
-        tracing::info!(target: "access", "{}", access_log_line(r, consumer, now));
+        // The line is built only when someone reads it.
+        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            tracing::info!(target: "access", "{}", access_log_line(r, consumer, now));
+        }
     }
 
     /// Counts of the minutes from `since` (rounded down to its minute) until `until`
@@ -177,6 +180,15 @@ impl Analytics {
     /// consumer and status class, then every series and a per-minute timeline.
     pub fn query(&self, since: SystemTime, until: SystemTime) -> serde_json::Value {
         self.query_at(since, until, SystemTime::now())
+    }
+
+    /// The admin endpoint's answer for its query string (`since=...&until=...`, each Unix
+    /// seconds or RFC 3339): `since` defaults to 24 hours ago, `until` to now. An unknown
+    /// parameter is ignored; a bad time is an error naming it.
+    pub fn query_params(&self, query: Option<&str>) -> Result<serde_json::Value, TimeError> {
+        let now = SystemTime::now();
+        let (since, until) = parse_params(query, now)?;
+        Ok(self.query_at(since, until, now))
     }
 
     /// `query` as if the time were `now` (what is older than 24 hours before it is gone).
@@ -198,6 +210,31 @@ impl Analytics {
     pub fn metrics(&self) -> &GatewayMetrics {
         &self.metrics
     }
+}
+
+/// `since` and `until` of an `/analytics` query string, defaulted against `now`.
+pub fn parse_params(
+    query: Option<&str>,
+    now: SystemTime,
+) -> Result<(SystemTime, SystemTime), TimeError> {
+    let mut since = now.checked_sub(RETENTION).unwrap_or(std::time::UNIX_EPOCH);
+    let mut until = now;
+    for pair in query.unwrap_or_default().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // RFC 3339 offsets are `+hh:mm`; clients may send them raw or percent-encoded, and
+        // a raw `+` is taken as `+`, not as a form-encoded space.
+        let value = value
+            .replace("%2B", "+")
+            .replace("%2b", "+")
+            .replace("%3A", ":")
+            .replace("%3a", ":");
+        match name {
+            "since" => since = parse_time(&value)?,
+            "until" => until = parse_time(&value)?,
+            _ => {}
+        }
+    }
+    Ok((since, until))
 }
 
 /// The four labels of a request, resolved (owned for the metric families).

@@ -233,3 +233,39 @@ fn query_times_parse_as_unix_seconds_or_rfc3339() {
         "2024-02-29T00:00:00.000Z"
     );
 }
+
+#[test]
+fn query_strings_give_since_and_until() {
+    let now = at(T0 + 7200);
+    assert_eq!(
+        parse_params(None, now).unwrap(),
+        (at(T0 + 7200 - 24 * 3600), now)
+    );
+    assert_eq!(
+        parse_params(Some("since=1796680800"), now).unwrap(),
+        (at(T0), now)
+    );
+    assert_eq!(
+        parse_params(
+            Some("since=2026-12-07T22:00:00Z&until=2026-12-07T23:30:00%2B01:00&x=1"),
+            now
+        )
+        .unwrap(),
+        (at(T0), at(T0 + 1800))
+    );
+    assert_eq!(
+        parse_params(Some("until=2026-12-07T23:00:00+01:00"), now)
+            .unwrap()
+            .1,
+        at(T0)
+    );
+    let err = parse_params(Some("since=yesterday"), now)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("yesterday"), "{err}");
+
+    let (a, _r) = analytics();
+    a.record(&req("ns/a", None, 200));
+    let v = a.query_params(Some("since=0")).unwrap();
+    assert_eq!(v["totals"]["requests"], 1);
+}

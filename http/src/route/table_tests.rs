@@ -479,3 +479,10 @@ fn many_routes_and_hosts_select_the_right_one() {
     );
     assert_eq!(n, 3);
 }
+
+#[test]
+fn tables_and_selections_cross_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<RouteTable>();
+    send_sync::<super::Selected>();
+}
