@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod analytics;
 pub mod auth;
 pub mod config;
 pub mod drain;
