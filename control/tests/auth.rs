@@ -489,3 +489,158 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
         self.clone()
     }
 }
+
+/// A `weft` Gateway with an HTTPS listener, and its TLS Secret (from tests/edge/).
+fn gateway_config(hostname: &str) -> String {
+    let edge = include_str!("edge/edge.yaml");
+    // The fixture's first two documents: the Gateway and the Secret it names.
+    let docs: Vec<&str> = edge.split("\n---\n").take(2).collect();
+    docs.join("\n---\n")
+        .replace("\"*.example.com\"", &format!("\"{hostname}\""))
+}
+
+fn private_keys(response: &DiscoveryResponse) -> Vec<(String, String)> {
+    response
+        .resources
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Some(Kind::Listener(l)) => Some(l.certificates.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|c| (c.cert_pem, c.key_pem))
+        .collect()
+}
+
+/// Every certificate carries its chain, and no private key.
+#[track_caller]
+fn assert_keys_cleared(response: &DiscoveryResponse) {
+    let keys = private_keys(response);
+    assert!(!keys.is_empty(), "{response:?}");
+    for (cert, key) in keys {
+        assert!(cert.contains("BEGIN CERTIFICATE"), "{response:?}");
+        assert!(key.is_empty(), "a private key went out: {response:?}");
+    }
+}
+
+#[tokio::test]
+async fn listener_private_keys_reach_the_gateway_only() {
+    let mesh = Mesh::start(Duration::from_secs(3600)).await;
+    let operator = mesh.operator_identity();
+    mesh.discovery(Some(&operator))
+        .status(StatusRequest {})
+        .await
+        .unwrap();
+    std::fs::write(
+        mesh.config_dir.path().join("gateway.yaml"),
+        gateway_config("*.example.com"),
+    )
+    .unwrap();
+    let listeners = [ResourceType::Listener];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, first) = open(
+            &mesh,
+            Some(&operator),
+            hello(ClientKind::Ctl, "", &listeners),
+        )
+        .await
+        .unwrap();
+        if first.resources.len() == 2 {
+            assert_keys_cleared(&first);
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let status = mesh
+                .discovery(Some(&operator))
+                .status(StatusRequest {})
+                .await;
+            panic!("no listeners: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The gateway subscribes to every type it serves from, and gets the keys.
+    let gateway_types = [
+        ResourceType::Listener,
+        ResourceType::ApiRoute,
+        ResourceType::Consumer,
+        ResourceType::Plan,
+        ResourceType::Workload,
+        ResourceType::Service,
+    ];
+    let (mut gateway_stream, mut snapshot) = open(
+        &mesh,
+        Some(&mesh.gateway_identity()),
+        hello(ClientKind::Gateway, "", &gateway_types),
+    )
+    .await
+    .unwrap();
+    // One snapshot per type; the listeners' among them.
+    let mut seen = vec![snapshot.resource_type()];
+    while snapshot.resource_type() != ResourceType::Listener {
+        snapshot = tokio::time::timeout(WAIT, gateway_stream.inbound.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(snapshot.resource_type());
+    }
+    assert!(seen.len() <= gateway_types.len(), "{seen:?}");
+    let first = snapshot;
+    let keys = private_keys(&first);
+    assert_eq!(keys.len(), 1, "{first:?}");
+    assert!(
+        keys[0].1.contains("PRIVATE KEY"),
+        "the gateway gets the key"
+    );
+    drop(gateway_stream.tx);
+
+    let (_, first) = open(
+        &mesh,
+        Some(&mesh.node_identity("node-a")),
+        hello(ClientKind::Agent, "node-a", &listeners),
+    )
+    .await
+    .unwrap();
+    assert_keys_cleared(&first);
+
+    for (id, node) in [
+        (&operator, "node-b"),
+        (&mesh.node_identity("node-a"), "node-a"),
+    ] {
+        let dump = mesh
+            .discovery(Some(id))
+            .config_dump(ConfigDumpRequest {
+                node: node.into(),
+                resource_types: vec![ResourceType::Listener.into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_keys_cleared(&dump.snapshots[0]);
+    }
+
+    // A delta is redacted too: the listeners change while a node is subscribed.
+    let (mut stream, _) = open(
+        &mesh,
+        Some(&mesh.node_identity("node-a")),
+        hello(ClientKind::Agent, "node-a", &listeners),
+    )
+    .await
+    .unwrap();
+    std::fs::write(
+        mesh.config_dir.path().join("gateway.yaml"),
+        gateway_config("*.example.org").replace("port: 8443", "port: 9443"),
+    )
+    .unwrap();
+    let delta = tokio::time::timeout(WAIT, stream.inbound.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!delta.snapshot, "{delta:?}");
+    assert_keys_cleared(&delta);
+    drop(stream.tx);
+    mesh.stop().await;
+}

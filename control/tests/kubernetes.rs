@@ -6,7 +6,7 @@ use std::{path::Path, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Service},
+        core::v1::{Pod, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
@@ -50,6 +50,7 @@ fn cluster() -> Objects {
         services: objects::<Service>("services.json"),
         endpoint_slices: objects::<EndpointSlice>("endpointslice.json"),
         network_policies: objects::<NetworkPolicy>("networkpolicy.json"),
+        secrets: objects::<Secret>("secrets.json"),
         dynamic: vec![
             (
                 Kind::AuthorizationPolicy,
@@ -416,4 +417,109 @@ fn a_network_policy_with_egress_keeps_its_ingress_part_and_says_egress_is_not_en
             )
             .is_none()
     );
+}
+
+/// The edge gateway's objects (edge.json), grouped by kind as the watches deliver them.
+fn edge_objects() -> Vec<(Kind, Vec<Arc<DynamicObject>>)> {
+    let mut groups: Vec<(Kind, Vec<Arc<DynamicObject>>)> = Vec::new();
+    for obj in objects::<DynamicObject>("edge.json") {
+        let types = obj.types.clone().expect("apiVersion and kind");
+        let kind = Kind::from_api(&types.api_version, &types.kind).expect("a known kind");
+        match groups.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, list)) => list.push(obj),
+            None => groups.push((kind, vec![obj])),
+        }
+    }
+    groups
+}
+
+#[test]
+fn gateway_api_and_weft_edge_objects_become_gateway_resources() {
+    let mut objects = cluster();
+    objects.dynamic.extend(edge_objects());
+    let loaded = assemble(&objects);
+    let messages = messages(&loaded);
+    assert!(!loaded.has_errors(), "{messages:#?}");
+    // The TLS Secret no weft Gateway names is not read: its broken content goes unreported.
+    assert!(
+        messages.iter().all(|m| !m.contains("unrelated")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("warning: Gateway demo/istio-gw") && m.contains("\"istio\"")),
+        "{messages:#?}"
+    );
+
+    let set = &loaded.resources;
+    let https = match set
+        .get(ResourceType::Listener, "demo/edge/https")
+        .and_then(|r| r.kind.clone())
+    {
+        Some(PbKind::Listener(l)) => l,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(https.certificates.len(), 1);
+    assert_eq!(https.certificates[0].name, "demo/edge-cert");
+    assert!(https.certificates[0].cert_pem.contains("BEGIN CERTIFICATE"));
+    assert!(set.get(ResourceType::Listener, "demo/edge/http").is_some());
+    assert_eq!(
+        set.count(ResourceType::Listener),
+        2,
+        "the istio Gateway is not ours"
+    );
+
+    let route = match set
+        .get(ResourceType::ApiRoute, "demo/demo")
+        .and_then(|r| r.kind.clone())
+    {
+        Some(PbKind::ApiRoute(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(route.parents[0].section_name, "https");
+    assert_eq!(route.created_at_unix_ms, 1_772_444_400_000);
+    assert_eq!(
+        route.policy.as_ref().map(|p| p.plans.clone()),
+        Some(vec!["demo/gold".to_string()])
+    );
+    assert_eq!(route.rules[0].backends[1].url, "https://10.0.0.9:9443");
+    assert!(
+        set.get(ResourceType::ApiRoute, "demo/grpc/greeter")
+            .is_some()
+    );
+    assert!(set.get(ResourceType::Consumer, "demo/alice").is_some());
+    assert!(set.get(ResourceType::Plan, "demo/gold").is_some());
+
+    // The same objects read as a file give the same gateway resources.
+    // A List's items are the documents of a file; the referenced Secret joins them.
+    let mut diagnostics = Vec::new();
+    let docs = {
+        let list: serde_json::Value = serde_json::from_str(&text("edge.json")).expect("JSON");
+        let secrets: serde_json::Value = serde_json::from_str(&text("secrets.json")).expect("JSON");
+        let items: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(secrets["items"].as_array().into_iter().flatten().take(1))
+            .map(|v| serde_json::to_string(v).expect("JSON"))
+            .collect();
+        parse_str(
+            Path::new("edge.yaml"),
+            &items.join("\n---\n"),
+            &mut diagnostics,
+        )
+    };
+    let from_file = compile(&docs, &mut diagnostics);
+    assert!(diagnostics.iter().all(|d| !d.is_error()), "{diagnostics:?}");
+    for ty in [
+        ResourceType::Listener,
+        ResourceType::ApiRoute,
+        ResourceType::Consumer,
+        ResourceType::Plan,
+    ] {
+        let a: Vec<_> = from_file.of_type(ty).collect();
+        let b: Vec<_> = set.of_type(ty).collect();
+        assert_eq!(a, b, "{ty:?}");
+    }
 }

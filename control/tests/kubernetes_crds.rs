@@ -59,6 +59,9 @@ fn checked_in_crds_parse_back() {
     }
 }
 
+/// A CA certificate (any valid PEM certificate does).
+const CA: &str = include_str!("edge/ca.pem");
+
 /// A spec with every field set, for each kind, as an operator would write it.
 fn full_specs() -> Vec<(Kind, &'static str, Value)> {
     vec![
@@ -69,18 +72,25 @@ fn full_specs() -> Vec<(Kind, &'static str, Value)> {
                    "protocol": "TCP"}),
         ),
         (
-            Kind::Listener,
-            "listeners.weft.dev",
-            json!({"port": 443, "protocol": "HTTPS", "hostname": "api.example.com",
-                   "tls": {"certFile": "/etc/weft/tls.crt", "keyFile": "/etc/weft/tls.key"}}),
+            Kind::Backend,
+            "backends.weft.dev",
+            json!({"url": "https://10.0.0.9:9443", "caCertificate": CA}),
         ),
         (
-            Kind::ApiRoute,
-            "apiroutes.weft.dev",
-            json!({"listeners": ["public"], "hostnames": ["api.example.com"],
-                   "pathPrefix": "/orders", "methods": ["GET"],
-                   "backend": {"name": "orders", "namespace": "shop", "port": 8080},
-                   "auth": "ApiKey", "plans": ["gold"], "timeout": "5s"}),
+            Kind::ApiPolicy,
+            "apipolicies.weft.dev",
+            json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "demo"}],
+                   "api": "demo",
+                   "apiKey": {"headers": ["x-api-key"], "queryParams": ["apikey"]},
+                   "jwt": {"providers": [{"name": "idp", "issuer": "https://idp.example",
+                       "audiences": ["demo"],
+                       "jwks": {"uri": "https://idp.example/jwks", "caCertificate": CA},
+                       "refresh": "5m", "clockSkew": "30s", "consumerClaim": "sub",
+                       "scopeClaim": "scope",
+                       "claimToHeaders": [{"claim": "sub", "header": "x-user"}]}]},
+                   "allowAnonymous": true, "requiredScopes": ["read"], "plans": ["gold"],
+                   "limitScope": "API",
+                   "anonymousLimits": {"perSecond": 1, "perMinute": 2, "perHour": 3, "perDay": 4, "perMonth": 5}}),
         ),
         (
             Kind::Consumer,
@@ -91,7 +101,7 @@ fn full_specs() -> Vec<(Kind, &'static str, Value)> {
         (
             Kind::Plan,
             "plans.weft.dev",
-            json!({"requestsPerSecond": 100, "burst": 200, "monthlyQuota": 1000000}),
+            json!({"limits": {"perSecond": 1, "perMinute": 2, "perHour": 3, "perDay": 4, "perMonth": 5}}),
         ),
     ]
 }
@@ -166,8 +176,8 @@ fn the_crd_types_take_what_the_yaml_model_takes() {
         // Decoding and encoding again must give back every field.
         let round = match kind {
             Kind::Workload => roundtrip::<crd::Workload>(&obj),
-            Kind::Listener => roundtrip::<crd::Listener>(&obj),
-            Kind::ApiRoute => roundtrip::<crd::ApiRoute>(&obj),
+            Kind::Backend => roundtrip::<crd::Backend>(&obj),
+            Kind::ApiPolicy => roundtrip::<crd::ApiPolicy>(&obj),
             Kind::Consumer => roundtrip::<crd::Consumer>(&obj),
             Kind::Plan => roundtrip::<crd::Plan>(&obj),
             other => panic!("{other:?}"),

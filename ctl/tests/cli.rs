@@ -106,6 +106,89 @@ fn validate_single_files_and_missing_paths() {
     assert_eq!(weftctl(&["validate"]).0, 2);
 }
 
+/// Every kind of the edge gateway, valid together (the control plane's test fixture).
+const EDGE: &str = include_str!("../../control/tests/edge/edge.yaml");
+
+const BAD_EDGE: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: demo}
+spec:
+  gatewayClassName: weft
+  listeners: [{name: https, port: 8443, protocol: HTTPS}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: demo, namespace: demo}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - filters:
+    - {type: URLRewrite, urlRewrite: {hostname: a.example.com}}
+    - {type: RequestRedirect, requestRedirect: {scheme: https}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: ApiPolicy
+metadata: {name: demo, namespace: demo}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: demo}]
+  apiKey: {}
+  plans: [platinum]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Listener
+metadata: {name: old, namespace: demo}
+spec: {port: 80, protocol: HTTP}
+";
+
+#[test]
+fn validate_accepts_every_edge_gateway_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("edge.yaml"), EDGE).unwrap();
+    let (code, out, _) = weftctl(&["validate", path(dir.path())]);
+    assert_eq!(code, 0, "{out}");
+    // 12 edge documents: 2 listeners, 2 API routes, 2 services, a consumer and a plan.
+    assert_eq!(
+        out,
+        "valid: 2 file(s), 14 document(s), 10 resource(s), 0 warning(s)\n"
+    );
+}
+
+#[test]
+fn validate_rejects_broken_edge_documents_with_file_doc_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("edge.yaml"), BAD_EDGE).unwrap();
+    let (code, out, _) = weftctl(&["validate", path(dir.path())]);
+    assert_eq!(code, 1, "{out}");
+    let file = dir.path().join("edge.yaml");
+    let file = file.display();
+    for line in [
+        format!(
+            "{file}: document 0 (0-based) (Gateway): spec.listeners[0].tls: required for \
+             HTTPS: give mode Terminate and certificateRefs"
+        ),
+        format!(
+            "{file}: document 1 (0-based) (HTTPRoute): spec.rules[0].filters: RequestRedirect \
+             and URLRewrite cannot be used together"
+        ),
+        format!(
+            "{file}: document 2 (0-based) (ApiPolicy): spec.plans[0]: no Plan \"platinum\" is \
+             defined in namespace \"demo\""
+        ),
+        format!(
+            "{file}: document 3 (0-based) (Listener): kind: the weft.dev Listener kind is gone: \
+             write a Gateway"
+        ),
+    ] {
+        assert!(out.contains(&line), "missing {line:?} in:\n{out}");
+    }
+    assert!(
+        out.ends_with("the control plane would reject this configuration\n"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_config_dump_against_a_real_control_plane() {
     let config = tempfile::tempdir().unwrap();

@@ -128,7 +128,14 @@ pub fn compile<D: Borrow<ParsedDocument>>(
     for out in edge::compile(documents, &edge_docs, diagnostics) {
         let doc = documents[out.index].borrow();
         let mut c = Checker::new(&doc.origin, doc.kind, diagnostics);
-        add(&mut set, &mut origins, doc, &out.meta, out.resources, &mut c);
+        add(
+            &mut set,
+            &mut origins,
+            doc,
+            &out.meta,
+            out.resources,
+            &mut c,
+        );
     }
 
     select_workloads(&mut set);

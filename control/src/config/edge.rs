@@ -94,7 +94,9 @@ pub fn compile<D: Borrow<ParsedDocument>>(
     let mut secrets: BTreeMap<String, SecretState> = BTreeMap::new();
     for (i, meta) in of_kind(Kind::Secret) {
         let d = doc(*i);
-        let Body::Secret(spec) = &d.body else { continue };
+        let Body::Secret(spec) = &d.body else {
+            continue;
+        };
         let before = diagnostics.len();
         let mut c = Checker::new(&d.origin, d.kind, diagnostics);
         let state = match gateway::tls_secret(meta, spec, &mut c) {
@@ -110,7 +112,9 @@ pub fn compile<D: Borrow<ParsedDocument>>(
     let mut backends: route::Backends = BTreeMap::new();
     for (i, meta) in of_kind(Kind::Backend) {
         let d = doc(*i);
-        let Body::Backend(spec) = &d.body else { continue };
+        let Body::Backend(spec) = &d.body else {
+            continue;
+        };
         let mut c = Checker::new(&d.origin, d.kind, diagnostics);
         if let Some(b) = gateway::backend(spec, &mut c) {
             backends.insert(meta.key(), b);
@@ -125,7 +129,9 @@ pub fn compile<D: Borrow<ParsedDocument>>(
     let mut hosts: BTreeMap<(u32, String), String> = BTreeMap::new();
     for (i, meta) in of_kind(Kind::Gateway) {
         let d = doc(*i);
-        let Body::Gateway(spec) = &d.body else { continue };
+        let Body::Gateway(spec) = &d.body else {
+            continue;
+        };
         let mut c = Checker::new(&d.origin, d.kind, diagnostics);
         if spec.gateway_class_name != GATEWAY_CLASS {
             c.warning(
@@ -227,7 +233,9 @@ pub fn compile<D: Borrow<ParsedDocument>>(
     let mut key_hashes: BTreeMap<String, String> = BTreeMap::new();
     for (i, meta) in of_kind(Kind::Consumer) {
         let d = doc(*i);
-        let Body::Consumer(spec) = &d.body else { continue };
+        let Body::Consumer(spec) = &d.body else {
+            continue;
+        };
         let mut c = Checker::new(&d.origin, d.kind, diagnostics);
         let exists = |p: &str| plans.contains(&format!("{}/{p}", meta.namespace));
         let consumer = gateway::consumer(meta, spec, &exists, &mut c);
@@ -274,7 +282,9 @@ pub fn compile<D: Borrow<ParsedDocument>>(
     let mut claims: BTreeMap<(&str, String), Vec<Claim>> = BTreeMap::new();
     for (i, meta) in of_kind(Kind::ApiPolicy) {
         let d = doc(*i);
-        let Body::ApiPolicy(spec) = &d.body else { continue };
+        let Body::ApiPolicy(spec) = &d.body else {
+            continue;
+        };
         let mut c = Checker::new(&d.origin, d.kind, diagnostics);
         let exists = |p: &str| plans.contains(&format!("{}/{p}", meta.namespace));
         let policy = gateway::api_policy(meta, spec, &exists, &mut c);
@@ -343,7 +353,10 @@ pub fn compile<D: Borrow<ParsedDocument>>(
         let mut c = Checker::new(&d.origin, d.kind, diagnostics);
         let mut resources = Vec::new();
         if compiled.parents.iter().any(|p| p.kind == "Service") {
-            resources.push((meta.key(), PbKind::Route(route::mesh_route(meta, &compiled))));
+            resources.push((
+                meta.key(),
+                PbKind::Route(route::mesh_route(meta, &compiled)),
+            ));
         }
         let mut parents = Vec::new();
         let mut gateways = Vec::new();
@@ -403,6 +416,23 @@ pub fn compile<D: Borrow<ParsedDocument>>(
                 );
                 continue;
             }
+            let host_ok = named.iter().any(|l| {
+                compiled.hostnames.is_empty()
+                    || compiled
+                        .hostnames
+                        .iter()
+                        .any(|h| hosts_intersect(h, &l.listener.hostname))
+            });
+            if !host_ok {
+                c.warning(
+                    "spec.hostnames",
+                    format!(
+                        "no hostname of the route matches the hostname of a listener of \
+                         Gateway {key}: the route is not attached to it"
+                    ),
+                );
+                continue;
+            }
             parents.push(pb::ParentRef {
                 namespace: ns,
                 ..p.clone()
@@ -418,7 +448,9 @@ pub fn compile<D: Borrow<ParsedDocument>>(
                     gateways
                         .iter()
                         .filter_map(|g| winners.get(&("Gateway", g.clone())))
-                        .min_by_key(|p| (policy_created.get(*p).copied().unwrap_or(0), (*p).clone()))
+                        .min_by_key(|p| {
+                            (policy_created.get(*p).copied().unwrap_or(0), (*p).clone())
+                        })
                 })
                 .and_then(|p| policies.get(p))
                 .cloned();
@@ -475,4 +507,48 @@ fn gateway_parents(d: &ParsedDocument, kind: &str) -> Vec<(usize, pb::ParentRef)
             )
         })
         .collect()
+}
+
+/// Whether a request can match both a route host name and a listener host name, as
+/// Gateway API attaches routes: empty means any, and `*.example.com` matches one or more
+/// labels before `.example.com`. Both are lower case (validated).
+fn hosts_intersect(route: &str, listener: &str) -> bool {
+    if route.is_empty() || listener.is_empty() {
+        return true;
+    }
+    let covers = |wildcard: &str, host: &str| match wildcard.strip_prefix('*') {
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => wildcard == host,
+    };
+    match (route.strip_prefix('*'), listener.strip_prefix('*')) {
+        (None, None) => route == listener,
+        (None, Some(_)) => covers(listener, route),
+        (Some(_), None) => covers(route, listener),
+        (Some(r), Some(l)) => r.ends_with(l) || l.ends_with(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hosts_intersect;
+
+    #[test]
+    fn host_names_intersect_as_gateway_api_says() {
+        for (route, listener, want) in [
+            ("", "a.example.com", true),
+            ("a.example.com", "", true),
+            ("a.example.com", "a.example.com", true),
+            ("a.example.com", "b.example.com", false),
+            ("a.example.com", "*.example.com", true),
+            ("a.b.example.com", "*.example.com", true),
+            ("example.com", "*.example.com", false),
+            ("*.example.com", "a.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("*.a.example.com", "*.example.com", true),
+            ("*.example.com", "*.a.example.com", true),
+            ("*.example.org", "*.example.com", false),
+        ] {
+            assert_eq!(hosts_intersect(route, listener), want, "{route} {listener}");
+        }
+    }
 }

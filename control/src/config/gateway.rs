@@ -166,8 +166,7 @@ pub fn gateway(meta: &Meta, spec: &GatewaySpec, c: &mut Checker<'_>) -> Vec<Gate
                 for (j, r) in tls.certificate_refs.iter().enumerate() {
                     let rat = format!("{at}.tls.certificateRefs[{j}]");
                     let kind = r.kind.as_deref().unwrap_or("Secret");
-                    if kind != "Secret" || !matches!(r.group.as_deref(), None | Some("" | "core"))
-                    {
+                    if kind != "Secret" || !matches!(r.group.as_deref(), None | Some("" | "core")) {
                         c.error(
                             format!("{rat}.kind"),
                             format!("must be a Secret (group \"\"), got kind {kind:?}"),
@@ -264,7 +263,11 @@ pub struct SecretSpec {
 
 /// Reads a TLS Secret's certificate and key, checking both parse and belong together.
 /// `None` for a Secret of another type (not a certificate source) or with errors.
-pub fn tls_secret(meta: &Meta, spec: &SecretSpec, c: &mut Checker<'_>) -> Option<pb::TlsCertificate> {
+pub fn tls_secret(
+    meta: &Meta,
+    spec: &SecretSpec,
+    c: &mut Checker<'_>,
+) -> Option<pb::TlsCertificate> {
     if spec.secret_type.as_deref() != Some(TLS_SECRET_TYPE) {
         return None;
     }
@@ -339,9 +342,8 @@ pub fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// A PEM private key (PKCS#8, PKCS#1 or SEC1) of a type the gateway can sign with.
 fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
-    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
-        format!("holds no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}")
-    })?;
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("holds no PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"))?;
     rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
         .map_err(|e| format!("is not a usable private key: {e}"))?;
     Ok(key)
@@ -560,7 +562,10 @@ pub fn api_policy(
     let api_key = spec.api_key.as_ref().map(|k| {
         let mut headers = Vec::new();
         for (i, h) in k.headers.iter().enumerate() {
-            c.check(format!("spec.apiKey.headers[{i}]"), validate::header_name(h));
+            c.check(
+                format!("spec.apiKey.headers[{i}]"),
+                validate::header_name(h),
+            );
             headers.push(h.to_ascii_lowercase());
         }
         for (i, q) in k.query_params.iter().enumerate() {
@@ -638,7 +643,10 @@ fn jwt(spec: &JwtSpec, c: &mut Checker<'_>) -> pb::JwtAuth {
         if let Some(first) = names.insert(&p.name, i) {
             c.error(
                 format!("{at}.name"),
-                format!("provider {:?} is already defined at providers[{first}]", p.name),
+                format!(
+                    "provider {:?} is already defined at providers[{first}]",
+                    p.name
+                ),
             );
         }
         match p.issuer.as_deref() {
@@ -657,10 +665,7 @@ fn jwt(spec: &JwtSpec, c: &mut Checker<'_>) -> pb::JwtAuth {
             ..Default::default()
         };
         match &p.jwks {
-            None => c.error(
-                format!("{at}.jwks"),
-                "required: one of uri, file or inline",
-            ),
+            None => c.error(format!("{at}.jwks"), "required: one of uri, file or inline"),
             Some(jwks) => {
                 let given = [&jwks.uri, &jwks.file, &jwks.inline]
                     .iter()
@@ -718,7 +723,10 @@ fn jwt(spec: &JwtSpec, c: &mut Checker<'_>) -> pb::JwtAuth {
         out.clock_skew_ms = duration("clockSkew", &p.clock_skew);
         for (k, h) in p.claim_to_headers.iter().enumerate() {
             if h.claim.is_empty() {
-                c.error(format!("{at}.claimToHeaders[{k}].claim"), "must not be empty");
+                c.error(
+                    format!("{at}.claimToHeaders[{k}].claim"),
+                    "must not be empty",
+                );
             }
             c.check(
                 format!("{at}.claimToHeaders[{k}].header"),

@@ -403,9 +403,9 @@ fn rule(
     // ReplacePrefixMatch replaces what a PathPrefix match matched: every match of the rule
     // must be one (a match without a path is PathPrefix `/`).
     let prefix_only = r.matches.iter().all(|m| {
-        m.path
-            .as_ref()
-            .is_none_or(|p| p.match_type.unwrap_or(MatchTypeSpec::PathPrefix) == MatchTypeSpec::PathPrefix)
+        m.path.as_ref().is_none_or(|p| {
+            p.match_type.unwrap_or(MatchTypeSpec::PathPrefix) == MatchTypeSpec::PathPrefix
+        })
     });
     let filters = filters(
         meta,
@@ -417,7 +417,15 @@ fn rule(
         backends,
         c,
     );
-    let backends_out = backend_refs(meta, at, &r.backend_refs, RouteKind::Http, prefix_only, backends, c);
+    let backends_out = backend_refs(
+        meta,
+        at,
+        &r.backend_refs,
+        RouteKind::Http,
+        prefix_only,
+        backends,
+        c,
+    );
 
     let mut duration = |path: String, value: &Option<String>| -> u64 {
         value
@@ -500,7 +508,10 @@ fn value_matches(
             if h.name.is_empty() {
                 c.error(format!("{mat}.{field}[{k}].name"), "must not be empty");
             } else if field == "headers" {
-                c.check(format!("{mat}.{field}[{k}].name"), validate::header_name(&h.name));
+                c.check(
+                    format!("{mat}.{field}[{k}].name"),
+                    validate::header_name(&h.name),
+                );
             }
             pb::HeaderMatch {
                 r#type: match_type_pb(t).into(),
@@ -572,7 +583,9 @@ fn backend_ref(
                     c.error(format!("{at}.port"), "required for a Service backend");
                     0
                 }
-                Some(p) => c.check(format!("{at}.port"), validate::port(p)).unwrap_or(0),
+                Some(p) => c
+                    .check(format!("{at}.port"), validate::port(p))
+                    .unwrap_or(0),
             };
             pb::BackendRef {
                 kind,
@@ -656,7 +669,10 @@ fn filters(
         let fat = format!("{at}[{i}]");
         let set: Vec<&str> = [
             ("RequestHeaderModifier", f.request_header_modifier.is_some()),
-            ("ResponseHeaderModifier", f.response_header_modifier.is_some()),
+            (
+                "ResponseHeaderModifier",
+                f.response_header_modifier.is_some(),
+            ),
             ("URLRewrite", f.url_rewrite.is_some()),
             ("RequestRedirect", f.request_redirect.is_some()),
             ("RequestMirror", f.request_mirror.is_some()),
@@ -943,12 +959,18 @@ fn path_modifier(
     };
     let value = match value {
         None => {
-            c.error(format!("{at}.{field}"), format!("required for type {}", p.modifier_type));
+            c.error(
+                format!("{at}.{field}"),
+                format!("required for type {}", p.modifier_type),
+            );
             String::new()
         }
         Some(v) => {
             if !v.starts_with('/') {
-                c.error(format!("{at}.{field}"), format!("must start with '/', got {v:?}"));
+                c.error(
+                    format!("{at}.{field}"),
+                    format!("must start with '/', got {v:?}"),
+                );
             }
             v
         }
@@ -996,7 +1018,15 @@ pub fn grpc_route(
             backends,
             c,
         );
-        let backends_out = backend_refs(meta, &at, &r.backend_refs, RouteKind::Grpc, false, backends, c);
+        let backends_out = backend_refs(
+            meta,
+            &at,
+            &r.backend_refs,
+            RouteKind::Grpc,
+            false,
+            backends,
+            c,
+        );
         rules.push(pb::RouteRule {
             matches,
             backends: backends_out,
@@ -1034,7 +1064,10 @@ fn grpc_method_path(
             if let Some(v) = v
                 && v.contains('/')
             {
-                c.error(format!("{at}.{field}"), format!("must not contain '/', got {v:?}"));
+                c.error(
+                    format!("{at}.{field}"),
+                    format!("must not contain '/', got {v:?}"),
+                );
             }
         }
         let service = service.map_or("[^/]+".to_string(), |s| format!("(?:{s})"));
@@ -1071,12 +1104,16 @@ fn grpc_method_path(
 
 fn grpc_identifier(s: &str) -> bool {
     let b = s.as_bytes();
-    b.first().is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+    b.first()
+        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
 fn grpc_service_name(s: &str) -> bool {
-    s.strip_prefix('.').unwrap_or(s).split('.').all(grpc_identifier)
+    s.strip_prefix('.')
+        .unwrap_or(s)
+        .split('.')
+        .all(grpc_identifier)
 }
 
 fn match_type_pb(t: MatchTypeSpec) -> pb::MatchType {

@@ -320,7 +320,9 @@ pub fn hostname(value: &str, wildcard: bool) -> Result<(), String> {
         None => value,
     };
     if value.parse::<IpAddr>().is_ok() {
-        return Err(format!("must be a host name, not an IP address, got {value:?}"));
+        return Err(format!(
+            "must be a host name, not an IP address, got {value:?}"
+        ));
     }
     dns_subdomain(bare).map(|_| ())
 }

@@ -81,7 +81,12 @@ pub fn assemble(objects: &Objects) -> Loaded {
             secret.metadata.name.clone().unwrap_or_default(),
         );
         if wanted.contains(&key) {
-            accept("Secret", &secret.metadata, translate::secret(secret), &mut diagnostics);
+            accept(
+                "Secret",
+                &secret.metadata,
+                translate::secret(secret),
+                &mut diagnostics,
+            );
         }
     }
     for (kind, objs) in &objects.dynamic {
@@ -228,7 +233,10 @@ fn gateway_secrets(objects: &Objects) -> BTreeSet<(String, String)> {
         let namespace = gw.metadata.namespace.clone().unwrap_or_default();
         let listeners = spec["listeners"].as_array().into_iter().flatten();
         for listener in listeners {
-            let refs = listener["tls"]["certificateRefs"].as_array().into_iter().flatten();
+            let refs = listener["tls"]["certificateRefs"]
+                .as_array()
+                .into_iter()
+                .flatten();
             for r in refs {
                 if let Some(name) = r["name"].as_str() {
                     // A ref to another namespace is refused when the Gateway compiles.

@@ -248,8 +248,11 @@ pub struct ConsumerSpec {
     doc = "Rate limits and quotas that Weft edge gateway consumers subscribe to.",
     namespaced,
     category = "weft",
-    printcolumn(name = "Per second", type_ = "integer", json_path = ".spec.limits.perSecond"),
-    printcolumn(name = "Per month", type_ = "integer", json_path = ".spec.limits.perMonth")
+    printcolumn(
+        name = "Per second",
+        type_ = "integer",
+        json_path = ".spec.limits.perSecond"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PlanSpec {

@@ -7,8 +7,9 @@
 //! | `v1 Service` | k8s-openapi type | a `Service` (named target ports resolved against the selected pods) |
 //! | `discovery.k8s.io/v1 EndpointSlice` | k8s-openapi type | the members of services without a selector |
 //! | `networking.k8s.io/v1 NetworkPolicy` | k8s-openapi type | `Policy` resources |
-//! | Istio `AuthorizationPolicy`, `PeerAuthentication`; Gateway API `HTTPRoute` | `DynamicObject` | `Policy`, `Route` |
-//! | `weft.dev/v1alpha1` `Workload`, `Listener`, `ApiRoute`, `Consumer`, `Plan` ([`crd`]) | `DynamicObject` | their resources |
+//! | `v1 Secret` of type `kubernetes.io/tls` | k8s-openapi type | listener certificates; only those a `weft` Gateway names are read |
+//! | Istio `AuthorizationPolicy`, `PeerAuthentication`; Gateway API `HTTPRoute`, `GRPCRoute`, `Gateway` | `DynamicObject` | `Policy`, `Route`, `ApiRoute`, `Listener` |
+//! | `weft.dev/v1alpha1` `Workload`, `Backend`, `ApiPolicy`, `Consumer`, `Plan` ([`crd`]) | `DynamicObject` | their resources |
 //!
 //! - [`translate`]: one object into one [`ParsedDocument`](super::ParsedDocument);
 //! - [`assemble`]: every object into one configuration, skipping invalid objects one by one

@@ -5,11 +5,12 @@
 //! validated them, so only what Weft adds (IPs it must parse, named ports it must resolve)
 //! can fail here. Other kinds arrive as `DynamicObject`s whose `spec` is decoded into the
 //! YAML model's types, which reject unknown fields: an Istio or Gateway API field Weft does
-//! not implement (`when`, `filters`, ...) rejects the object with that field's path rather
+//! not implement (`when`, `sessionPersistence`, ...) rejects the object with that field's path rather
 //! than being silently ignored, exactly as in a file.
 
 use std::sync::Arc;
 
+use base64::Engine as _;
 use k8s_openapi::{
     api::{
         core::v1::{Pod, Secret, Service},
@@ -17,7 +18,6 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta as KubeMeta, util::intstr},
 };
-use base64::Engine as _;
 use kube::core::DynamicObject;
 use serde::de::DeserializeOwned;
 
@@ -301,7 +301,12 @@ pub fn secret(secret: &Secret) -> Translation {
         .data
         .iter()
         .flatten()
-        .map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(&v.0)))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                base64::engine::general_purpose::STANDARD.encode(&v.0),
+            )
+        })
         .collect();
     let body = SecretSpec {
         secret_type: secret.type_.clone(),
