@@ -311,7 +311,7 @@ pub fn curl_until(tb: &Testbed, client: Client<'_>, args: &[&str], status: u16) 
         if Instant::now() >= deadline {
             let log = tb
                 .gateway_log()
-                .map(|l| crate::testbed::state::tail(&l, 15))
+                .map(|l| crate::testbed::state::tail(&l, 6))
                 .unwrap_or_default();
             return Err(Error::Timeout {
                 what: format!(
