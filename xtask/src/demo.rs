@@ -24,11 +24,19 @@ const DEMO_VIP: &str = "10.96.0.80";
 /// The file the demo's gateway documents are written to in the control plane's directory.
 const DEMO_FILE: &str = "demo-api.yaml";
 
-pub fn run() -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The testbed's name (the mesh is left up under it).
+    #[arg(long, default_value = topology::DEFAULT_NAME)]
+    pub name: String,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    topology::validate_name(&args.name)?;
     setup::ensure()?;
     let bin = run::build_agent(false)?;
     run::build_gateway(false)?;
-    let config = Config::named(topology::DEFAULT_NAME)
+    let config = Config::named(&args.name)
         .agent(AgentConfig::new(bin))
         .with_gateway();
     let tb = testbed::bring_up(&config)?;
@@ -64,17 +72,19 @@ pub fn run() -> anyhow::Result<()> {
             Err(e) => println!("  {}: could not read the metrics: {e}", node.name),
         }
     }
-    publish_api(&tb, client)?;
+    let flag = name_flag(&args.name);
+    publish_api(&tb, client, &flag)?;
     println!(
-        "the mesh is still up. look around: cargo xtask testbed status / cargo xtask testbed exec \
-         pod-1a -- curl -s http://10.78.2.11:8000/whoami.txt; take it down: cargo xtask testbed down"
+        "the mesh is still up. look around: cargo xtask testbed status{flag} / cargo xtask testbed \
+         exec{flag} pod-1a -- curl -s http://10.78.2.11:8000/whoami.txt; take it down: cargo xtask \
+         testbed down{flag}"
     );
     Ok(())
 }
 
 /// Publishes the demo API through the gateway, prints the curl lines that show each answer
 /// and runs them once.
-fn publish_api(tb: &Testbed, client: &str) -> anyhow::Result<()> {
+fn publish_api(tb: &Testbed, client: &str, flag: &str) -> anyhow::Result<()> {
     tb.apply_yaml(
         DEMO_FILE,
         &edge::demo_api_documents(DEMO_KEY, DEMO_PER_SECOND, DEMO_VIP)?,
@@ -89,12 +99,19 @@ fn publish_api(tb: &Testbed, client: &str) -> anyhow::Result<()> {
     );
     let with_key = format!("-H 'x-api-key: {DEMO_KEY}' ");
     let code = "curl -s -o /dev/null -w '%{http_code}\\n'";
-    let lines = [
-        ("200 (the key)", format!("{code} {with_key}{url}")),
-        ("401 (no key)", format!("{code} {url}")),
+    // What each line shows, its command, and whether its codes are the ones it is for.
+    type Expect = fn(&[String]) -> bool;
+    let lines: [(&str, String, Expect); 3] = [
+        ("200 (the key)", format!("{code} {with_key}{url}"), |c| {
+            c.iter().all(|c| c == "200")
+        }),
+        ("401 (no key)", format!("{code} {url}"), |c| {
+            c.iter().all(|c| c == "401")
+        }),
         (
             "429 after 5 (a burst of 10)",
             format!("for i in $(seq 10); do {code} {with_key}{url}; done"),
+            |c| c.iter().any(|c| c == "429"),
         ),
     ];
     edge::curl_until(
@@ -106,16 +123,30 @@ fn publish_api(tb: &Testbed, client: &str) -> anyhow::Result<()> {
     .context("the demo API did not answer 200 through the gateway")?;
     // A fresh second for the burst.
     std::thread::sleep(Duration::from_millis(1100));
-    for (what, line) in &lines {
-        println!("  {what}: cargo xtask testbed exec {client} -- sh -c \"{line}\"");
+    for (what, line, expected) in &lines {
+        println!("  {what}: cargo xtask testbed exec{flag} {client} -- sh -c \"{line}\"");
         let out = tb.exec(client, &["sh", "-c", line])?;
         let codes: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .map(str::to_owned)
             .collect();
-        println!("    -> {}", codes.join(" "));
+        let note = if expected(&codes) {
+            ""
+        } else {
+            "  (not what this line is for: see the gateway's log)"
+        };
+        println!("    -> {}{note}", codes.join(" "));
     }
     Ok(())
+}
+
+/// ` --name NAME` for the printed commands, or nothing for the default testbed.
+fn name_flag(name: &str) -> String {
+    if name == topology::DEFAULT_NAME {
+        String::new()
+    } else {
+        format!(" --name {name}")
+    }
 }
 
 /// Waits until the source agent shows bytes for every demo connection (they may only be

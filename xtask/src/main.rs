@@ -46,7 +46,7 @@ enum Command {
     /// and charts.
     Bench(bench::Args),
     /// Bring a mesh up, send traffic through it, show what the agents saw, leave it up.
-    Demo,
+    Demo(demo::Args),
     /// Manage a local testbed: nodes and pods as network namespaces, one agent per node.
     #[command(subcommand)]
     Testbed(testbed::Command),
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::command(),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
-        Command::Demo => demo::run(),
+        Command::Demo(args) => demo::run(&args),
         Command::Testbed(command) => testbed::run(command),
     };
     match result {
