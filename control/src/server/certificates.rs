@@ -17,7 +17,6 @@ use crate::{
     ca::{CertificateAuthority, Csr, rfc3339},
     metrics::SignLabels,
     node::{NodeName, NotANode, node_of_peer},
-    principal::{Principal, gateway_spiffe_id},
 };
 
 /// The lifetime of a workload certificate whose request names none (`ttl_seconds` 0), as the
@@ -122,14 +121,6 @@ impl CertificateService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let is_gateway = {
-            let certs = request.peer_certs();
-            let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
-            Principal::of_peer(leaf, &self.trust_domain) == Ok(Principal::Gateway)
-        };
-        if is_gateway {
-            return self.sign_gateway(request.into_inner(), &peer);
-        }
         let node = caller_node(&request, &self.trust_domain).map_err(|e| {
             warn!(%peer, reason = %e, "refused a certificate request without a node credential");
             Refusal::new(
@@ -187,56 +178,6 @@ impl CertificateService {
             %identity,
             not_after = %rfc3339(issued.not_after),
             "issued a workload certificate"
-        );
-        Ok(pb::SignResponse {
-            cert_chain_pem: vec![issued.cert_pem],
-            trust_roots_pem: vec![self.ca.root_pem().to_string()],
-        })
-    }
-
-    /// The gateway credential carries the gateway's workload identity, as an ingress
-    /// gateway's service account is its identity: its holder may obtain that identity's
-    /// certificate (to reach mesh services over HBONE), and no other.
-    fn sign_gateway(
-        &self,
-        request: pb::SignRequest,
-        peer: &str,
-    ) -> Result<pb::SignResponse, Refusal> {
-        let identity = self
-            .identity(&request.identity)
-            .map_err(|status| Refusal::new("invalid", status))?;
-        let own = gateway_spiffe_id(&self.trust_domain);
-        if identity.to_string() != own {
-            warn!(%identity, %peer, "refused a certificate: the gateway asked for another identity");
-            return Err(Refusal::new(
-                "denied",
-                Status::permission_denied(format!(
-                    "the gateway credential may obtain a certificate for {own} only, not \
-                     {identity}"
-                )),
-            ));
-        }
-        let csr = Csr::from_pem(&request.csr_pem).map_err(|e| {
-            Refusal::new("invalid", Status::invalid_argument(format!("csr_pem: {e}")))
-        })?;
-        let lifetime = self.lifetime(request.ttl_seconds);
-        let issued = self
-            .ca
-            .sign_workload(&csr, &identity, lifetime)
-            .map_err(|e| {
-                error!(%identity, error = %e, "signing the gateway's certificate failed");
-                Refusal::new(
-                    "failed",
-                    Status::internal(format!(
-                        "signing the certificate for {identity} failed: {e}"
-                    )),
-                )
-            })?;
-        info!(
-            %identity,
-            %peer,
-            not_after = %rfc3339(issued.not_after),
-            "issued the gateway's certificate"
         );
         Ok(pb::SignResponse {
             cert_chain_pem: vec![issued.cert_pem],
