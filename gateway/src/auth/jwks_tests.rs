@@ -242,3 +242,63 @@ async fn a_jwks_file_is_read_again_with_each_configuration_version() {
     );
     v2.authenticate(&policy, &mut p, client()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_shut_down_registry_fetches_no_more_but_keeps_its_keys() {
+    let key = TestKey::p256("k");
+    let server = JwksServer::start(Serve::Json(jwks(&[&key]))).await;
+    let s = setup(https_provider(&server), limits());
+    run(&s, &key.token(&claims("alice"))).await.unwrap();
+    s._registry.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let unknown = TestKey::p256("new");
+    assert_eq!(
+        reason(run(&s, &unknown.token(&claims("alice"))).await),
+        Rejection::UnknownKey
+    );
+    assert_eq!(server.connections(), 1);
+    run(&s, &key.token(&claims("alice"))).await.unwrap();
+}
+
+#[test]
+fn a_key_set_keeps_signature_keys_of_known_kinds_up_to_the_bound() {
+    use super::KeySet;
+    let ec = TestKey::p256("e");
+    let mut enc = ec.jwk();
+    enc["use"] = "enc".into();
+    enc["kid"] = "enc".into();
+    let mut wrong_alg = ec.jwk();
+    wrong_alg["alg"] = "RS256".into();
+    let doc = serde_json::json!({"keys": [
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+        {"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"},
+        {"kty": "weird"},
+        "not an object",
+        enc,
+        wrong_alg,
+        ec.jwk(),
+    ]});
+    let set = KeySet::parse(doc.to_string().as_bytes()).unwrap();
+    let kids: Vec<_> = set.keys.iter().map(|k| k.kid.clone()).collect();
+    assert_eq!(kids, [Some("e".to_string())]);
+
+    let many: Vec<_> = (0..super::jwks::MAX_KEYS + 10)
+        .map(|i| {
+            let mut k = ec.jwk();
+            k["kid"] = i.to_string().into();
+            k
+        })
+        .collect();
+    let set = KeySet::parse(serde_json::json!({ "keys": many }).to_string().as_bytes()).unwrap();
+    assert_eq!(set.keys.len(), super::jwks::MAX_KEYS);
+
+    for bad in [
+        "",
+        "[]",
+        "{}",
+        "{\"keys\": []}",
+        "{\"keys\": [{\"kty\": \"oct\", \"k\": \"AA\"}]}",
+    ] {
+        assert!(KeySet::parse(bad.as_bytes()).is_err(), "{bad}");
+    }
+}

@@ -343,6 +343,14 @@ async fn required_scopes_answer_403_with_the_scopes() {
     let mut c = claims("alice");
     c["scp"] = json!(["read", 7]);
     assert_eq!(run(&f, &f.ed.token(&c)).await.unwrap().scopes, ["read"]);
+    // Scopes past the bound are ignored, so a required one there is missing.
+    let mut many: Vec<String> = (0..super::jwt::MAX_SCOPES)
+        .map(|i| format!("s{i}"))
+        .collect();
+    many.push("read".into());
+    c["scp"] = json!(many);
+    let e = run(&f, &f.ed.token(&c)).await.unwrap_err();
+    assert!(matches!(e, AuthError::InsufficientScope { .. }), "{e:?}");
     // Anonymous callers are asked for a token, not forbidden.
     let f = fixture_with(|p| {
         p.required_scopes = vec!["read".into()];
