@@ -178,6 +178,39 @@ async fn a_consumer_not_on_the_policys_plans_gets_403() {
 }
 
 #[tokio::test]
+async fn plans_may_be_named_without_their_namespace() {
+    let (policy, auth) = setup(|p| p.plans = vec!["gold".into()]);
+    let mut p = parts("/x", &[("x-api-key", "alice-key")]);
+    auth.authenticate(&policy, &mut p, client()).await.unwrap();
+    let bare = pb::Consumer {
+        plan: "gold".into(),
+        ..consumer("dave", &["dave-key"], &[], "")
+    };
+    let auth = Authenticator::new(
+        &[bare],
+        [&policy],
+        &JwksRegistry::new(AuthMetrics::default()),
+    )
+    .unwrap();
+    let mut p = parts("/x", &[("x-api-key", "dave-key")]);
+    let ok = auth.authenticate(&policy, &mut p, client()).await.unwrap();
+    assert_eq!(ok.consumer.unwrap().plan.as_deref(), Some("demo/gold"));
+}
+
+#[test]
+fn the_authenticator_can_be_shared_and_its_futures_spawned() {
+    fn shared<T: Send + Sync + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+    shared::<Authenticator>();
+    shared::<AuthPolicy>();
+    shared::<AuthError>();
+    let (policy, auth) = setup(|_| {});
+    let mut p = parts("/x", &[]);
+    let future = auth.authenticate(&policy, &mut p, client());
+    send(&future);
+}
+
+#[tokio::test]
 async fn a_key_carries_no_scopes() {
     let (policy, auth) = setup(|p| p.required_scopes = vec!["read".into()]);
     let mut p = parts("/x", &[("x-api-key", "alice-key")]);

@@ -35,6 +35,11 @@ impl KeyHash {
         KeyHash(out)
     }
 
+    /// The hash as 64 lower-case hex digits, as `Consumer.apiKeySha256` holds it.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Parses 64 hex digits (either case).
     pub fn from_hex(hex: &str) -> Option<Self> {
         let bytes = hex.as_bytes();
@@ -80,7 +85,8 @@ impl Consumers {
             let consumer = ConsumerRef {
                 namespace: c.namespace.as_str().into(),
                 name: c.name.as_str().into(),
-                plan: (!c.plan.is_empty()).then(|| c.plan.as_str().into()),
+                plan: (!c.plan.is_empty())
+                    .then(|| super::policy::qualified(&c.namespace, &c.plan).into()),
             };
             let ns = namespaces.entry(consumer.namespace.clone()).or_default();
             for hex in &c.api_key_sha256 {

@@ -166,7 +166,11 @@ impl TryFrom<&pb::ApiPolicy> for AuthPolicy {
             jwt,
             allow_anonymous: p.allow_anonymous,
             required_scopes: p.required_scopes.clone(),
-            plans: p.plans.clone(),
+            plans: p
+                .plans
+                .iter()
+                .map(|plan| qualified(namespace, plan))
+                .collect(),
             challenge,
         })
     }
@@ -320,6 +324,16 @@ impl JwtProvider {
             claim_to_headers,
             source_id,
         })
+    }
+}
+
+/// `namespace/name` of a plan; a bare name is in `namespace` (the documents' own), so both
+/// spellings compare equal.
+pub(crate) fn qualified(namespace: &str, plan: &str) -> String {
+    if plan.contains('/') {
+        plan.to_string()
+    } else {
+        format!("{namespace}/{plan}")
     }
 }
 

@@ -209,13 +209,7 @@ pub(crate) fn consumer(name: &str, keys: &[&str], subjects: &[&str], plan: &str)
         namespace: "demo".into(),
         api_key_sha256: keys
             .iter()
-            .map(|k| {
-                crate::auth::KeyHash::of(k.as_bytes())
-                    .0
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            })
+            .map(|k| crate::auth::KeyHash::of(k.as_bytes()).to_hex())
             .collect(),
         jwt_subjects: subjects.iter().map(|s| s.to_string()).collect(),
         plan: plan.into(),
