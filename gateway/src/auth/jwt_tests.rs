@@ -407,3 +407,56 @@ async fn the_response_is_json_with_challenges() {
     assert_eq!(body["error"], "invalid_token");
     assert_eq!(body["error_description"], "the credential is malformed");
 }
+
+#[tokio::test]
+async fn random_tokens_are_refused_without_panicking() {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    let f = fixture();
+    let rng = SystemRandom::new();
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
+    let good = f.rsa.token(&claims("alice"));
+    let headers = [
+        json!({"alg": "RS256", "kid": 5}),
+        json!({"alg": ["RS256"]}),
+        json!({"kid": "r1"}),
+        json!([]),
+        json!({"alg": "RS256", "kid": "r1", "jku": "https://evil.example/jwks"}),
+    ];
+    for i in 0..600 {
+        let mut bytes = [0u8; 700];
+        rng.fill(&mut bytes).unwrap();
+        let len = (bytes[0] as usize * 3 + bytes[1] as usize) % 690;
+        let token: String = match i % 3 {
+            0 => bytes[2..2 + len]
+                .iter()
+                .map(|b| alphabet[*b as usize % alphabet.len()] as char)
+                .collect(),
+            // A real token with a byte changed somewhere.
+            1 => {
+                let mut t = good.clone().into_bytes();
+                let at = len % t.len();
+                t[at] = alphabet[bytes[2] as usize % alphabet.len()];
+                String::from_utf8(t).unwrap()
+            }
+            // Well-formed segments around odd headers and payloads.
+            _ => {
+                let header = &headers[i % headers.len()];
+                let payload: String = bytes[2..2 + len % 64]
+                    .iter()
+                    .map(|b| format!("{b}"))
+                    .collect();
+                format!(
+                    "{}.{}.{}",
+                    b64(header.to_string().as_bytes()),
+                    b64(payload.as_bytes()),
+                    b64(&bytes[100..164])
+                )
+            }
+        };
+        if token == good {
+            continue;
+        }
+        let e = run(&f, &token).await.expect_err(&token);
+        assert_eq!(e.status(), StatusCode::UNAUTHORIZED, "{token}");
+    }
+}

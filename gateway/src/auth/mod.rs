@@ -200,15 +200,10 @@ impl Authenticator {
             }
             (Presented::None, Presented::Some(token)) => self.by_jwt(policy, &token).await,
             (Presented::None, Presented::None) => {
-                if policy.allow_anonymous || !policy.requires_credentials() {
-                    if policy.required_scopes.is_empty() {
-                        Ok(Authenticated::anonymous())
-                    } else {
-                        // Scopes come with a token: ask for one rather than forbid.
-                        Err(AuthError::Missing {
-                            challenge: policy.challenge.clone(),
-                        })
-                    }
+                let anonymous_allowed = policy.allow_anonymous || !policy.requires_credentials();
+                // Scopes come with a token: an anonymous caller is asked for one, not forbidden.
+                if anonymous_allowed && policy.required_scopes.is_empty() {
+                    Ok(Authenticated::anonymous())
                 } else {
                     Err(AuthError::Missing {
                         challenge: policy.challenge.clone(),
