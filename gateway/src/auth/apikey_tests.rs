@@ -259,6 +259,31 @@ async fn both_methods_are_challenged_when_both_are_accepted() {
             "ApiKey realm=\"weft\", header=\"x-api-key\""
         ]
     );
+    // A refused credential's error goes on its own scheme's challenge.
+    let mut p = parts("/x", &[("x-api-key", "nope")]);
+    let e = auth
+        .authenticate(&policy, &mut p, client())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        challenges(&e),
+        [
+            "Bearer realm=\"weft\"",
+            "ApiKey realm=\"weft\", header=\"x-api-key\", error=\"invalid_token\", error_description=\"the API key is not known\""
+        ]
+    );
+    let mut p = parts("/x", &[("authorization", "Bearer x.y.z")]);
+    let e = auth
+        .authenticate(&policy, &mut p, client())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        challenges(&e),
+        [
+            "Bearer realm=\"weft\", error=\"invalid_token\", error_description=\"the credential is malformed\"",
+            "ApiKey realm=\"weft\", header=\"x-api-key\""
+        ]
+    );
     // Either credential works.
     let mut p = parts("/x", &[("x-api-key", "alice-key")]);
     assert_eq!(

@@ -57,10 +57,18 @@ pub struct Challenge {
 
 impl Challenge {
     /// The `WWW-Authenticate` values: one per accepted scheme, with the error parameters on
-    /// the scheme the failed credential used (or on every scheme when none was presented).
-    fn values(&self, error: Option<(&str, &str)>, scope: Option<&str>) -> Vec<HeaderValue> {
+    /// the scheme `on` (the one the refused credential used), or on every scheme.
+    fn values(
+        &self,
+        error: Option<(&str, &str)>,
+        scope: Option<&str>,
+        on: Option<AuthMethod>,
+    ) -> Vec<HeaderValue> {
         let mut out = Vec::with_capacity(2);
-        let params = |out: &mut String| {
+        let params = |out: &mut String, method: AuthMethod| {
+            if on.is_some_and(|on| on != method) {
+                return;
+            }
             if let Some((code, description)) = error {
                 out.push_str(&format!(", error=\"{code}\""));
                 if !description.is_empty() {
@@ -76,12 +84,12 @@ impl Challenge {
         };
         if self.bearer {
             let mut value = format!("Bearer realm=\"{REALM}\"");
-            params(&mut value);
+            params(&mut value, AuthMethod::Jwt);
             out.extend(HeaderValue::from_str(&value).ok());
         }
         if let Some(where_) = &self.api_key {
             let mut value = format!("ApiKey realm=\"{REALM}\", {where_}");
-            params(&mut value);
+            params(&mut value, AuthMethod::ApiKey);
             out.extend(HeaderValue::from_str(&value).ok());
         }
         out
@@ -151,12 +159,14 @@ impl AuthError {
     /// The `WWW-Authenticate` values of the response (none for a 403 about plans).
     pub fn challenges(&self) -> Vec<HeaderValue> {
         match self {
-            AuthError::Missing { challenge } => challenge.values(None, None),
+            AuthError::Missing { challenge } => challenge.values(None, None, None),
             AuthError::Invalid {
-                reason, challenge, ..
+                reason,
+                challenge,
+                method,
             } => {
                 let description = reason.to_string();
-                challenge.values(Some(("invalid_token", &description)), None)
+                challenge.values(Some(("invalid_token", &description)), None, Some(*method))
             }
             AuthError::InsufficientScope {
                 required,
@@ -165,7 +175,7 @@ impl AuthError {
                 bearer: challenge.bearer,
                 api_key: None,
             }
-            .values(Some(("insufficient_scope", "")), Some(required)),
+            .values(Some(("insufficient_scope", "")), Some(required), None),
             AuthError::NotOnPlan { .. } => Vec::new(),
         }
     }
