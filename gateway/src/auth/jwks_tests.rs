@@ -23,7 +23,7 @@ struct Setup {
     policy: AuthPolicy,
     auth: Authenticator,
     metrics: AuthMetrics,
-    _registry: JwksRegistry,
+    registry: JwksRegistry,
 }
 
 fn setup(prov: pb::JwtProvider, limits: FetchLimits) -> Setup {
@@ -36,7 +36,7 @@ fn setup(prov: pb::JwtProvider, limits: FetchLimits) -> Setup {
         policy,
         auth,
         metrics,
-        _registry: registry,
+        registry: registry,
     }
 }
 
@@ -244,12 +244,12 @@ async fn a_jwks_file_is_read_again_with_each_configuration_version() {
 }
 
 #[tokio::test]
-async fn a_shut_down_registry_fetches_no_more_but_keeps_its_keys() {
+async fn a_shut_downregistry_fetches_no_more_but_keeps_its_keys() {
     let key = TestKey::p256("k");
     let server = JwksServer::start(Serve::Json(jwks(&[&key]))).await;
     let s = setup(https_provider(&server), limits());
     run(&s, &key.token(&claims("alice"))).await.unwrap();
-    s._registry.shutdown();
+    s.registry.shutdown();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let unknown = TestKey::p256("new");
     assert_eq!(
