@@ -36,7 +36,7 @@ fn setup(prov: pb::JwtProvider, limits: FetchLimits) -> Setup {
         policy,
         auth,
         metrics,
-        registry: registry,
+        registry,
     }
 }
 
