@@ -97,6 +97,12 @@ async fn header_fields_exact_text() {
     assert_eq!(header(&d, "ratelimit"), Some(r#""second";r=0;t=1"#));
     assert_eq!(header(&d, "retry-after"), Some("1"));
     assert_eq!(d.headers.len(), 3);
+    let mut map = http::HeaderMap::new();
+    map.insert("ratelimit", http::HeaderValue::from_static("from upstream"));
+    d.apply_to(&mut map);
+    assert_eq!(map.get_all("ratelimit").iter().count(), 1);
+    assert_eq!(map["RateLimit"], r#""second";r=0;t=1"#);
+    assert_eq!(map["Retry-After"], "1");
 
     // A full month: Retry-After runs to the first second of January, and the month is the
     // policy named in RateLimit.

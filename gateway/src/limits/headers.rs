@@ -48,6 +48,14 @@ impl Decision {
             headers: Vec::new(),
         }
     }
+
+    /// Adds the header fields to a response's headers (replacing any the upstream set, so a
+    /// client never sees two different `RateLimit` fields).
+    pub fn apply_to(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
 }
 
 /// What a store found for one request: the counts of each quota's current window (after
