@@ -14,6 +14,7 @@ use crate::run::run;
 /// essential packages, always there. Then what `cargo xtask bench` runs (its quick run is
 /// part of `cargo xtask test`): iperf3, nginx (server, and with its stream module a peer
 /// proxy), haproxy, openssl for the peers' certificates, and a TTF font for chart labels.
+/// redis-server: the gateway's shared limits store tests start their own.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
@@ -27,6 +28,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "haproxy",
     "openssl",
     "fonts-dejavu-core",
+    "redis-server",
 ];
 
 /// The bpf-linker the eBPF build needs: 0.11+ wants a system LLVM that Debian 12 lacks.
