@@ -494,6 +494,14 @@ impl Phases for Proxy {
                 append_baggage(&mut parts.headers, consumer);
             }
             forwarding_headers(&mut parts.headers, &ctx.session, &host);
+            // An HTTP/2 client names the host in `:authority` only; the backend gets it as
+            // `Host` (the URI's authority becomes the backend's address upstream).
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(authority) = parts.uri.authority()
+                && let Ok(v) = HeaderValue::from_str(authority.as_str())
+            {
+                parts.headers.insert(header::HOST, v);
+            }
             if bodiless {
                 let protocol = protocol_of(&selected);
                 for m in route::mirror_targets(&rule.filters, self.rand()) {
