@@ -1,7 +1,7 @@
 //! Helpers of the gateway's in-process tests: real backends on loopback, the real binary,
 //! curl and h2load as clients.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::{
     convert::Infallible,
