@@ -84,13 +84,15 @@ impl ConfigState {
         // JWKS fetches and listeners run on the data path's runtime.
         let _enter = self.runtime.enter();
         let snap = Arc::new(Snapshot::build(resources, generation, &self.jwks)?);
+        let prepared = self.listeners.prepare(&snap).map_err(|e| BuildError {
+            resource: e.listeners.first().cloned().unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
         self.generation.store(generation, Ordering::Relaxed);
         self.analytics.set_consumers(snap.consumers.keys());
+        // Requests arriving from here on see the new version; ports follow at once.
         self.snapshot.store(snap.clone());
-        let errors = self.listeners.apply(&snap);
-        for e in &errors {
-            error!(error = %e, "a listener port cannot be served");
-        }
+        self.listeners.commit(&snap, prepared);
         self.configured.store(true, Ordering::Release);
         *self.last_error.lock() = None;
         info!(
