@@ -2,6 +2,9 @@
 //! and bodies (413), request-smuggling shapes (400 and the connection closed), slow clients,
 //! and HTTP/2 rapid reset (GOAWAY, memory bounded).
 
+// Helpers are not `#[test]` functions; a failed setup step should panic like an assertion.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
