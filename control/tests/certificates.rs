@@ -472,3 +472,40 @@ async fn the_link_ca_client_signs_end_to_end() {
         err.message
     );
 }
+
+#[tokio::test]
+async fn the_gateway_credential_gets_the_gateway_identity_only() {
+    const GATEWAY: &str = "spiffe://cluster.local/ns/weft-system/sa/weft-gateway";
+    let mesh = Mesh::start(DAY).await;
+    let (_, csr) = csr_p256();
+    let gateway = mesh.gateway_identity();
+    let issued = mesh
+        .certificates(Some(&gateway))
+        .sign(request(GATEWAY, &csr, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let leaf = x509_parser::pem::parse_x509_pem(issued.cert_chain_pem[0].as_bytes())
+        .unwrap()
+        .1;
+    let (uri, _) = weft_link::tls::single_uri_san(&leaf.contents).unwrap();
+    assert_eq!(uri, GATEWAY);
+    // Any other identity is refused, workload or not.
+    for other in [WEB, "spiffe://cluster.local/ns/weft-system/sa/other"] {
+        let err = mesh
+            .certificates(Some(&gateway))
+            .sign(request(other, &csr, 0))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{other}: {err:?}");
+        assert!(err.message().contains(GATEWAY), "{}", err.message());
+    }
+    // A node credential does not get the gateway's identity (no such workload runs there).
+    let err = mesh
+        .certificates(Some(&mesh.node_identity("node-a")))
+        .sign(request(GATEWAY, &csr, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    mesh.stop().await;
+}

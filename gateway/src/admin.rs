@@ -17,7 +17,7 @@ use tracing::{Instrument as _, debug_span, warn};
 use weft_http::server::{self, Body, HttpServer};
 use weft_link::{certs::IdentityCerts, control::ConnectionState};
 
-use crate::{drain::Draining, source::ConfigState};
+use crate::{analytics::Analytics, drain::Draining, source::ConfigState};
 
 /// Changes the log filter; returns the error to show the operator.
 pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -27,6 +27,7 @@ pub struct AdminState {
     pub config: Arc<ConfigState>,
     pub draining: Draining,
     pub registry: Registry,
+    pub analytics: Arc<Analytics>,
     pub control: Option<ConnectionState>,
     pub certs: Option<IdentityCerts>,
     pub set_log_level: SetLogLevel,
@@ -117,7 +118,10 @@ fn route(endpoint: Endpoint, state: &AdminState, req: Request<Incoming>) -> Resp
         (Endpoint::Readiness | Endpoint::Admin, &Method::GET, "/healthz/ready") => readiness(state),
         (Endpoint::Admin, &Method::GET, "/config") => json_response(&config(state)),
         (Endpoint::Admin, &Method::GET, "/analytics") => {
-            crate::analytics_endpoint(req.uri().query())
+            match state.analytics.query_params(req.uri().query()) {
+                Ok(v) => json_response(&v),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
         }
         (Endpoint::Admin, _, "/logging") => logging(state, req.uri().query()),
         (Endpoint::Admin, &Method::GET, "/") => text(

@@ -25,8 +25,11 @@ use weft_proto::discovery::v1::ClientKind;
 
 use crate::{
     admin::{self, AdminState, Endpoint, SetLogLevel},
+    analytics::Analytics,
+    auth::{AuthMetrics, JwksRegistry},
     config::Config,
     drain::Draining,
+    limits::{Limiter, LimiterConfig, LimitsStore},
     listener::Listeners,
     proxy::Proxy,
     snapshot::Snapshot,
@@ -57,6 +60,8 @@ pub enum AppError {
     Credential(#[from] crate::config::CredentialError),
     #[error(transparent)]
     Control(#[from] weft_link::control::ClientError),
+    #[error("--limits-store / --state-dir: {0}")]
+    Limits(#[from] crate::limits::LimitsError),
     #[error("cannot start the {what} runtime: {source}")]
     Runtime {
         what: &'static str,
@@ -151,6 +156,23 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), AppError> {
         })
     };
 
+    let mut registry = Registry::default();
+    let analytics = Arc::new(Analytics::new(&mut registry));
+    let auth_metrics = AuthMetrics::default();
+    auth_metrics.register(&mut registry);
+    let jwks = JwksRegistry::new(auth_metrics);
+    let limiter = {
+        let store: LimitsStore = config.limits_store.as_deref().unwrap_or("").parse()?;
+        let _enter = runtime.enter();
+        Arc::new(Limiter::new(
+            LimiterConfig {
+                store,
+                state_dir: config.state_dir.clone(),
+                ..Default::default()
+            },
+            &mut registry,
+        )?)
+    };
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let client = {
         let _enter = runtime.enter();
@@ -166,6 +188,8 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), AppError> {
         trust_domain.clone(),
         config.max_body_bytes,
         config.body_timeout,
+        analytics.clone(),
+        Some(limiter.clone()),
     ));
     let server = Arc::new(HttpServer::new(config.server_limits()));
     let listeners = Arc::new(Listeners::new(config.listen_addr, server, proxy));
@@ -173,6 +197,8 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), AppError> {
         snapshot,
         listeners.clone(),
         runtime.handle().clone(),
+        jwks,
+        analytics.clone(),
     ));
 
     let source = match (&config.control, control_ca, &config.config_dir) {
@@ -198,7 +224,8 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), AppError> {
     let admin_state = Arc::new(AdminState {
         config: state.clone(),
         draining: draining.clone(),
-        registry: Registry::default(),
+        registry,
+        analytics,
         control: match &source {
             ConfigSource::Control(c) => Some(c.state()),
             ConfigSource::Directory(_) => None,
@@ -238,6 +265,9 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), AppError> {
         }
     });
     admin_thread.stop();
+    if let Err(e) = limiter.persist() {
+        warn!(error = %e, "rate-limit counters not saved");
+    }
     drop(certs);
     runtime.shutdown_timeout(Duration::from_millis(100));
     info!("stopped");

@@ -11,8 +11,8 @@
 //! - [`admin`]: admin, metrics and readiness endpoints.
 
 pub mod admin;
-pub mod app;
 pub mod analytics;
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod drain;
@@ -20,14 +20,5 @@ pub mod limits;
 pub mod listener;
 pub mod path;
 pub mod proxy;
-pub mod routes;
 pub mod snapshot;
 pub mod source;
-
-/// `/analytics` on the admin port.
-pub fn analytics_endpoint(_query: Option<&str>) -> http::Response<weft_http::server::Body> {
-    admin::text(
-        http::StatusCode::NOT_IMPLEMENTED,
-        "analytics are not recorded by this build\n".into(),
-    )
-}

@@ -117,11 +117,19 @@ pub struct Listeners {
 
 /// A port that could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
+#[error("cannot listen on {addr} (listeners {}): {source}", listeners.join(", "))]
 pub struct BindError {
     pub addr: SocketAddr,
+    /// The listeners (`namespace/gateway/name`) on that port.
+    pub listeners: Vec<String>,
     #[source]
     pub source: std::io::Error,
+}
+
+/// Sockets bound for a configuration not yet in force.
+#[derive(Debug)]
+pub struct Prepared {
+    bound: Vec<(u16, TcpListener)>,
 }
 
 impl Listeners {
@@ -137,13 +145,40 @@ impl Listeners {
         }
     }
 
-    /// Brings the ports in line with `snap`: binds new ones, stops removed ones (and ones
-    /// whose protocol changed, which are bound again), swaps certificates. Must run inside
-    /// the data-path runtime. Returns the ports that could not be bound.
-    pub fn apply(&self, snap: &Snapshot) -> Vec<BindError> {
+    /// Binds the ports of `snap` that are not served yet, all or none: a port that cannot be
+    /// bound refuses the whole configuration (as Envoy refuses a listener update it cannot
+    /// bind), so what is in force is always what is served.
+    pub fn prepare(&self, snap: &Snapshot) -> Result<Prepared, BindError> {
+        let running = self.running.lock();
+        let mut bound = Vec::new();
+        for (port, conf) in &snap.ports {
+            if running
+                .get(port)
+                .is_some_and(|r| r.protocol == conf.protocol)
+            {
+                continue;
+            }
+            // A port changing protocol is served by its old socket until commit; bind the
+            // new one only when the old is gone.
+            if running.contains_key(port) {
+                continue;
+            }
+            let addr = SocketAddr::new(self.bind_ip, *port);
+            let listener = bind(addr).map_err(|source| BindError {
+                addr,
+                listeners: conf.listeners.iter().map(|l| l.key.clone()).collect(),
+                source,
+            })?;
+            bound.push((*port, listener));
+        }
+        Ok(Prepared { bound })
+    }
+
+    /// Brings the ports in line with `snap`: serves the ports `prepared` bound, stops removed
+    /// ones (and ones whose protocol changed, which are bound again), swaps certificates.
+    /// Must run inside the data-path runtime.
+    pub fn commit(&self, snap: &Snapshot, prepared: Prepared) {
         let mut running = self.running.lock();
-        let mut errors = Vec::new();
-        // Removed ports, and ports that change protocol.
         let gone: Vec<u16> = running
             .iter()
             .filter(|(port, r)| {
@@ -153,12 +188,13 @@ impl Listeners {
             })
             .map(|(port, _)| *port)
             .collect();
-        for port in gone {
-            if let Some(r) = running.remove(&port) {
+        for port in &gone {
+            if let Some(r) = running.remove(port) {
                 info!(port, "listener port removed; finishing its connections");
                 let _ = r.stop.send(true);
             }
         }
+        let mut bound: BTreeMap<u16, TcpListener> = prepared.bound.into_iter().collect();
         for (port, conf) in &snap.ports {
             if let Some(r) = running.get(port) {
                 if let (Some(resolver), Some(certs)) = (&r.resolver, &conf.certs) {
@@ -167,13 +203,16 @@ impl Listeners {
                 continue;
             }
             let addr = SocketAddr::new(self.bind_ip, *port);
-            let listener = match bind(addr) {
-                Ok(l) => l,
-                Err(source) => {
-                    warn!(%addr, error = %source, "cannot listen");
-                    errors.push(BindError { addr, source });
-                    continue;
-                }
+            let listener = match bound.remove(port) {
+                Some(l) => l,
+                // Its protocol changed: the old socket is closed now.
+                None => match bind(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(%addr, error = %e, "cannot listen");
+                        continue;
+                    }
+                },
             };
             let resolver = conf.certs.as_ref().map(|c| {
                 Arc::new(SniResolver {
@@ -210,7 +249,6 @@ impl Listeners {
                 },
             );
         }
-        errors
     }
 
     /// Stops accepting on every port and asks every connection to finish.

@@ -10,10 +10,14 @@ use std::{
 
 use rustls::sign::CertifiedKey;
 use serde_json::json;
+use weft_http::route::{ListenerRef, Route, RouteKind, RouteTable};
 use weft_mesh::{service::Service, workload::Workload, workload::WorkloadStore};
 use weft_proto::discovery::v1::{self as pb, ResourceType, resource::Kind};
 
-use crate::routes::RouteTable;
+use crate::{
+    auth::{AuthPolicy, Authenticator, JwksRegistry},
+    limits::{Limits, Scope},
+};
 
 /// Every resource of one configuration, by type and `Resource.name`.
 pub type Resources = BTreeMap<ResourceType, BTreeMap<String, Arc<pb::Resource>>>;
@@ -62,6 +66,37 @@ pub struct ListenerConf {
     /// Lower case; `None` serves every host.
     pub hostname: Option<String>,
     pub routes: RouteTable,
+}
+
+/// What an `ApiPolicy` asks of the requests of one route.
+#[derive(Debug)]
+pub struct RoutePolicy {
+    pub auth: AuthPolicy,
+    /// The API's name (analytics, per-API limits).
+    pub api: String,
+    /// Counters per API rather than per route.
+    pub per_api: bool,
+    /// Limits of anonymous callers, per client address.
+    pub anonymous: Limits,
+}
+
+impl RoutePolicy {
+    /// The counters' scope for a request of `route`.
+    pub fn scope(&self, route: &str) -> Scope {
+        if self.per_api {
+            Scope::Api(self.api.clone())
+        } else {
+            Scope::Route(route.to_string())
+        }
+    }
+}
+
+/// The key of a route's policy in [`Snapshot::policies`].
+pub fn policy_key(route: &Route) -> String {
+    match route.kind {
+        RouteKind::Grpc => format!("grpc:{}", route.key),
+        _ => route.key.to_string(),
+    }
 }
 
 /// Everything bound to one port.
@@ -195,15 +230,19 @@ fn dns_names(der: &[u8]) -> Result<Vec<String>, String> {
 }
 
 /// One configuration in force.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Snapshot {
     /// Counts configurations put in force since start.
     pub generation: u64,
     pub ports: BTreeMap<u16, Arc<PortConf>>,
     /// Consumers by `namespace/name`.
     pub consumers: BTreeMap<String, Arc<pb::Consumer>>,
-    /// Plans by `namespace/name`.
-    pub plans: BTreeMap<String, Arc<pb::Plan>>,
+    /// Plan limits by `namespace/name`.
+    pub plans: HashMap<String, Limits>,
+    /// Route policies by [`policy_key`].
+    pub policies: HashMap<String, Arc<RoutePolicy>>,
+    /// Consumers and JWT keys.
+    pub authenticator: Option<Arc<Authenticator>>,
     /// Mesh services by (namespace, name).
     pub services: HashMap<(String, String), Arc<Service>>,
     pub workloads: WorkloadStore,
@@ -211,9 +250,24 @@ pub struct Snapshot {
     counts: BTreeMap<&'static str, usize>,
 }
 
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("ports", &self.ports.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Snapshot {
     /// Converts a whole configuration, or names the first resource that cannot be used.
-    pub fn build(resources: &Resources, generation: u64) -> Result<Snapshot, BuildError> {
+    /// JWT key sets come from `jwks`, which outlives versions; must run inside a Tokio
+    /// runtime (key fetches start here).
+    pub fn build(
+        resources: &Resources,
+        generation: u64,
+        jwks: &JwksRegistry,
+    ) -> Result<Snapshot, BuildError> {
         let empty = BTreeMap::new();
         let of = |ty: ResourceType| resources.get(&ty).unwrap_or(&empty);
         let mut counts = BTreeMap::new();
@@ -240,20 +294,52 @@ impl Snapshot {
             };
             consumers.insert(format!("{}/{}", c.namespace, c.name), Arc::new(c.clone()));
         }
-        let mut plans = BTreeMap::new();
+        let mut plans = HashMap::new();
         for (name, r) in of(ResourceType::Plan) {
             let Some(Kind::Plan(p)) = &r.kind else {
                 return Err(BuildError::new(name, "not a Plan"));
             };
-            plans.insert(format!("{}/{}", p.namespace, p.name), Arc::new(p.clone()));
+            let limits = p.limits.as_ref().map(Limits::from).unwrap_or_default();
+            plans.insert(format!("{}/{}", p.namespace, p.name), limits);
         }
-        let mut routes: Vec<(String, Arc<pb::ApiRoute>)> = Vec::new();
+        let mut routes: Vec<Arc<Route>> = Vec::new();
+        let mut policies = HashMap::new();
         for (name, r) in of(ResourceType::ApiRoute) {
             let Some(Kind::ApiRoute(a)) = &r.kind else {
                 return Err(BuildError::new(name, "not an ApiRoute"));
             };
-            routes.push((name.clone(), Arc::new(a.clone())));
+            let route = Route::try_from(a).map_err(|e| BuildError::new(name, e.to_string()))?;
+            if let Some(p) = &a.policy {
+                let auth =
+                    AuthPolicy::try_from(p).map_err(|e| BuildError::new(name, e.to_string()))?;
+                let api = if p.api.is_empty() {
+                    p.name.rsplit('/').next().unwrap_or(&p.name).to_string()
+                } else {
+                    p.api.clone()
+                };
+                policies.insert(
+                    policy_key(&route),
+                    Arc::new(RoutePolicy {
+                        auth,
+                        api,
+                        per_api: p.limit_scope() == pb::LimitScope::Api,
+                        anonymous: p
+                            .anonymous_limits
+                            .as_ref()
+                            .map(Limits::from)
+                            .unwrap_or_default(),
+                    }),
+                );
+            }
+            routes.push(Arc::new(route));
         }
+        let consumer_list: Vec<pb::Consumer> = consumers
+            .values()
+            .map(|c: &Arc<pb::Consumer>| (**c).clone())
+            .collect();
+        let authenticator =
+            Authenticator::new(&consumer_list, policies.values().map(|p| &p.auth), jwks)
+                .map_err(|e| BuildError::new("consumers and policies", e.to_string()))?;
 
         // Ports: every listener on a port must speak the same protocol.
         let mut by_port: BTreeMap<u16, (Protocol, Vec<Arc<ListenerConf>>, SniCerts)> =
@@ -300,13 +386,9 @@ impl Snapshot {
                 }
             }
             let hostname = Some(l.hostname.to_ascii_lowercase()).filter(|h| !h.is_empty());
-            let attached: Vec<&Arc<pb::ApiRoute>> = routes
-                .iter()
-                .map(|(_, r)| r)
-                .filter(|r| attaches(r, l, port))
-                .collect();
-            let table = RouteTable::build(hostname.as_deref(), &attached)
-                .map_err(|e| BuildError::new(name, e))?;
+            let listener_ref =
+                ListenerRef::try_from(l).map_err(|e| BuildError::new(name, e.to_string()))?;
+            let table = RouteTable::build(&listener_ref, &routes);
             entry.1.push(Arc::new(ListenerConf {
                 key: name.clone(),
                 namespace: l.namespace.clone(),
@@ -336,6 +418,8 @@ impl Snapshot {
             ports,
             consumers,
             plans,
+            policies,
+            authenticator: Some(Arc::new(authenticator)),
             services,
             workloads: WorkloadStore::from_arcs(workloads),
             counts,
@@ -355,7 +439,7 @@ impl Snapshot {
                     "listeners": p.listeners.iter().map(|l| json!({
                         "name": l.key,
                         "hostname": l.hostname,
-                        "routes": l.routes.names(),
+                        "routes": l.routes.routes().iter().map(|r| r.key.to_string()).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -365,25 +449,9 @@ impl Snapshot {
             "resources": self.counts,
             "ports": ports,
             "consumers": self.consumers.keys().collect::<Vec<_>>(),
-            "plans": self.plans.keys().collect::<Vec<_>>(),
+            "plans": self.plans.keys().collect::<std::collections::BTreeSet<_>>(),
             "services": self.services.len(),
             "workloads": self.workloads.iter().count(),
         })
     }
-}
-
-/// Whether `route` attaches to listener `l` (on `port`).
-fn attaches(route: &pb::ApiRoute, l: &pb::Listener, port: u16) -> bool {
-    route.parents.iter().any(|p| {
-        let ns = if p.namespace.is_empty() {
-            &route.namespace
-        } else {
-            &p.namespace
-        };
-        (p.kind.is_empty() || p.kind == "Gateway")
-            && p.name == l.gateway
-            && *ns == l.namespace
-            && (p.section_name.is_empty() || p.section_name == l.name)
-            && (p.port == 0 || p.port == u32::from(port))
-    })
 }

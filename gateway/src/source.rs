@@ -26,6 +26,8 @@ use weft_link::control::{Rejection, Update};
 use weft_proto::discovery::v1::ResourceType;
 
 use crate::{
+    analytics::Analytics,
+    auth::JwksRegistry,
     listener::Listeners,
     snapshot::{BuildError, Resources, Snapshot},
 };
@@ -50,6 +52,9 @@ pub struct ConfigState {
     pub configured: AtomicBool,
     /// Why the last configuration was refused, if it was.
     pub last_error: Mutex<Option<String>>,
+    /// JWT key sets, kept across versions.
+    jwks: JwksRegistry,
+    analytics: Arc<Analytics>,
 }
 
 impl ConfigState {
@@ -58,6 +63,8 @@ impl ConfigState {
         snapshot: Arc<ArcSwap<Snapshot>>,
         listeners: Arc<Listeners>,
         runtime: tokio::runtime::Handle,
+        jwks: JwksRegistry,
+        analytics: Arc<Analytics>,
     ) -> Self {
         ConfigState {
             snapshot,
@@ -66,22 +73,26 @@ impl ConfigState {
             generation: AtomicU64::new(0),
             configured: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            jwks,
+            analytics,
         }
     }
 
     /// Builds a snapshot of `resources` and puts it in force, or says why not.
     pub fn install(&self, resources: &Resources) -> Result<(), BuildError> {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let snap = Arc::new(Snapshot::build(resources, generation)?);
+        // JWKS fetches and listeners run on the data path's runtime.
+        let _enter = self.runtime.enter();
+        let snap = Arc::new(Snapshot::build(resources, generation, &self.jwks)?);
+        let prepared = self.listeners.prepare(&snap).map_err(|e| BuildError {
+            resource: e.listeners.first().cloned().unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
         self.generation.store(generation, Ordering::Relaxed);
+        self.analytics.set_consumers(snap.consumers.keys());
+        // Requests arriving from here on see the new version; ports follow at once.
         self.snapshot.store(snap.clone());
-        let errors = {
-            let _enter = self.runtime.enter();
-            self.listeners.apply(&snap)
-        };
-        for e in &errors {
-            error!(error = %e, "a listener port cannot be served");
-        }
+        self.listeners.commit(&snap, prepared);
         self.configured.store(true, Ordering::Release);
         *self.last_error.lock() = None;
         info!(

@@ -195,6 +195,12 @@ impl UpstreamClient {
                         reason: e.to_string(),
                     })?;
                 *req.uri_mut() = uri;
+                // The client side's version says nothing about the backend's: hyper's pool
+                // speaks HTTP/1.1 unless ALPN (or gRPC's prior knowledge) says h2.
+                *req.version_mut() = match protocol {
+                    UpstreamProtocol::Http2 => http::Version::HTTP_2,
+                    UpstreamProtocol::Http1 => http::Version::HTTP_11,
+                };
                 let result = if *scheme == Scheme::HTTPS {
                     self.tls_client(ca_pem)?.request(req).await
                 } else if protocol == UpstreamProtocol::Http2 {
@@ -252,6 +258,10 @@ impl UpstreamClient {
             source: Some(Box::new(e)),
         };
         let io = TokioIo::new(stream);
+        *req.version_mut() = match protocol {
+            UpstreamProtocol::Http2 => http::Version::HTTP_2,
+            UpstreamProtocol::Http1 => http::Version::HTTP_11,
+        };
         match protocol {
             UpstreamProtocol::Http1 => {
                 *req.uri_mut() =

@@ -15,7 +15,8 @@ use crate::run::run;
 /// part of `cargo xtask test`): iperf3, nginx (server, and with its stream module a peer
 /// proxy), haproxy, openssl for the peers' certificates, and a TTF font for chart labels.
 /// The edge gateway's tests add h2load (nghttp2-client), an HTTP/2 load generator and
-/// client, and redis-server, the shared limits store several gateways count in.
+/// client, and redis-server, the shared limits store several gateways count in (the tests
+/// start their own).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",

@@ -3,7 +3,10 @@
 //! compromised node cannot obtain the identities of the rest of the mesh.
 //!
 //! The caller's node comes from its TLS client certificate (a node credential, see
-//! [`crate::node`]), which the TLS layer has already verified against the mesh root.
+//! [`crate::node`]), which the TLS layer has already verified against the mesh root. The
+//! edge gateway's credential obtains exactly one identity, the gateway's own
+//! (`spiffe://<td>/ns/weft-system/sa/weft-gateway`), so that it can open HBONE tunnels into
+//! the mesh as itself; nothing else.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,6 +20,7 @@ use crate::{
     ca::{CertificateAuthority, Csr, rfc3339},
     metrics::SignLabels,
     node::{NodeName, NotANode, node_of_peer},
+    principal::{Principal, gateway_spiffe_id},
 };
 
 /// The lifetime of a workload certificate whose request names none (`ttl_seconds` 0), as the
@@ -121,12 +125,19 @@ impl CertificateService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let leaf = request
+            .peer_certs()
+            .and_then(|c| c.first().map(|c| c.as_ref().to_vec()));
+        if let Ok(Principal::Gateway) = Principal::of_peer(leaf.as_deref(), &self.trust_domain) {
+            return self.sign_for_gateway(request.into_inner(), &peer);
+        }
         let node = caller_node(&request, &self.trust_domain).map_err(|e| {
             warn!(%peer, reason = %e, "refused a certificate request without a node credential");
             Refusal::new(
                 "unauthenticated",
                 Status::unauthenticated(format!(
-                    "Sign needs a node credential: {e}; issue one with `weft-control \
+                    "Sign needs a node credential (or the gateway credential, for the \
+                     gateway's own identity): {e}; issue one with `weft-control \
                      node-credential --node <node>` and give it to the agent with \
                      --node-cert/--node-key"
                 )),
@@ -178,6 +189,55 @@ impl CertificateService {
             %identity,
             not_after = %rfc3339(issued.not_after),
             "issued a workload certificate"
+        );
+        Ok(pb::SignResponse {
+            cert_chain_pem: vec![issued.cert_pem],
+            trust_roots_pem: vec![self.ca.root_pem().to_string()],
+        })
+    }
+}
+
+impl CertificateService {
+    /// A request with the gateway credential: the gateway's own identity only.
+    fn sign_for_gateway(
+        &self,
+        request: pb::SignRequest,
+        peer: &str,
+    ) -> Result<pb::SignResponse, Refusal> {
+        let identity = self
+            .identity(&request.identity)
+            .map_err(|status| Refusal::new("invalid", status))?;
+        let gateway = gateway_spiffe_id(&self.trust_domain);
+        if identity.as_str() != gateway {
+            warn!(%identity, %peer, "refused a certificate: the gateway credential asked for another identity");
+            return Err(Refusal::new(
+                "denied",
+                Status::permission_denied(format!(
+                    "the gateway credential may obtain a certificate for {gateway} only, not \
+                     {identity}"
+                )),
+            ));
+        }
+        let csr = Csr::from_pem(&request.csr_pem).map_err(|e| {
+            Refusal::new("invalid", Status::invalid_argument(format!("csr_pem: {e}")))
+        })?;
+        let lifetime = self.lifetime(request.ttl_seconds);
+        let issued = self
+            .ca
+            .sign_workload(&csr, &identity, lifetime)
+            .map_err(|e| {
+                error!(%identity, error = %e, "signing the gateway certificate failed");
+                Refusal::new(
+                    "failed",
+                    Status::internal(format!(
+                        "signing the certificate for {identity} failed: {e}"
+                    )),
+                )
+            })?;
+        info!(
+            %identity,
+            not_after = %rfc3339(issued.not_after),
+            "issued the gateway's certificate"
         );
         Ok(pb::SignResponse {
             cert_chain_pem: vec![issued.cert_pem],

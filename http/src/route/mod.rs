@@ -24,12 +24,15 @@
 
 mod backend;
 mod convert;
+mod convert_filter;
 mod filters;
 mod host;
 mod matching;
 mod model;
 mod table;
 
+#[cfg(test)]
+mod convert_tests;
 #[cfg(test)]
 mod filters_tests;
 #[cfg(test)]

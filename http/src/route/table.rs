@@ -115,6 +115,23 @@ type SortKey<'a> = (
     Reverse<u32>,
 );
 
+/// The patterns that cover every host `key` covers, `key` first.
+fn covering_patterns(key: &Option<HostPattern>) -> Vec<Option<HostPattern>> {
+    let name = match key {
+        None => return vec![None],
+        Some(HostPattern::Exact(h)) => &**h,
+        Some(HostPattern::Wildcard(s)) => &**s,
+    };
+    let mut out = vec![key.clone()];
+    out.extend(
+        name.match_indices('.')
+            .filter(|(i, _)| *i > 0)
+            .map(|(i, _)| Some(HostPattern::Wildcard(name[i..].into()))),
+    );
+    out.push(None);
+    out
+}
+
 /// What a request was routed to. Owns an `Arc` of its route, so it outlives the table and
 /// can be held across awaits.
 #[derive(Clone, Debug)]
@@ -156,8 +173,8 @@ impl RouteTable {
     /// not attach to it (parentRef, or no host name in common) are left out.
     pub fn build(listener: &ListenerRef, routes: &[Arc<Route>]) -> Self {
         let mut table = Self::default();
-        // Which patterns each attached route serves; `None` pattern = every host.
-        let mut served: Vec<(u32, Option<HostPattern>)> = Vec::new();
+        // The routes of each served pattern; `None` = every host.
+        let mut groups: HashMap<Option<HostPattern>, Vec<u32>> = HashMap::new();
         for route in routes.iter().filter(|r| listener.attaches(r)) {
             let Some(hosts) = listener.effective_hostnames(route) else {
                 continue;
@@ -167,51 +184,31 @@ impl RouteTable {
             };
             table.routes.push(Arc::clone(route));
             if hosts.is_empty() {
-                served.push((index, None));
-            } else {
-                served.extend(hosts.into_iter().map(|h| (index, Some(h))));
+                groups.entry(None).or_default().push(index);
+            }
+            for h in hosts {
+                groups.entry(Some(h)).or_default().push(index);
             }
         }
-        let keys: Vec<Option<HostPattern>> = {
-            let mut keys: Vec<Option<HostPattern>> = Vec::new();
-            for (_, h) in &served {
-                if !keys.contains(h) {
-                    keys.push(h.clone());
-                }
-            }
-            keys
-        };
-        for key in keys {
-            // Every served pattern that covers all hosts of `key`, with its rank.
-            let covering = served.iter().filter_map(|(route, pattern)| {
-                let rank = match (pattern, &key) {
-                    (None, _) => (0, 0),
-                    (Some(_), None) => return None,
-                    (Some(p), Some(k)) => {
-                        let covers = match (p, k) {
-                            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
-                            (HostPattern::Wildcard(_), HostPattern::Exact(h)) => p.matches(h),
-                            (HostPattern::Wildcard(a), HostPattern::Wildcard(b)) => {
-                                b.ends_with(&**a)
-                            }
-                            (HostPattern::Exact(_), HostPattern::Wildcard(_)) => false,
-                        };
-                        if !covers {
-                            return None;
-                        }
-                        p.rank()
-                    }
-                };
-                Some((*route, rank))
+        for key in groups.keys() {
+            // The served patterns covering every host of `key`: itself, each broader
+            // wildcard (one per parent domain), and "any".
+            let covering = covering_patterns(key).into_iter().flat_map(|pattern| {
+                let rank = pattern.as_ref().map_or((0, 0), HostPattern::rank);
+                groups
+                    .get(&pattern)
+                    .into_iter()
+                    .flatten()
+                    .map(move |route| (*route, rank))
             });
             let candidates = table.candidates(covering);
             match key {
                 None => table.any = candidates,
                 Some(HostPattern::Exact(h)) => {
-                    table.exact.insert(h, candidates);
+                    table.exact.insert(h.clone(), candidates);
                 }
                 Some(HostPattern::Wildcard(s)) => {
-                    table.wildcard.insert(s, candidates);
+                    table.wildcard.insert(s.clone(), candidates);
                 }
             }
         }
@@ -221,12 +218,10 @@ impl RouteTable {
     /// The sorted candidates of the given (route, hostname rank) pairs. A route reached
     /// through two patterns keeps its best rank only.
     fn candidates(&self, covering: impl Iterator<Item = (u32, (u8, usize))>) -> Vec<Candidate> {
-        let mut best: Vec<(u32, (u8, usize))> = Vec::new();
+        let mut best: HashMap<u32, (u8, usize)> = HashMap::new();
         for (route, rank) in covering {
-            match best.iter_mut().find(|(r, _)| *r == route) {
-                Some((_, have)) => *have = (*have).max(rank),
-                None => best.push((route, rank)),
-            }
+            let have = best.entry(route).or_insert(rank);
+            *have = (*have).max(rank);
         }
         let mut out: Vec<(SortKey<'_>, Candidate)> = Vec::new();
         for (route_index, host_rank) in best {

@@ -1,1 +1,0 @@
-//! Plans, rate limits and quotas.

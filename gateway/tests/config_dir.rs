@@ -1,0 +1,229 @@
+//! The gateway binary in `--config-dir` mode, on loopback, against real backends, with curl.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_h2c_route_to_a_backend_and_a_route_added_takes_effect() {
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write(dir.path(), "gateway.yaml", &gateway_doc(port, None));
+    write(
+        dir.path(),
+        "backends.yaml",
+        &format!(
+            "{}---\n{}",
+            backend_doc("one", &format!("http://{}", one.addr)),
+            backend_doc("two", &format!("http://{}", two.addr))
+        ),
+    );
+    write(
+        dir.path(),
+        "route-one.yaml",
+        &route_doc("one", "/one", "one"),
+    );
+    let gw = Gateway::spawn(&["--config-dir", dir.path().to_str().unwrap()]);
+    gw.wait_ready();
+    let base = format!("http://127.0.0.1:{port}");
+
+    // HTTP/1.1; a client's consumer header never reaches the backend.
+    let (status, body) = curl(&[
+        "-H",
+        "x-weft-consumer: demo/mallory",
+        "-H",
+        "baggage: a=1,weft-consumer=demo/mallory",
+        &format!("{base}/one/x?q=1"),
+    ]);
+    assert_eq!(status, 200, "{body}\n{}", gw.log());
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["backend"], "one");
+    assert_eq!(echo["path"], "/one/x?q=1");
+    assert_eq!(echo["version"], "HTTP/1.1");
+    assert!(echo["headers"].get("x-weft-consumer").is_none(), "{body}");
+    assert_eq!(echo["headers"]["baggage"], "a=1");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "http");
+    assert!(
+        echo["headers"]["forwarded"]
+            .as_str()
+            .unwrap()
+            .starts_with("for=127.0.0.1;proto=http")
+    );
+
+    // h2c with prior knowledge.
+    let (status, version, body) =
+        curl_version(&["--http2-prior-knowledge", &format!("{base}/one/h2")]);
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+
+    // No route: 404. An escaping path: 400. `//` and `.` are normalised before matching.
+    assert_eq!(curl(&[&format!("{base}/two/x")]).0, 404);
+    assert_eq!(
+        curl(&["--path-as-is", &format!("{base}/one/../../etc/passwd")]).0,
+        400
+    );
+    let (status, body) = curl(&["--path-as-is", &format!("{base}//one/./a//b")]);
+    assert_eq!(status, 200);
+    assert!(body.contains("\"path\":\"/one/a/b\""), "{body}");
+
+    // A route added takes effect; a bad document keeps the last good configuration.
+    let generation = gw.config()["snapshot"]["generation"].as_u64().unwrap();
+    write(
+        dir.path(),
+        "route-two.yaml",
+        &route_doc("two", "/two", "two"),
+    );
+    gw.wait_generation(generation + 1);
+    let (status, body) = curl(&[&format!("{base}/two/x")]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"backend\":\"two\""));
+    write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad, namespace: demo}\nspec: {parentRefs: [{name: edge}], rules: [{matches: [{path: {type: Exact, value: nope}}]}]}\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.config()["last_error"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bad document not reported\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last_error = gw.config()["last_error"].as_str().unwrap().to_string();
+    assert!(last_error.contains("bad.yaml"), "{last_error}");
+    assert!(
+        gw.log().contains("bad.yaml"),
+        "the error is logged with its file"
+    );
+    assert_eq!(
+        curl(&[&format!("{base}/two/x")]).0,
+        200,
+        "the last good configuration stays"
+    );
+    assert_eq!(
+        curl(&[&format!("http://{}/healthz/ready", gw.readiness)]).0,
+        200
+    );
+
+    // Analytics counted the requests.
+    let (status, body) = curl(&[&format!("http://{}/analytics?since=0", gw.admin)]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("demo/one"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_picks_the_certificate_by_sni_and_speaks_h2_by_alpn() {
+    let backend = Backend::start("one").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, https_port) = (free_port(), free_port());
+    let (a_cert, a_key) = self_signed(&["a.example.com"]);
+    let (b_cert, b_key) = self_signed(&["*.b.example.com"]);
+    write(
+        dir.path(),
+        "gateway.yaml",
+        &gateway_doc(http_port, Some((https_port, &["cert-a", "cert-b"]))),
+    );
+    write(
+        dir.path(),
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            secret_doc("cert-a", &a_cert, &a_key),
+            secret_doc("cert-b", &b_cert, &b_key)
+        ),
+    );
+    write(
+        dir.path(),
+        "backend.yaml",
+        &backend_doc("one", &format!("http://{}", backend.addr)),
+    );
+    write(dir.path(), "route.yaml", &route_doc("one", "/", "one"));
+    let certs = tempfile::tempdir().unwrap();
+    let a_pem = certs.path().join("a.pem");
+    let b_pem = certs.path().join("b.pem");
+    std::fs::write(&a_pem, &a_cert).unwrap();
+    std::fs::write(&b_pem, &b_cert).unwrap();
+    let gw = Gateway::spawn(&["--config-dir", dir.path().to_str().unwrap()]);
+    gw.wait_ready();
+
+    let get = |host: &str, ca: &std::path::Path| {
+        let (status, version, _) = curl_version(&[
+            "--http2",
+            "--resolve",
+            &format!("{host}:{https_port}:127.0.0.1"),
+            "--cacert",
+            ca.to_str().unwrap(),
+            &format!("https://{host}:{https_port}/x"),
+        ]);
+        (status, version)
+    };
+    // Exact name: a's certificate, over h2.
+    let (status, version) = get("a.example.com", &a_pem);
+    assert_eq!(status, 200, "{version}\n{}", gw.log());
+    assert_eq!(version, "2");
+    // Wildcard name: b's certificate (a's CA does not verify it).
+    assert_eq!(get("x.b.example.com", &b_pem).0, 200);
+    assert_eq!(
+        get("x.b.example.com", &a_pem).0,
+        0,
+        "a's certificate must not be presented"
+    );
+    // An unknown name gets the first certificate (the default).
+    assert_eq!(
+        get("other.example.com", &a_pem).0,
+        0,
+        "the name does not match, but the chain verifies only for a"
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{https_port}"),
+            "-servername",
+            "other.example.com",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let a_body: String = a_cert.lines().filter(|l| !l.starts_with("-----")).collect();
+    let presented: String = text.lines().collect();
+    assert!(
+        presented.contains(&a_body),
+        "the default is a's certificate: {text}"
+    );
+    // HTTP/1.1 over TLS too.
+    let (status, version, _) = curl_version(&[
+        "--http1.1",
+        "--resolve",
+        &format!("a.example.com:{https_port}:127.0.0.1"),
+        "--cacert",
+        a_pem.to_str().unwrap(),
+        &format!("https://a.example.com:{https_port}/x"),
+    ]);
+    assert_eq!((status, version.as_str()), (200, "1.1"));
+
+    // The certificate is swapped in place when its Secret changes.
+    let (c_cert, c_key) = self_signed(&["a.example.com"]);
+    let c_pem = certs.path().join("c.pem");
+    std::fs::write(&c_pem, &c_cert).unwrap();
+    let generation = gw.config()["snapshot"]["generation"].as_u64().unwrap();
+    write(
+        dir.path(),
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            secret_doc("cert-a", &c_cert, &c_key),
+            secret_doc("cert-b", &b_cert, &b_key)
+        ),
+    );
+    gw.wait_generation(generation + 1);
+    assert_eq!(get("a.example.com", &c_pem).0, 200);
+    assert_eq!(get("a.example.com", &a_pem).0, 0);
+}
