@@ -18,7 +18,7 @@ use weft_tests::testbed::gateway::{GATEWAY_PRINCIPAL, GATEWAY_SPIFFE_ID};
 use weft_tests::testbed::{Config, Testbed, TestbedGuard};
 
 /// Every testbed here is called `<PREFIX>-<what>`.
-const PREFIX: &str = "weft-e2e-bed";
+const PREFIX: &str = "weft-e2e-gw";
 /// The echo Service's VIP.
 const ECHO_VIP: &str = "10.96.23.10";
 
@@ -237,19 +237,31 @@ fn the_consumer_reaches_the_backend_in_a_header_the_gateway_sets() {
         &[
             "-H",
             "x-api-key: alice-key",
-            // A client's own copy is never believed.
+            // A client's own copies are never believed.
             "-H",
             &format!("{CONSUMER_HEADER}: mallory"),
+            "-H",
+            "baggage: weft-consumer=mallory,tenant=blue",
             &target,
         ],
         200,
     )
     .unwrap();
     let headers = &reply.json()["headers"];
-    assert_eq!(headers[CONSUMER_HEADER], "alice", "{headers}");
+    // Consumers are namespaced: namespace/name.
+    assert_eq!(
+        headers[CONSUMER_HEADER],
+        format!("{NAMESPACE}/alice"),
+        "{headers}"
+    );
+    let baggage = headers["baggage"].as_str().unwrap_or("");
     assert!(
-        headers["baggage"].as_str().unwrap_or("").contains("alice"),
-        "the consumer travels in baggage too: {headers}"
+        baggage.contains(&format!("{NAMESPACE}/alice")) && !baggage.contains("mallory"),
+        "the consumer travels in baggage too, the client's claim dropped: {headers}"
+    );
+    assert!(
+        baggage.contains("tenant=blue"),
+        "the client's other baggage stays: {headers}"
     );
 }
 

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use weft_tests::edge::{self, NAMESPACE};
 use weft_tests::testbed::{Config, TestbedGuard};
 
-const PREFIX: &str = "weft-e2e-bed";
+const PREFIX: &str = "weft-e2e-gw";
 const GREETER_PORT: u16 = 50051;
 const GREETER_VIP: &str = "10.96.23.11";
 const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
