@@ -362,7 +362,17 @@ async fn keys_bounded_under_address_flood() {
     }
     assert!(l.tracked_keys() <= max_keys);
     assert!(!l.check(&alice(), &plan, later).await.allowed);
-    drop(registry);
+    // The gauge follows within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let keys: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_gateway_limits_keys "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(keys > 0 && keys <= max_keys, "{keys}");
 }
 
 #[test]
