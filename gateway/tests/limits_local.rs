@@ -465,3 +465,29 @@ async fn ended_windows_are_dropped_at_load() {
             .starts_with(r#""hour";r=9;"#)
     );
 }
+
+#[tokio::test]
+async fn state_dir_problems_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let mut registry = Registry::default();
+    let e = Limiter::new(in_dir(&file.join("state")), &mut registry)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("a-file/state") && e.contains("--state-dir"),
+        "{e}"
+    );
+
+    // A state directory that disappears: saving fails with the path, serving goes on.
+    let state = dir.path().join("state");
+    let (l, _r) = limiter(in_dir(&state));
+    std::fs::remove_dir_all(&state).unwrap();
+    let limits = Limits::new([(Window::Month, 10)]);
+    assert!(l.check(&alice(), &limits, at(T0, 0)).await.allowed);
+    let e = l.persist().unwrap_err().to_string();
+    assert!(e.contains("limits.json"), "{e}");
+    assert!(l.check(&alice(), &limits, at(T0, 0)).await.allowed);
+}
