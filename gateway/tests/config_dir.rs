@@ -227,3 +227,88 @@ async fn https_picks_the_certificate_by_sni_and_speaks_h2_by_alpn() {
     assert_eq!(get("a.example.com", &c_pem).0, 200);
     assert_eq!(get("a.example.com", &a_pem).0, 0);
 }
+
+const DEMO_KEY_SHA256: &str = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_plans_and_https_backends_are_wired_into_the_pipeline() {
+    let (cert, key) = self_signed(&["localhost"]);
+    let backend = Backend::start_tls("secure", &cert, &key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write(dir.path(), "gateway.yaml", &gateway_doc(port, None));
+    let indented: String = cert.lines().map(|l| format!("    {l}\n")).collect();
+    write(
+        dir.path(),
+        "backend.yaml",
+        &format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: Backend\nmetadata: {{name: secure, namespace: demo}}\nspec:\n  url: \"https://localhost:{}\"\n  caCertificate: |\n{indented}",
+            backend.addr.port()
+        ),
+    );
+    write(
+        dir.path(),
+        "route.yaml",
+        &route_doc("api", "/api", "secure"),
+    );
+    write(
+        dir.path(),
+        "policy.yaml",
+        &format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: ApiPolicy\nmetadata: {{name: api, namespace: demo}}\nspec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}}]\n  apiKey: {{}}\n---\napiVersion: weft.dev/v1alpha1\nkind: Consumer\nmetadata: {{name: alice, namespace: demo}}\nspec: {{apiKeySha256: [\"{DEMO_KEY_SHA256}\"], plan: gold}}\n---\napiVersion: weft.dev/v1alpha1\nkind: Plan\nmetadata: {{name: gold, namespace: demo}}\nspec: {{limits: {{perHour: 2}}}}\n"
+        ),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let gw = Gateway::spawn(&[
+        "--config-dir",
+        dir.path().to_str().unwrap(),
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ]);
+    gw.wait_ready();
+    let url = format!("http://127.0.0.1:{port}/api/x");
+
+    // No credential: 401 with a challenge.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-i", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}\n{}", gw.log());
+    assert!(text.contains("www-authenticate"), "{text}");
+    // A wrong key: 401.
+    assert_eq!(curl(&["-H", "x-api-key: nope", &url]).0, 401);
+
+    // The key: 200 over TLS to the backend, as alice, the key stripped.
+    let (status, body) = curl(&[
+        "-H",
+        "x-api-key: demo-key",
+        "-H",
+        "x-weft-consumer: demo/mallory",
+        &url,
+    ]);
+    assert_eq!(status, 200, "{body}\n{}", gw.log());
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["backend"], "secure");
+    assert_eq!(echo["headers"]["x-weft-consumer"], "demo/alice");
+    assert_eq!(echo["headers"]["baggage"], "weft-consumer=demo/alice");
+    assert!(echo["headers"].get("x-api-key").is_none(), "{body}");
+    assert_eq!(curl(&["-H", "x-api-key: demo-key", &url]).0, 200);
+    // The plan allows two an hour: the third gets 429 with its headers.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-i", "-H", "x-api-key: demo-key", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 429"), "{text}\n{}", gw.log());
+    assert!(
+        text.contains("retry-after:") && text.contains("ratelimit-policy:"),
+        "{text}"
+    );
+
+    // The analytics saw the consumer.
+    let (_, analytics) = curl(&[&format!("http://{}/analytics?since=0", gw.admin)]);
+    assert!(analytics.contains("demo/alice"), "{analytics}");
+    let (_, metrics) = curl(&[&format!("http://{}/metrics", gw.metrics)]);
+    assert!(metrics.contains("weft_gateway_requests_total"), "{metrics}");
+}
