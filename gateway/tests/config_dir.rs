@@ -111,6 +111,20 @@ async fn http1_and_h2c_route_to_a_backend_and_a_route_added_takes_effect() {
         200
     );
 
+    // The access log: one JSON object per line on stdout.
+    let access: Vec<serde_json::Value> = gw
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        access
+            .iter()
+            .any(|v| v["route"] == "demo/one" && v["status"] == 200),
+        "no JSON access line\n{}",
+        gw.log()
+    );
+
     // Analytics counted the requests.
     let (status, body) = curl(&[&format!("http://{}/analytics?since=0", gw.admin)]);
     assert_eq!(status, 200, "{body}");
@@ -311,4 +325,50 @@ async fn api_keys_plans_and_https_backends_are_wired_into_the_pipeline() {
     assert!(analytics.contains("demo/alice"), "{analytics}");
     let (_, metrics) = curl(&[&format!("http://{}/metrics", gw.metrics)]);
     assert!(metrics.contains("weft_gateway_requests_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_reach_their_backend_over_http2() {
+    let backend = Backend::start("greeter").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    write(dir.path(), "gateway.yaml", &gateway_doc(port, None));
+    write(
+        dir.path(),
+        "backend.yaml",
+        &backend_doc("greeter", &format!("http://{}", backend.addr)),
+    );
+    write(
+        dir.path(),
+        "grpc.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: greeter, namespace: demo}\nspec:\n  parentRefs: [{name: edge}]\n  rules: [{matches: [{method: {service: helloworld.Greeter, method: SayHello}}], backendRefs: [{group: weft.dev, kind: Backend, name: greeter}]}]\n",
+    );
+    let gw = Gateway::spawn(&["--config-dir", dir.path().to_str().unwrap()]);
+    gw.wait_ready();
+    let base = format!("http://127.0.0.1:{port}");
+    let (status, body) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/grpc",
+        "--data-binary",
+        "",
+        &format!("{base}/helloworld.Greeter/SayHello"),
+    ]);
+    assert_eq!(status, 200, "{body}\n{}", gw.log());
+    assert!(
+        body.contains("\"version\":\"HTTP/2.0\""),
+        "the backend is spoken to in HTTP/2: {body}"
+    );
+    assert!(
+        body.contains("\"path\":\"/helloworld.Greeter/SayHello\""),
+        "{body}"
+    );
+    assert_eq!(
+        curl(&[
+            "--http2-prior-knowledge",
+            &format!("{base}/helloworld.Greeter/Other")
+        ])
+        .0,
+        404
+    );
 }
