@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -86,10 +86,10 @@ async fn http1_and_h2c_route_to_a_backend_and_a_route_added_takes_effect() {
         "bad.yaml",
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad, namespace: demo}\nspec: {parentRefs: [{name: edge}], rules: [{matches: [{path: {type: Exact, value: nope}}]}]}\n",
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while gw.config()["last_error"].is_null() {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "bad document not reported\n{}",
             gw.log()
         );
@@ -371,4 +371,80 @@ async fn grpc_routes_reach_their_backend_over_http2() {
         .0,
         404
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_retries_timeouts_and_upstream_errors_answer_as_envoy_does() {
+    let main = Backend::start("main").await;
+    let mirror = Backend::start("mirror").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dead = free_port();
+    write(dir.path(), "gateway.yaml", &gateway_doc(port, None));
+    write(
+        dir.path(),
+        "backends.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            backend_doc("main", &format!("http://{}", main.addr)),
+            backend_doc("mirror", &format!("http://{}", mirror.addr)),
+            backend_doc("dead", &format!("http://127.0.0.1:{dead}")),
+        ),
+    );
+    write(dir.path(), "routes.yaml", "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: demo}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /mirrored}}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {group: weft.dev, kind: Backend, name: mirror}}}]
+    backendRefs: [{group: weft.dev, kind: Backend, name: main}]
+  - matches: [{path: {type: PathPrefix, value: /status}}]
+    retry: {attempts: 2, codes: [503], backoff: 10ms}
+    backendRefs: [{group: weft.dev, kind: Backend, name: main}]
+  - matches: [{path: {type: PathPrefix, value: /slow}}]
+    timeouts: {request: 3s, backendRequest: 300ms}
+    backendRefs: [{group: weft.dev, kind: Backend, name: main}]
+  - matches: [{path: {type: PathPrefix, value: /dead}}]
+    backendRefs: [{group: weft.dev, kind: Backend, name: dead}]
+  - matches: [{path: {type: PathPrefix, value: /zero}}]
+    backendRefs: [{group: weft.dev, kind: Backend, name: main, weight: 0}]
+");
+    let gw = Gateway::spawn(&["--config-dir", dir.path().to_str().unwrap()]);
+    gw.wait_ready();
+    let base = format!("http://127.0.0.1:{port}");
+    let count = |b: &Backend| b.requests.load(std::sync::atomic::Ordering::Relaxed);
+
+    // A mirror gets a copy; the client gets the main backend's answer.
+    let (status, body) = curl(&[&format!("{base}/mirrored/x")]);
+    assert_eq!(status, 200, "{body}\n{}", gw.log());
+    assert!(body.contains("\"backend\":\"main\""));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count(&mirror) == 0 {
+        assert!(Instant::now() < deadline, "the mirror got nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 503 is retried twice, then answered.
+    let before = count(&main);
+    assert_eq!(curl(&[&format!("{base}/status/503")]).0, 503);
+    assert_eq!(count(&main) - before, 3, "one attempt and two retries");
+    // 500 is not in the list: one attempt.
+    let before = count(&main);
+    assert_eq!(curl(&[&format!("{base}/status/500")]).0, 500);
+    assert_eq!(count(&main) - before, 1);
+
+    // The backend takes 1.5 s, the attempt may take 300 ms: 504.
+    let started = Instant::now();
+    assert_eq!(curl(&[&format!("{base}/slow")]).0, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nothing listens: 502. All weights 0: 500.
+    assert_eq!(curl(&[&format!("{base}/dead")]).0, 502);
+    assert_eq!(curl(&[&format!("{base}/zero")]).0, 500);
 }
