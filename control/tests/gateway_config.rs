@@ -976,3 +976,41 @@ fn a_malformed_creation_timestamp_is_an_error() {
         "RFC 3339",
     );
 }
+
+#[test]
+fn only_weft_gateways_are_listed_as_parents_and_grpc_routes_ignore_service_parents() {
+    let istio = GATEWAY
+        .replace("name: edge,", "name: istio-gw,")
+        .replace("gatewayClassName: weft", "gatewayClassName: istio")
+        .replace("port: 8080", "port: 80");
+    let route = ROUTE.replace("[{name: edge}]", "[{name: edge}, {name: istio-gw}]");
+    let (set, d) = check(&docs(&[GATEWAY, &istio, &route]));
+    assert!(d.iter().all(|d| !d.is_error()), "{:#?}", rendered(&d));
+    let parents: Vec<String> = api_route(&set, "demo/demo")
+        .parents
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(parents, ["edge"]);
+
+    let grpc = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, \
+                namespace: demo}\nspec:\n  parentRefs: [{name: edge}, {kind: Service, group: \
+                \"\", name: greeter}]\n  rules: [{backendRefs: [{name: greeter, port: 50051}]}]\n";
+    let set = assert_warning(
+        &docs(&[GATEWAY, grpc]),
+        1,
+        "spec.parentRefs[1].kind",
+        "GRPCRoute attaches to weft Gateways only",
+    );
+    assert_eq!(api_route(&set, "demo/grpc/g").parents.len(), 1);
+    assert_eq!(set.count(ResourceType::Route), 0);
+}
+
+#[test]
+fn secrets_of_other_types_are_not_certificate_sources_and_are_left_alone() {
+    let opaque = "apiVersion: v1\nkind: Secret\nmetadata: {name: db, namespace: demo}\ntype: \
+                  Opaque\ndata: {password: not-even-base64}\n";
+    let (set, d) = check(opaque);
+    assert!(d.is_empty(), "{:#?}", rendered(&d));
+    assert!(set.is_empty());
+}

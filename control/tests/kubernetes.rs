@@ -523,3 +523,92 @@ fn gateway_api_and_weft_edge_objects_become_gateway_resources() {
         assert_eq!(a, b, "{ty:?}");
     }
 }
+
+#[test]
+fn a_route_whose_policy_is_invalid_is_skipped_with_it_not_served_without_it() {
+    let mut objects = cluster();
+    let mut edge = edge_objects();
+    for (kind, list) in &mut edge {
+        if *kind == Kind::ApiPolicy {
+            let mut policy = (*list[0]).clone();
+            // A plan that does not exist.
+            policy.data["spec"]["plans"] = serde_json::json!(["platinum"]);
+            list[0] = Arc::new(policy);
+        }
+    }
+    objects.dynamic.extend(edge);
+    let loaded = assemble(&objects);
+    let messages = messages(&loaded);
+    assert!(!loaded.has_errors(), "{messages:#?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("warning: ApiPolicy demo/demo-api")
+                && m.contains("spec.plans[0]")
+                && m.ends_with("the object is skipped")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("warning: HTTPRoute demo/demo")
+                && m.contains("its ApiPolicy demo/demo-api is invalid")),
+        "{messages:#?}"
+    );
+    assert!(
+        loaded
+            .resources
+            .get(ResourceType::ApiRoute, "demo/demo")
+            .is_none(),
+        "the route is not served without its policy"
+    );
+    // The rest is served.
+    assert!(
+        loaded
+            .resources
+            .get(ResourceType::ApiRoute, "demo/grpc/greeter")
+            .is_some()
+    );
+}
+
+#[test]
+fn a_route_whose_policy_cannot_be_read_is_skipped_not_served_without_it() {
+    let mut objects = cluster();
+    let mut edge = edge_objects();
+    for (kind, list) in &mut edge {
+        if *kind == Kind::ApiPolicy {
+            let mut policy = (*list[0]).clone();
+            policy.data["spec"]["apiKeys"] = serde_json::json!({});
+            list[0] = Arc::new(policy);
+        }
+    }
+    objects.dynamic.extend(edge);
+    let loaded = assemble(&objects);
+    let messages = messages(&loaded);
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("warning: ApiPolicy demo/demo-api") && m.contains("apiKeys")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("warning: HTTPRoute demo/demo")
+                && m.contains("cannot be read")
+                && m.ends_with("the object is skipped")),
+        "{messages:#?}"
+    );
+    assert!(
+        loaded
+            .resources
+            .get(ResourceType::ApiRoute, "demo/demo")
+            .is_none()
+    );
+    assert!(
+        loaded
+            .resources
+            .get(ResourceType::ApiRoute, "demo/grpc/greeter")
+            .is_some()
+    );
+}

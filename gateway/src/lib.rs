@@ -18,6 +18,7 @@ pub mod config;
 pub mod drain;
 pub mod limits;
 pub mod listener;
+pub mod logging;
 pub mod path;
 pub mod proxy;
 pub mod snapshot;

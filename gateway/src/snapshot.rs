@@ -72,10 +72,10 @@ pub struct ListenerConf {
 #[derive(Debug)]
 pub struct RoutePolicy {
     pub auth: AuthPolicy,
-    /// The API's name (analytics, per-API limits).
+    /// The API's name (analytics).
     pub api: String,
-    /// Counters per API rather than per route.
-    pub per_api: bool,
+    /// The policy as sent, for the limits' scope.
+    policy: Arc<pb::ApiPolicy>,
     /// Limits of anonymous callers, per client address.
     pub anonymous: Limits,
 }
@@ -83,11 +83,7 @@ pub struct RoutePolicy {
 impl RoutePolicy {
     /// The counters' scope for a request of `route`.
     pub fn scope(&self, route: &str) -> Scope {
-        if self.per_api {
-            Scope::Api(self.api.clone())
-        } else {
-            Scope::Route(route.to_string())
-        }
+        Scope::for_policy(&self.policy, route)
     }
 }
 
@@ -312,8 +308,9 @@ impl Snapshot {
             if let Some(p) = &a.policy {
                 let auth =
                     AuthPolicy::try_from(p).map_err(|e| BuildError::new(name, e.to_string()))?;
+                // As the limits' API scope names it: `api`, else the policy's name.
                 let api = if p.api.is_empty() {
-                    p.name.rsplit('/').next().unwrap_or(&p.name).to_string()
+                    p.name.clone()
                 } else {
                     p.api.clone()
                 };
@@ -322,7 +319,7 @@ impl Snapshot {
                     Arc::new(RoutePolicy {
                         auth,
                         api,
-                        per_api: p.limit_scope() == pb::LimitScope::Api,
+                        policy: Arc::new(p.clone()),
                         anonymous: p
                             .anonymous_limits
                             .as_ref()

@@ -273,3 +273,37 @@ async fn h2_rapid_reset_gets_goaway_and_memory_stays_bounded() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_flood_is_held_to_the_concurrent_stream_limit() {
+    let (gw, port, _backend, _dir) = setup(&["--h2-max-streams", "50"]).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for _ in 0..150 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = client.ready().await?;
+            let req = http::Request::get("http://a/slow").body(()).unwrap();
+            let (resp, _) = client.send_request(req, true)?;
+            let resp = resp.await?;
+            Ok::<_, h2::Error>(resp.status().as_u16())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if let Ok(Ok(200)) = t.await {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 150, "every stream is served in turn\n{}", gw.log());
+    let max = common::SLOW_MAX_IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(max <= 50, "{max} requests of one connection ran at once");
+    assert!(
+        max >= 40,
+        "the limit was not reached ({max}): the test proves nothing"
+    );
+}

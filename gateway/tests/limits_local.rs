@@ -29,6 +29,21 @@ fn header<'a>(d: &'a Decision, name: &str) -> Option<&'a str> {
         .and_then(|(_, v)| v.to_str().ok())
 }
 
+/// The real time, away from the end of an hour (and so of a day and a month): tests that
+/// restart a limiter need the window they counted in to still be running when it reloads,
+/// which is judged by the real clock.
+async fn settled_now() -> SystemTime {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = 3600 - secs % 3600;
+    if left < 5 {
+        tokio::time::sleep(Duration::from_secs(left + 1)).await;
+    }
+    SystemTime::now()
+}
+
 fn alice() -> LimitKey {
     LimitKey::consumer("demo", "alice", Scope::Route("demo/demo/0".into()))
 }
@@ -229,7 +244,7 @@ async fn keys_are_separate() {
 async fn month_quota_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits::new([(Window::Second, 100), (Window::Month, 10)]);
-    let now = SystemTime::now();
+    let now = settled_now().await;
     {
         let (l, _r) = limiter(in_dir(dir.path()));
         for _ in 0..3 {
@@ -254,7 +269,7 @@ async fn counters_saved_every_second_without_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let copy = tempfile::tempdir().unwrap();
     let limits = Limits::new([(Window::Day, 10)]);
-    let now = SystemTime::now();
+    let now = settled_now().await;
     let (l, _r) = limiter(in_dir(dir.path()));
     for _ in 0..2 {
         assert!(l.check(&alice(), &limits, now).await.allowed);
@@ -284,7 +299,7 @@ async fn corrupt_state_file_is_set_aside() {
         garbage
     );
     let limits = Limits::new([(Window::Month, 10)]);
-    let now = SystemTime::now();
+    let now = settled_now().await;
     let d = l.check(&alice(), &limits, now).await;
     assert!(
         header(&d, "ratelimit")
@@ -362,7 +377,17 @@ async fn keys_bounded_under_address_flood() {
     }
     assert!(l.tracked_keys() <= max_keys);
     assert!(!l.check(&alice(), &plan, later).await.allowed);
-    drop(registry);
+    // The gauge follows within a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let keys: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_gateway_limits_keys "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(keys > 0 && keys <= max_keys, "{keys}");
 }
 
 #[test]
@@ -394,4 +419,75 @@ fn needs_a_runtime() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("Tokio runtime"));
+}
+
+#[tokio::test]
+async fn ended_windows_are_dropped_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = settled_now().await;
+    let secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let this_hour = secs - secs % 3600;
+    let key = |name: &str| {
+        format!(
+            r#"{{"subject":{{"consumer":{{"namespace":"demo","name":"{name}"}}}},"scope":{{"route":"demo/demo/0"}}}}"#
+        )
+    };
+    // alice: this hour (kept); bob: an hour that ended (dropped); carol: a second counter
+    // (never persisted, dropped); dave: a start that is no hour's start (dropped).
+    let file = format!(
+        r#"{{"version":1,"counters":[
+            {{"key":{},"window":"hour","start":{this_hour},"count":7}},
+            {{"key":{},"window":"hour","start":{},"count":7}},
+            {{"key":{},"window":"second","start":{secs},"count":7}},
+            {{"key":{},"window":"hour","start":{},"count":7}}]}}"#,
+        key("alice"),
+        key("bob"),
+        this_hour - 3600,
+        key("carol"),
+        key("dave"),
+        this_hour + 1,
+    );
+    std::fs::write(dir.path().join(STATE_FILE), file).unwrap();
+    let (l, _r) = limiter(in_dir(dir.path()));
+    assert_eq!(l.tracked_keys(), 1);
+    let limits = Limits::new([(Window::Hour, 10)]);
+    let d = l.check(&alice(), &limits, now).await;
+    assert!(
+        header(&d, "ratelimit")
+            .unwrap()
+            .starts_with(r#""hour";r=2;"#)
+    );
+    let bob = LimitKey::consumer("demo", "bob", Scope::Route("demo/demo/0".into()));
+    let d = l.check(&bob, &limits, now).await;
+    assert!(
+        header(&d, "ratelimit")
+            .unwrap()
+            .starts_with(r#""hour";r=9;"#)
+    );
+}
+
+#[tokio::test]
+async fn state_dir_problems_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let mut registry = Registry::default();
+    let e = Limiter::new(in_dir(&file.join("state")), &mut registry)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("a-file/state") && e.contains("--state-dir"),
+        "{e}"
+    );
+
+    // A state directory that disappears: saving fails with the path, serving goes on.
+    let state = dir.path().join("state");
+    let (l, _r) = limiter(in_dir(&state));
+    std::fs::remove_dir_all(&state).unwrap();
+    let limits = Limits::new([(Window::Month, 10)]);
+    assert!(l.check(&alice(), &limits, at(T0, 0)).await.allowed);
+    let e = l.persist().unwrap_err().to_string();
+    assert!(e.contains("limits.json"), "{e}");
+    assert!(l.check(&alice(), &limits, at(T0, 0)).await.allowed);
 }

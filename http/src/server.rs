@@ -395,7 +395,3 @@ pub fn empty() -> Body {
         .map_err(|never| match never {})
         .boxed_unsync()
 }
-
-#[cfg(test)]
-#[path = "server_tests.rs"]
-mod tests;

@@ -279,15 +279,20 @@ pub fn compile<D: Borrow<ParsedDocument>>(
     // Policies, and the targets they claim.
     let mut policies: BTreeMap<String, pb::ApiPolicy> = BTreeMap::new();
     let mut policy_created: BTreeMap<String, u64> = BTreeMap::new();
+    // Policies with errors. A route they govern is refused too: where a bad object is
+    // skipped (the Kubernetes source), the route must not be served without its policy.
+    let mut invalid_policies: BTreeSet<String> = BTreeSet::new();
     let mut claims: BTreeMap<(&str, String), Vec<Claim>> = BTreeMap::new();
     for (i, meta) in of_kind(Kind::ApiPolicy) {
         let d = doc(*i);
         let Body::ApiPolicy(spec) = &d.body else {
             continue;
         };
+        let errors_before = error_count(diagnostics);
         let mut c = Checker::new(&d.origin, d.kind, diagnostics);
         let exists = |p: &str| plans.contains(&format!("{}/{p}", meta.namespace));
         let policy = gateway::api_policy(meta, spec, &exists, &mut c);
+        let valid = error_count(c.diagnostics()) == errors_before;
         for (t, target) in spec.target_refs.iter().enumerate() {
             let key = format!("{}/{}", meta.namespace, target.name);
             let kind: &'static str = match target.kind.as_str() {
@@ -324,6 +329,9 @@ pub fn compile<D: Borrow<ParsedDocument>>(
         }
         policies.insert(meta.key(), policy);
         policy_created.insert(meta.key(), meta.created_at_unix_ms);
+        if !valid {
+            invalid_policies.insert(meta.key());
+        }
     }
     // The oldest policy wins each target, then the first by name; the others are told.
     let mut winners: BTreeMap<(&str, String), String> = BTreeMap::new();
@@ -454,6 +462,18 @@ pub fn compile<D: Borrow<ParsedDocument>>(
                 })
                 .and_then(|p| policies.get(p))
                 .cloned();
+            if let Some(p) = &policy
+                && invalid_policies.contains(&p.name)
+            {
+                c.error(
+                    "",
+                    format!(
+                        "its ApiPolicy {} is invalid (its own errors say why): the route is \
+                         refused rather than served without it",
+                        p.name
+                    ),
+                );
+            }
             let (name, api_kind) = match kind {
                 "GRPCRoute" => (
                     format!("{}/grpc/{}", meta.namespace, meta.name),
@@ -478,6 +498,10 @@ pub fn compile<D: Borrow<ParsedDocument>>(
         emit(i, meta, resources);
     }
     out
+}
+
+fn error_count(diagnostics: &[Diagnostic]) -> usize {
+    diagnostics.iter().filter(|d| d.is_error()).count()
 }
 
 /// A route's Gateway parents with their index in `spec.parentRefs`, as compiled wire refs.

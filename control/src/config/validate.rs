@@ -42,6 +42,11 @@ impl<'a> Checker<'a> {
         self.diagnostics.push(d);
     }
 
+    /// Every diagnostic so far, of every document.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        self.diagnostics
+    }
+
     /// Records `result`'s error under `path`, passing its value through.
     pub fn check<T>(&mut self, path: impl Display, result: Result<T, String>) -> Option<T> {
         match result {

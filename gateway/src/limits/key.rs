@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
+use weft_proto::discovery::v1 as pb;
 
 /// Whose requests are counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -31,6 +32,26 @@ pub enum Scope {
     Route(String),
     /// A whole API (the ApiPolicy's `api`): all its routes share the counters.
     Api(String),
+}
+
+// === impl Scope ===
+
+impl Scope {
+    /// The scope an ApiPolicy gives a request on the route `route_key`: the API (its `api`,
+    /// else the policy's name) when `limitScope` is API, else the route. Anonymous limits
+    /// use the same scope as consumers'.
+    pub fn for_policy(policy: &pb::ApiPolicy, route_key: &str) -> Self {
+        if policy.limit_scope() == pb::LimitScope::Api {
+            let api = if policy.api.is_empty() {
+                &policy.name
+            } else {
+                &policy.api
+            };
+            Scope::Api(api.clone())
+        } else {
+            Scope::Route(route_key.to_string())
+        }
+    }
 }
 
 /// The key of one set of counters.
@@ -130,6 +151,25 @@ mod tests {
         assert_eq!(b.to_string(), "consumer/a/b%2Fc|route/r");
         let c = LimitKey::consumer("a", "b", Scope::Route("x|api/y".into()));
         assert_eq!(c.to_string(), "consumer/a/b|route/x%7Capi%2Fy");
+    }
+
+    #[test]
+    fn scope_follows_the_policy() {
+        let mut p = pb::ApiPolicy {
+            name: "demo/demo-api".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Scope::for_policy(&p, "demo/r/0"),
+            Scope::Route("demo/r/0".into())
+        );
+        p.set_limit_scope(pb::LimitScope::Api);
+        assert_eq!(
+            Scope::for_policy(&p, "demo/r/0"),
+            Scope::Api("demo/demo-api".into())
+        );
+        p.api = "demo".into();
+        assert_eq!(Scope::for_policy(&p, "demo/r/0"), Scope::Api("demo".into()));
     }
 
     #[test]

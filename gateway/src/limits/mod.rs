@@ -189,7 +189,7 @@ pub struct Limiter {
 
 impl Limiter {
     /// Builds the limiter: loads the state file (if `state_dir` is set), starts the task
-    /// that saves it, and prepares the Redis connection (made on first use). Must run
+    /// that saves it (and updates the keys gauge), and prepares the Redis connection (made on first use). Must run
     /// inside a Tokio runtime. The metrics are registered in `registry`.
     pub fn new(config: LimiterConfig, registry: &mut Registry) -> Result<Self, LimitsError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| LimitsError::NoRuntime)?;
@@ -227,10 +227,7 @@ impl Limiter {
             state,
             metrics,
         });
-        let saver = inner
-            .state
-            .is_some()
-            .then(|| runtime.spawn(save_loop(Arc::downgrade(&inner), config.persist_interval)));
+        let saver = Some(runtime.spawn(save_loop(Arc::downgrade(&inner), config.persist_interval)));
         Ok(Self { inner, saver })
     }
 
@@ -301,7 +298,8 @@ impl Inner {
     }
 }
 
-/// Saves the counters every `interval` when they changed, until the limiter is dropped.
+/// Every `interval` until the limiter is dropped: updates the keys gauge, and saves the
+/// counters when they changed.
 async fn save_loop(inner: std::sync::Weak<Inner>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -312,7 +310,7 @@ async fn save_loop(inner: std::sync::Weak<Inner>, interval: Duration) {
             return;
         };
         inner.metrics.set_keys(inner.local.len());
-        if !inner.local.is_dirty() {
+        if inner.state.is_none() || !inner.local.is_dirty() {
             continue;
         }
         let result = tokio::task::spawn_blocking({

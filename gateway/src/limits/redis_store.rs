@@ -170,6 +170,11 @@ impl RedisStore {
 
     /// Records an answer: logs the return of a Redis that was down.
     pub fn mark_up(&self, metrics: &Metrics) {
+        // Read first: every answered request lands here, and a write per request would
+        // bounce the cache line between cores.
+        if self.state.load(Ordering::Relaxed) == STATE_UP {
+            return;
+        }
         let prev = self.state.swap(STATE_UP, Ordering::Relaxed);
         if prev != STATE_UP {
             metrics.set_store_up(true);

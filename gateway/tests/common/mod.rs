@@ -25,6 +25,10 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Requests of `/slow` in progress now, and the most at once (every backend of the process).
+pub static SLOW_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+pub static SLOW_MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
 /// An HTTP backend answering every request with a JSON echo of what it received.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -44,7 +48,10 @@ async fn echo(
         .map(|p| p.to_string())
         .unwrap_or_default();
     if path.starts_with("/slow") {
+        let now = SLOW_IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+        SLOW_MAX_IN_FLIGHT.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        SLOW_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
     }
     if path.starts_with("/status/") {
         let code: u16 = path.trim_start_matches("/status/").parse().unwrap_or(500);

@@ -89,12 +89,20 @@ pub fn assemble(objects: &Objects) -> Loaded {
             );
         }
     }
+    // What ApiPolicies that cannot be read target: see `unprotected`.
+    let mut unreadable_policy_targets: BTreeMap<(String, String, String), String> = BTreeMap::new();
     for (kind, objs) in &objects.dynamic {
         for obj in sorted(objs) {
             let t = translate::dynamic(*kind, obj);
+            if *kind == Kind::ApiPolicy && matches!(t, Translation::Rejected(_)) {
+                for target in policy_targets(obj) {
+                    unreadable_policy_targets.insert(target, key(&obj.metadata));
+                }
+            }
             accept(kind.name(), &obj.metadata, t, &mut diagnostics);
         }
     }
+    documents.retain(|(_, d)| unprotected(d, &unreadable_policy_targets, &mut diagnostics));
     // When two objects claim one name or address, the one created first keeps it: the
     // later one is the likelier mistake, and an IP the kubelet reuses goes to the new pod
     // as soon as the old one's deletion arrives. The sort is stable, so objects created in
@@ -214,6 +222,59 @@ fn endpoint_slices(set: &mut ResourceSet, slices: &[Arc<EndpointSlice>]) {
             set.insert(resource);
         }
     }
+}
+
+/// `(kind, namespace, name)` of what an ApiPolicy object targets, read from the raw object
+/// (it could not be decoded into its type).
+fn policy_targets(obj: &DynamicObject) -> Vec<(String, String, String)> {
+    let namespace = obj.metadata.namespace.clone().unwrap_or_default();
+    obj.data["spec"]["targetRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                t["kind"].as_str()?.to_string(),
+                namespace.clone(),
+                t["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Whether `doc` may be served: a route or Gateway that an unreadable ApiPolicy targets is
+/// skipped with it, so that a typo in a policy never serves its routes without
+/// authentication (a valid policy with errors is handled the same way when compiling).
+fn unprotected(
+    doc: &ParsedDocument,
+    unreadable: &BTreeMap<(String, String, String), String>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> bool {
+    if unreadable.is_empty()
+        || !matches!(doc.kind, Kind::HttpRoute | Kind::GrpcRoute | Kind::Gateway)
+    {
+        return true;
+    }
+    let target = (
+        doc.kind.name().to_string(),
+        doc.meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| crate::config::validate::DEFAULT_NAMESPACE.to_string()),
+        doc.meta.name.clone().unwrap_or_default(),
+    );
+    let Some(policy) = unreadable.get(&target) else {
+        return true;
+    };
+    diagnostics.push(Diagnostic::error(
+        doc.origin.clone(),
+        "",
+        format!(
+            "ApiPolicy {policy}, which targets it, cannot be read: refused rather than \
+             served without it"
+        ),
+    ));
+    false
 }
 
 /// `(namespace, name)` of every Secret a listener of a `weft` Gateway names: the other
