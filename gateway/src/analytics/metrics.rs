@@ -91,6 +91,11 @@ impl GatewayMetrics {
             "Failed requests, by route, API and kind of failure",
             m.errors.clone(),
         );
+        registry.register(
+            "weft_gateway_access_log_dropped",
+            "Access-log lines dropped because stdout fell too far behind",
+            crate::logging::access_log_dropped(),
+        );
         m
     }
 

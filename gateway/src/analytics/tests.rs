@@ -202,6 +202,59 @@ fn the_access_log_line_is_json_without_the_query() {
     assert_eq!(v["error"], "client_closed");
 }
 
+/// The line as it was first written (a `serde_json::Map`, keys sorted): the struct that
+/// replaced it must give the same bytes, since log pipelines read them.
+fn map_line(r: &RequestRecord<'_>, consumer: &str, t: SystemTime) -> String {
+    use serde_json::{Map, json};
+    let millis = |d: Duration| (d.as_micros() as f64) / 1000.0;
+    let mut o = Map::new();
+    o.insert("time".into(), json!(time::format_rfc3339(t)));
+    o.insert("consumer".into(), json!(consumer));
+    o.insert("route".into(), json!(r.route.unwrap_or(UNKNOWN)));
+    o.insert("api".into(), json!(r.api.unwrap_or(UNKNOWN)));
+    o.insert("method".into(), json!(r.method));
+    o.insert("path".into(), json!(r.path));
+    o.insert("status".into(), json!(r.status));
+    o.insert("duration_ms".into(), json!(millis(r.duration)));
+    let up = r
+        .upstream_duration
+        .map_or(Value::Null, |d| json!(millis(d)));
+    o.insert("upstream_duration_ms".into(), up);
+    let addr = r
+        .upstream_addr
+        .map_or(Value::Null, |a| json!(a.to_string()));
+    o.insert("upstream_addr".into(), addr);
+    o.insert("request_bytes".into(), json!(r.request_bytes));
+    o.insert("response_bytes".into(), json!(r.response_bytes));
+    let client = r.client_addr.map_or(Value::Null, |a| json!(a.to_string()));
+    o.insert("client_addr".into(), client);
+    o.insert(
+        "error".into(),
+        r.error.map_or(Value::Null, |e| json!(e.as_str())),
+    );
+    Value::Object(o).to_string()
+}
+
+#[test]
+fn the_access_log_line_keeps_its_bytes() {
+    let mut r = req("ns/a", Some("alice"), 200);
+    r.path = "/a \"quoted\" \\ path\u{1}é";
+    r.duration = Duration::from_micros(1_234_567);
+    r.client_addr = Some("[2001:db8::1]:443".parse().unwrap());
+    let t = at(T0) + Duration::from_millis(7);
+    assert_eq!(access_log_line(&r, "alice", t), map_line(&r, "alice", t));
+    let bare = RequestRecord {
+        status: 0,
+        error: Some(ErrorKind::ClientClosed),
+        ..Default::default()
+    };
+    let t = at(T0);
+    assert_eq!(
+        access_log_line(&bare, ANONYMOUS, t),
+        map_line(&bare, ANONYMOUS, t)
+    );
+}
+
 #[test]
 fn query_times_parse_as_unix_seconds_or_rfc3339() {
     assert_eq!(parse_time("1796680800").unwrap(), at(T0));
