@@ -282,6 +282,17 @@ async fn an_h2_stream_flood_is_held_to_the_concurrent_stream_limit() {
         .unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
+    // One answered request first: the server's SETTINGS (its stream limit) come before any
+    // response, so after it the client knows the limit and queues streams beyond it instead
+    // of opening them and having them refused.
+    let (first, _) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(http::Request::get("http://a/").body(()).unwrap(), true)
+        .unwrap();
+    first.await.unwrap();
     let mut tasks = Vec::new();
     for _ in 0..150 {
         let client = client.clone();
