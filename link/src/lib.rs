@@ -11,6 +11,7 @@
 pub mod certs;
 pub mod control;
 pub mod copy;
+pub mod date;
 pub mod flags;
 pub mod hbone;
 pub mod identity;
