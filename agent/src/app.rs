@@ -4,7 +4,7 @@
 //! Two runtimes, as in ztunnel: a multi-thread one for the data path and a current-thread one,
 //! on its own thread, for admin, metrics and readiness.
 
-use std::{collections::HashMap, sync::Arc, thread, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
 use parking_lot::RwLock;
@@ -16,13 +16,14 @@ use weft_link::{
     certs::{CertManager, CertManagerOptions},
     control::{CaClient, CaClientConfig, Client, ClientConfig, Rejection, Update},
     identity::TrustDomain,
+    runtime::{AdminThread, data_runtime, shutdown_signal},
     tls::TrustBundle,
 };
 use weft_mesh::service::ServiceIndex;
 use weft_proto::discovery::v1::{ClientKind, ResourceType};
 
 use crate::{
-    admin::{self, AdminState, Endpoint, HttpLimits, SetLogLevel},
+    admin::{self, AdminState, Endpoints, SetLogLevel},
     capture::{Capture, CaptureError, KernelLogger},
     config::Config,
     discovery::{ServiceHandler, WorkloadHandler},
@@ -72,12 +73,8 @@ pub enum AppError {
     NodeCredential(#[from] crate::config::NodeCredentialError),
     #[error(transparent)]
     Control(#[from] weft_link::control::ClientError),
-    #[error("cannot start the {what} runtime: {source}")]
-    Runtime {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Runtime(#[from] weft_link::runtime::RuntimeError),
 }
 
 pub fn run(
@@ -140,40 +137,14 @@ pub fn run(
     let home = Netns::current()?;
 
     // Bind every admin port before touching the kernel, so a second agent fails fast.
-    let admin_listeners = [
-        (
-            admin::bind(config.admin_addr, Endpoint::Admin)?,
-            Endpoint::Admin,
-        ),
-        (
-            admin::bind(config.metrics_addr, Endpoint::Metrics)?,
-            Endpoint::Metrics,
-        ),
-        (
-            admin::bind(config.readiness_addr, Endpoint::Readiness)?,
-            Endpoint::Readiness,
-        ),
-    ];
-
-    // One worker means a current-thread scheduler on this thread: tasks woken by the I/O driver
-    // run in FIFO order, so the relay tasks of many streams queue their data before the HTTP/2
-    // connection task runs once and writes it in one TLS record batch. The multi-thread
-    // scheduler's LIFO slot would run that task after every single stream instead.
-    let mut builder = if config.worker_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(config.worker_threads);
-        builder
-    };
-    let runtime = builder
-        .thread_name("weft-data")
-        .enable_all()
-        .build()
-        .map_err(|source| AppError::Runtime {
-            what: "data-path",
-            source,
-        })?;
+    let endpoints = Endpoints::bind(
+        config.admin_addr,
+        config.metrics_addr,
+        config.readiness_addr,
+        admin::BIND_HINT,
+    )?;
+    // One worker runs the data path on this thread (see `data_runtime` for why).
+    let runtime = data_runtime(config.worker_threads)?;
 
     runtime.block_on(async move {
         let (capture, logger) = Capture::load(kernel_log_level)?;
@@ -213,12 +184,8 @@ pub fn run(
             ),
             control: control.state(),
             set_log_level,
-            limits: HttpLimits {
-                header_timeout: config.http_header_timeout,
-                idle_timeout: config.http_idle_timeout,
-            },
         });
-        let admin_thread = spawn_admin(admin_listeners, admin_state.clone(), control)?;
+        let admin_thread = spawn_admin(&config, endpoints, admin_state.clone(), control)?;
 
         let ctx = Arc::new(ProxyContext {
             capture,
@@ -291,25 +258,6 @@ pub fn run(
     })
 }
 
-/// Resolves on SIGTERM (the kubelet) or SIGINT (a terminal), naming which.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            // Without signal handlers the default action (exit) applies; park forever.
-            std::future::pending::<()>().await;
-            "none"
-        }
-    }
-}
-
 /// Reads aya-log records from the kernel ring buffer into the agent's log.
 fn forward_kernel_logs(logger: KernelLogger) {
     // SAFETY: the logger owns the ring buffer's fd and moves into the AsyncFd, which keeps it
@@ -336,18 +284,6 @@ fn forward_kernel_logs(logger: KernelLogger) {
             }
         }
     });
-}
-
-struct AdminThread {
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: thread::JoinHandle<()>,
-}
-
-impl AdminThread {
-    fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.handle.join();
-    }
 }
 
 /// The mesh root from `--control-ca`: the CA that signs the control plane's certificate signs
@@ -450,36 +386,17 @@ pub fn ca_client(config: &Config) -> Result<CaClient, AppError> {
 /// Admin endpoints and the control client share one small current-thread runtime, so neither
 /// competes with the data path for its workers.
 fn spawn_admin(
-    listeners: [(std::net::TcpListener, Endpoint); 3],
+    config: &Config,
+    endpoints: Endpoints,
     state: Arc<AdminState>,
     control: Client,
 ) -> Result<AdminThread, AppError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| AppError::Runtime {
-            what: "admin",
-            source,
-        })?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = thread::Builder::new()
-        .name("weft-admin".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                for (listener, endpoint) in listeners {
-                    tokio::spawn(admin::serve(listener, endpoint, state.clone()));
-                }
-                control
-                    .run(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            });
-            runtime.shutdown_timeout(Duration::from_millis(100));
-        })
-        .map_err(|source| AppError::Runtime {
-            what: "admin",
-            source,
-        })?;
-    Ok(AdminThread { stop, handle })
+    let (header_timeout, idle_timeout) = (config.http_header_timeout, config.http_idle_timeout);
+    AdminThread::spawn(move |stopped| async move {
+        endpoints.spawn(header_timeout, idle_timeout, move |endpoint, req| {
+            admin::route(endpoint, &state, req)
+        });
+        control.run(stopped).await;
+    })
+    .map_err(AppError::from)
 }

@@ -3,14 +3,16 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use weft_link::control::ClientIdentity;
+use weft_link::{
+    control::ClientIdentity,
+    flags::{parse_at_least_one, parse_duration},
+};
 
-/// Admin API (config dump, log level): localhost only, it can change the agent's behaviour.
-pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
-/// Prometheus scrape endpoint, reachable from the node network.
-pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:15020";
-/// Readiness probe for the kubelet.
-pub const DEFAULT_READINESS_ADDR: &str = "0.0.0.0:15021";
+pub use weft_http::admin::{
+    DEFAULT_ADMIN_ADDR, DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_IDLE_TIMEOUT,
+    DEFAULT_METRICS_ADDR, DEFAULT_READINESS_ADDR,
+};
+
 /// Where bpffs is mounted on nearly every distribution.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 /// Data-path worker threads. Two keeps a node agent small while letting one connection's
@@ -21,13 +23,6 @@ pub const DEFAULT_WORKER_THREADS: usize = 2;
 pub const DEFAULT_DRAIN_DEADLINE: &str = "5s";
 /// A destination that has not answered a SYN in this long is treated as unreachable.
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
-/// Admin, metrics and readiness clients (Prometheus, the kubelet, an operator's curl) send
-/// their request headers at once; one that trickles them (slowloris) only holds a socket.
-pub const DEFAULT_HTTP_HEADER_TIMEOUT: &str = "10s";
-/// An admin, metrics or readiness connection that moves no byte either way for this long is
-/// closed: longer than any scrape or probe takes, shorter than a stalled reader should hold
-/// a socket. Clients that keep connections alive between scrapes reconnect.
-pub const DEFAULT_HTTP_IDLE_TIMEOUT: &str = "60s";
 /// An HBONE connection without open tunnels for this long is closed. Twice the client pool's
 /// idle timeout (5 minutes), so an honest client always closes first.
 pub const DEFAULT_HBONE_IDLE_TIMEOUT: &str = "10m";
@@ -201,49 +196,10 @@ impl Config {
     }
 }
 
-/// Parses a count that must be at least 1 (0 would refuse everything).
-pub fn parse_at_least_one(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("{s:?} is not a whole number")),
-    }
-}
-
-/// Parses `500ms`, `5s`, `2m`, `24h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit; write e.g. 500ms, 5s or 2m"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
-
-    #[test]
-    fn durations_parse_with_units_only() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("ms").is_err());
-    }
 
     #[test]
     fn defaults_parse() {

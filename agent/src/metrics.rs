@@ -22,8 +22,8 @@ use weft_link::{
 use crate::{capture::Capture, identity::Identities, state::Workload};
 use weft_mesh::policy::DenialKind;
 
-/// The agent's trust domain (`--trust-domain`) when none is configured.
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+// The agent's trust domain (`--trust-domain`) when none is configured.
+pub use weft_link::identity::DEFAULT_TRUST_DOMAIN;
 
 /// The value of a label whose end of the connection the mesh does not name, as Istio's.
 pub const UNKNOWN: &str = "unknown";

@@ -2,26 +2,22 @@
 
 use std::time::Duration;
 
+use weft_link::flags::{DurationUnits, parse_duration_in};
+
+/// The control plane's units: whole seconds up to days.
+const UNITS: DurationUnits = DurationUnits {
+    units: &[
+        ("s", 1000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+    ],
+    examples: "90s, 1m, 24h or 365d",
+};
+
 /// Parses `<n>s`, `<n>m`, `<n>h` or `<n>d`. The message says what is wrong with the input.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit; write e.g. 90s, 1m, 24h or 365d"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 24 * 3600,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use s, m, h or d")),
-    };
-    n.checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    parse_duration_in(s, &UNITS)
 }
 
 /// The largest unit that divides `d` exactly, so that a limit reads as it was written.

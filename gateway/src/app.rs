@@ -5,26 +5,24 @@
 //! for admin, metrics, readiness and the configuration source (control client or directory
 //! watch), so neither competes with client traffic.
 
-use std::{sync::Arc, thread, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
-use weft_http::{
-    client::UpstreamClient,
-    server::{HttpServer, ServerLimits},
-};
+use weft_http::{client::UpstreamClient, server::HttpServer};
 use weft_link::{
     certs::{CertManager, CertManagerOptions, IdentityCerts},
     control::{CaClient, CaClientConfig, Client, ClientConfig},
     hbone::{ClientOptions, HboneClient, PlainSocketFactory},
     identity::{SpiffeId, TrustDomain},
+    runtime::{AdminThread, data_runtime, shutdown_signal},
     tls::ClientTls,
 };
 use weft_proto::discovery::v1::ClientKind;
 
 use crate::{
-    admin::{self, AdminState, Endpoint, SetLogLevel},
+    admin::{self, AdminState, Endpoints, SetLogLevel},
     analytics::Analytics,
     auth::{AuthMetrics, JwksRegistry},
     config::Config,
@@ -62,12 +60,8 @@ pub enum AppError {
     Control(#[from] weft_link::control::ClientError),
     #[error("--limits-store / --state-dir: {0}")]
     Limits(#[from] crate::limits::LimitsError),
-    #[error("cannot start the {what} runtime: {source}")]
-    Runtime {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Runtime(#[from] weft_link::runtime::RuntimeError),
 }
 
 /// Where the configuration comes from.
@@ -94,35 +88,13 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), AppError> {
         value: config.trust_domain.clone(),
         source,
     })?;
-    let admin_listeners = [
-        (
-            admin::bind(config.admin_addr, Endpoint::Admin)?,
-            Endpoint::Admin,
-        ),
-        (
-            admin::bind(config.metrics_addr, Endpoint::Metrics)?,
-            Endpoint::Metrics,
-        ),
-        (
-            admin::bind(config.readiness_addr, Endpoint::Readiness)?,
-            Endpoint::Readiness,
-        ),
-    ];
-    let mut builder = if config.worker_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(config.worker_threads);
-        b
-    };
-    let runtime = builder
-        .thread_name("weft-data")
-        .enable_all()
-        .build()
-        .map_err(|source| AppError::Runtime {
-            what: "data-path",
-            source,
-        })?;
+    let endpoints = Endpoints::bind(
+        config.admin_addr,
+        config.metrics_addr,
+        config.readiness_addr,
+        admin::BIND_HINT,
+    )?;
+    let runtime = data_runtime(config.worker_threads)?;
 
     // The mesh certificate, in control mode only: the CA signs it for the gateway credential.
     let control_ca = match &config.control_ca {
@@ -232,13 +204,8 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), AppError> {
         },
         certs: certs.clone(),
         set_log_level,
-        server: HttpServer::new(ServerLimits {
-            header_read_timeout: config.http_header_timeout,
-            idle_timeout: config.http_idle_timeout,
-            ..Default::default()
-        }),
     });
-    let admin_thread = spawn_admin(admin_listeners, admin_state, state, source)?;
+    let admin_thread = spawn_admin(&config, endpoints, admin_state, state, source)?;
     info!(
         source = if config.control.is_some() { "control" } else { "config-dir" },
         identity = %gateway_id,
@@ -286,71 +253,23 @@ fn hostname() -> String {
         .unwrap_or_else(|| "local".into())
 }
 
-/// Resolves on SIGTERM (the kubelet) or SIGINT (a terminal), naming which.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            std::future::pending::<()>().await;
-            "none"
-        }
-    }
-}
-
-struct AdminThread {
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: thread::JoinHandle<()>,
-}
-
-impl AdminThread {
-    fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.handle.join();
-    }
-}
-
 /// Admin endpoints and the configuration source share one small current-thread runtime.
 fn spawn_admin(
-    listeners: [(std::net::TcpListener, Endpoint); 3],
+    config: &Config,
+    endpoints: Endpoints,
     admin: Arc<AdminState>,
     state: Arc<ConfigState>,
     source: ConfigSource,
 ) -> Result<AdminThread, AppError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| AppError::Runtime {
-            what: "admin",
-            source,
-        })?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = thread::Builder::new()
-        .name("weft-admin".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                for (listener, endpoint) in listeners {
-                    tokio::spawn(admin::serve(listener, endpoint, admin.clone()));
-                }
-                let stopped = async {
-                    let _ = stopped.await;
-                };
-                match source {
-                    ConfigSource::Control(client) => client.run(stopped).await,
-                    ConfigSource::Directory(dir) => source::watch_dir(state, dir, stopped).await,
-                }
-            });
-            runtime.shutdown_timeout(Duration::from_millis(100));
-        })
-        .map_err(|source| AppError::Runtime {
-            what: "admin",
-            source,
-        })?;
-    Ok(AdminThread { stop, handle })
+    let (header_timeout, idle_timeout) = (config.http_header_timeout, config.http_idle_timeout);
+    AdminThread::spawn(move |stopped| async move {
+        endpoints.spawn(header_timeout, idle_timeout, move |endpoint, req| {
+            admin::route(endpoint, &admin, req)
+        });
+        match source {
+            ConfigSource::Control(client) => client.run(stopped).await,
+            ConfigSource::Directory(dir) => source::watch_dir(state, dir, stopped).await,
+        }
+    })
+    .map_err(AppError::from)
 }

@@ -3,26 +3,22 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use weft_link::control::ClientIdentity;
+use weft_link::{
+    control::ClientIdentity,
+    flags::{parse_at_least_one, parse_duration},
+};
 
-/// Admin API (`/config`, `/analytics`, log level): localhost only.
-pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
-/// Prometheus scrape endpoint.
-pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:15020";
-/// Readiness probe (`/healthz/ready`).
-pub const DEFAULT_READINESS_ADDR: &str = "0.0.0.0:15021";
-/// The mesh's trust domain, as the agent's default.
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub use weft_http::admin::{
+    DEFAULT_ADMIN_ADDR, DEFAULT_HTTP_HEADER_TIMEOUT, DEFAULT_HTTP_IDLE_TIMEOUT,
+    DEFAULT_METRICS_ADDR, DEFAULT_READINESS_ADDR,
+};
+pub use weft_link::identity::DEFAULT_TRUST_DOMAIN;
+
 /// Data-path worker threads: two, like the agent; benchmarks pin and may set 1.
 pub const DEFAULT_WORKER_THREADS: usize = 2;
 /// Time in-flight requests get after SIGTERM; a pod's terminationGracePeriodSeconds (30 s by
 /// default) must be longer.
 pub const DEFAULT_DRAIN_DEADLINE: &str = "10s";
-/// Time the admin, metrics and readiness clients get to send their headers.
-pub const DEFAULT_HTTP_HEADER_TIMEOUT: &str = "10s";
-/// An admin, metrics or readiness connection idle this long is closed.
-pub const DEFAULT_HTTP_IDLE_TIMEOUT: &str = "60s";
-
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "weft-gateway",
@@ -186,34 +182,6 @@ impl Config {
             h2_max_concurrent_streams: self.h2_max_streams,
             ..Default::default()
         }
-    }
-}
-
-/// Parses a count that must be at least 1.
-pub fn parse_at_least_one(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("{s:?} is not a whole number")),
-    }
-}
-
-/// Parses `500ms`, `5s`, `2m`, `24h` (the agent's format).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit; write e.g. 500ms, 5s or 2m"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
-        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
-        _ => Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
     }
 }
 

@@ -1,14 +1,14 @@
-//! Logging as the agent sets it up (RUST_LOG, `--log-format`, a reloadable filter for the
-//! admin `/logging`), plus the access log: events of target `access` are written to stdout
-//! as their message alone, one JSON object per line whatever the log format, so a log
-//! pipeline can read them without unwrapping.
+//! Logging as the agent sets it up (`weft_link::logging`: RUST_LOG, `--log-format`, a
+//! reloadable filter for the admin `/logging`), plus the access log: events of target
+//! `access` are written to stdout as their message alone, one JSON object per line whatever
+//! the log format, so a log pipeline can read them without unwrapping.
 //!
 //! The access log is written off the request path: a request appends its line to a
 //! shared buffer ([`AccessSink`]) and a dedicated thread writes the buffer to stdout in
 //! batches, so a request costs a memory copy instead of a write system call (and never
 //! waits for whoever reads stdout).
 
-use std::io::{IsTerminal as _, Write};
+use std::io::Write;
 use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -16,64 +16,24 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use prometheus_client::metrics::counter::Counter;
 use tracing_subscriber::fmt::MakeWriter;
-
-use tracing::{Event, Subscriber, field::Field};
-use tracing_subscriber::{
-    EnvFilter, Layer as _,
-    filter::filter_fn,
-    fmt::{FmtContext, FormatEvent, FormatFields, format},
-    layer::SubscriberExt as _,
-    registry::LookupSpan,
-    reload,
-    util::SubscriberInitExt as _,
-};
+use weft_link::logging::Logging;
 
 use crate::admin::SetLogLevel;
 
-/// Without RUST_LOG: info.
-const DEFAULT_LOG_FILTER: &str = "info";
 /// The access log's tracing target.
 pub const ACCESS_TARGET: &str = "access";
 
-/// Installs the subscriber; returns the admin's log-level switch and the access log's
-/// writer, which writes what is pending when dropped (keep it until the process ends).
+/// Installs the subscriber (`weft_link::logging`, with the access log's lines handed to an
+/// [`AccessSink`]); returns the admin's log-level switch and the access log's writer, which
+/// writes what is pending when dropped (keep it until the process ends).
 pub fn init(json: bool) -> Result<(SetLogLevel, AccessLogGuard), String> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let (filter, handle) = reload::Layer::new(filter);
-    // Colours only for a person at a terminal, never in a file or a log collector.
-    let ansi = std::io::stdout().is_terminal();
-    let not_access = filter_fn(|m| m.target() != ACCESS_TARGET);
     let (sink, guard) = AccessSink::start(std::io::stdout())?;
-    let access = tracing_subscriber::fmt::layer()
-        .event_format(MessageOnly)
-        .with_writer(sink)
-        .with_filter(filter_fn(|m| m.target() == ACCESS_TARGET));
-    let registry = tracing_subscriber::registry().with(filter).with(access);
-    let init = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_filter(not_access),
-            )
-            .try_init()
-    } else {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(ansi)
-                    .with_filter(not_access),
-            )
-            .try_init()
+    let logging = Logging {
+        json,
+        bare_target: Some(ACCESS_TARGET),
+        ..Logging::default()
     };
-    init.map_err(|e| e.to_string())?;
-    let set: SetLogLevel = Box::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| format!("bad filter {level:?}: {e}"))?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    });
-    Ok((set, guard))
+    Ok((logging.init_with_bare_writer(sink)?.set_log_level, guard))
 }
 
 /// Access-log bytes waiting for the writer thread before new lines are dropped (and
@@ -231,49 +191,11 @@ impl<'a> MakeWriter<'a> for AccessSink {
     }
 }
 
-/// Writes an event's message and nothing else, then a newline.
-struct MessageOnly;
-
-impl<S, N> FormatEvent<S, N> for MessageOnly
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        _ctx: &FmtContext<'_, S, N>,
-        mut writer: format::Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
-        let mut visitor = Message {
-            writer: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut visitor);
-        visitor.result?;
-        writeln!(writer)
-    }
-}
-
-struct Message<'a, 'w> {
-    writer: &'a mut format::Writer<'w>,
-    result: std::fmt::Result,
-}
-
-impl tracing::field::Visit for Message<'_, '_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            // `format_args!` messages print as written under Debug.
-            self.result = write!(self.writer, "{value:?}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
 
-    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::{Layer as _, filter::filter_fn, layer::SubscriberExt as _};
 
     use super::*;
 
@@ -370,7 +292,7 @@ mod tests {
         let (sink, guard) = AccessSink::start(out.clone()).unwrap();
         let subscriber = tracing_subscriber::registry().with(
             tracing_subscriber::fmt::layer()
-                .event_format(MessageOnly)
+                .event_format(weft_link::logging::MessageOnly)
                 .with_writer(sink)
                 .with_filter(filter_fn(|m| m.target() == ACCESS_TARGET)),
         );

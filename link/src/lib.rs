@@ -4,13 +4,19 @@
 //! - [`control`]: the control-plane client (discovery subscription, reconnects, ACK/NACK);
 //! - [`identity`], [`tls`], [`hbone`]: SPIFFE identities, rustls configurations and
 //!   verifiers, and the HBONE tunnel;
-//! - [`copy`]: the byte copy between a tunnel or socket and its other end, both ways.
+//! - [`copy`]: the byte copy between a tunnel or socket and its other end, both ways;
+//! - [`runtime`], [`flags`], [`logging`]: what the mesh binaries start the same way: their
+//!   two runtimes, the shutdown signal, durations and counts on the command line, logging.
 
 pub mod certs;
 pub mod control;
 pub mod copy;
+pub mod date;
+pub mod flags;
 pub mod hbone;
 pub mod identity;
+pub mod logging;
+pub mod runtime;
 pub mod tls;
 
 /// An error and its causes on one line, each cause once: messages that already embed their

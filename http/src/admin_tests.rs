@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::*;
 
@@ -13,19 +13,14 @@ const LONG: Duration = Duration::from_secs(3600);
 /// How long a test waits for the server to close a connection before it fails.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// Serves `body` on every request within `limits`, on a loopback port.
-async fn server(limits: HttpLimits, body: Bytes) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let body = body.clone();
-            let service = service_fn(move |_req| {
-                let body = body.clone();
-                async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
-            });
-            tokio::spawn(serve_connection(stream, limits, service));
-        }
+/// Serves `body` on every request of every endpoint within the timeouts, on loopback ports;
+/// the admin endpoint's address.
+fn server(header_timeout: Duration, idle_timeout: Duration, body: Bytes) -> SocketAddr {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let endpoints = Endpoints::bind(any, any, any, "test").unwrap();
+    let addr = endpoints.listeners[0].0.local_addr().unwrap();
+    endpoints.spawn(header_timeout, idle_timeout, move |_, _| {
+        Response::new(server::full(body.clone()))
     });
     addr
 }
@@ -61,11 +56,11 @@ async fn read_until_closed(r: &mut (impl AsyncRead + Unpin)) -> Option<usize> {
 
 #[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_while_others_are_served() {
-    let limits = HttpLimits {
-        header_timeout: Duration::from_millis(300),
-        idle_timeout: LONG,
-    };
-    let addr = server(limits, Bytes::from_static(b"served")).await;
+    let addr = server(
+        Duration::from_millis(300),
+        LONG,
+        Bytes::from_static(b"served"),
+    );
 
     // Slowloris: one more byte of a header value every 50 ms, never the end of the headers.
     // It is never idle, and stays far below the header count and size limits, so only the
@@ -90,14 +85,10 @@ async fn a_client_trickling_its_headers_is_cut_while_others_are_served() {
 
 #[tokio::test]
 async fn silent_clients_and_ones_that_stop_reading_are_cut_after_the_idle_timeout() {
-    let limits = HttpLimits {
-        header_timeout: LONG,
-        // Long enough that the reading client below is never starved past it.
-        idle_timeout: Duration::from_secs(1),
-    };
     // Far more than loopback's socket buffers hold, so the server's writes stall.
     let big = Bytes::from(vec![b'x'; 64 * 1024 * 1024]);
-    let addr = server(limits, big.clone()).await;
+    // The idle timeout is long enough that the reading client below is never starved past it.
+    let addr = server(LONG, Duration::from_secs(1), big.clone());
 
     // Connects and sends nothing.
     let mut silent = TcpStream::connect(addr).await.unwrap();
@@ -130,4 +121,20 @@ async fn silent_clients_and_ones_that_stop_reading_are_cut_after_the_idle_timeou
         .unwrap();
     let read = read_until_closed(&mut reader).await.unwrap();
     assert!(read > big.len(), "{read} bytes");
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_named_with_the_endpoint_and_the_hint() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let err = Endpoints::bind(any, addr, any, "is another one running?")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "cannot listen on {addr} for the metrics endpoint: "
+        )) && err.ends_with("(is another one running?)"),
+        "{err}"
+    );
 }
