@@ -27,8 +27,7 @@ pub const OPERATOR_KEY_FILE: &str = "operator-key.pem";
 pub const GATEWAY_CERT_FILE: &str = "gateway-cert.pem";
 pub const GATEWAY_KEY_FILE: &str = "gateway-key.pem";
 /// The gateway's namespace and service account: its workload identity is its credential.
-pub const GATEWAY_NAMESPACE: &str = "weft-system";
-pub const GATEWAY_SERVICE_ACCOUNT: &str = "weft-gateway";
+pub use weft_link::identity::{GATEWAY_NAMESPACE, GATEWAY_SERVICE_ACCOUNT};
 
 /// An operator's name that is not a DNS name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -34,10 +34,6 @@ use crate::{
     source::{self, ConfigState, ControlHandler, GATEWAY_TYPES},
 };
 
-/// The gateway's namespace and service account: its mesh identity.
-pub const GATEWAY_NAMESPACE: &str = "weft-system";
-pub const GATEWAY_SERVICE_ACCOUNT: &str = "weft-gateway";
-
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -81,8 +77,8 @@ pub fn run(config: Config, set_log_level: SetLogLevel) -> Result<(), AppError> {
             })?;
     let gateway_id = SpiffeId::new(
         trust_domain.clone(),
-        GATEWAY_NAMESPACE,
-        GATEWAY_SERVICE_ACCOUNT,
+        weft_link::identity::GATEWAY_NAMESPACE,
+        weft_link::identity::GATEWAY_SERVICE_ACCOUNT,
     )
     .map_err(|source| AppError::TrustDomain {
         value: config.trust_domain.clone(),

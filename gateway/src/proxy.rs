@@ -167,18 +167,16 @@ impl Proxy {
                     .get(&(namespace.clone(), name.clone()))
                     .ok_or(no_upstream)?;
                 let target_port = service.target_port(*port).unwrap_or(*port);
-                let endpoints: Vec<_> = service
-                    .endpoints
-                    .iter()
-                    .filter_map(|uid| snap.workloads.by_uid(uid))
-                    .filter(|w| !w.ips.is_empty())
-                    .collect();
-                if endpoints.is_empty() || target_port == 0 {
+                if target_port == 0 {
                     return Err(no_upstream);
                 }
-                let w =
-                    endpoints[self.round_robin.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
-                let ip = w.ips[0];
+                let (w, ip) = service
+                    .pick_endpoint(
+                        &snap.workloads,
+                        |w| w.ips.first().copied(),
+                        || self.round_robin.fetch_add(1, Ordering::Relaxed),
+                    )
+                    .ok_or(no_upstream)?;
                 match w.protocol {
                     TunnelProtocol::Tcp => Ok(Target::Url {
                         scheme: Scheme::HTTP,

@@ -13,6 +13,11 @@ use std::sync::Arc;
 /// The trust domain used when none is configured, as in Istio.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
+/// The edge gateway's namespace and service account: its identity in the mesh, which the
+/// control plane signs for the gateway credential and destination agents authorize.
+pub const GATEWAY_NAMESPACE: &str = "weft-system";
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "weft-gateway";
+
 const SCHEME: &str = "spiffe://";
 
 /// SPIFFE-ID.md §2.3: a SPIFFE ID must not be longer than 2048 bytes.

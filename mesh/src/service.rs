@@ -49,6 +49,28 @@ impl Service {
     }
 
     /// The target port behind `port`, if the service declares it.
+    /// One of the endpoints known to `workloads` for which `address` gives an address, the
+    /// `pick`-th modulo their number (the caller chooses how picks spread). They are
+    /// counted, then walked again to the pick, so choosing allocates nothing.
+    pub fn pick_endpoint<'w>(
+        &self,
+        workloads: &'w WorkloadStore,
+        address: impl Fn(&Workload) -> Option<IpAddr>,
+        pick: impl FnOnce() -> usize,
+    ) -> Option<(&'w Arc<Workload>, IpAddr)> {
+        let endpoints = || {
+            self.endpoints
+                .iter()
+                .filter_map(|uid| workloads.by_uid(uid))
+                .filter_map(|w| address(w).map(|ip| (w, ip)))
+        };
+        let count = endpoints().count();
+        if count == 0 {
+            return None;
+        }
+        endpoints().nth(pick() % count)
+    }
+
     pub fn target_port(&self, port: u16) -> Option<u16> {
         self.ports
             .iter()
@@ -125,30 +147,11 @@ impl ServiceIndex {
         };
         let family_v4 = dst.ip().to_canonical().is_ipv4();
         // Endpoints with an address of the VIP's family: a v6 VIP is not answered from v4.
-        let endpoints = || {
-            service
-                .endpoints
-                .iter()
-                .filter_map(|uid| workloads.by_uid(uid))
-                .filter_map(|w| {
-                    w.ips
-                        .iter()
-                        .find(|ip| ip.is_ipv4() == family_v4)
-                        .map(|ip| (w, *ip))
-                })
-        };
-        // Counted, then walked again to the pick: no allocation per connection.
-        let no_endpoints = || {
-            Some(Err(Unresolved::NoEndpoints {
+        let family = |w: &Workload| w.ips.iter().find(|ip| ip.is_ipv4() == family_v4).copied();
+        let Some((endpoint, ip)) = service.pick_endpoint(workloads, family, pick) else {
+            return Some(Err(Unresolved::NoEndpoints {
                 service: service.clone(),
-            }))
-        };
-        let count = endpoints().count();
-        if count == 0 {
-            return no_endpoints();
-        }
-        let Some((endpoint, ip)) = endpoints().nth(pick() % count) else {
-            return no_endpoints();
+            }));
         };
         Some(Ok(Resolved {
             service: service.clone(),
