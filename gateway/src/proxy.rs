@@ -166,17 +166,21 @@ impl Proxy {
                     .services
                     .get(&(namespace.clone(), name.clone()))
                     .ok_or(no_upstream)?;
-                let target_port = service.target_port(*port).unwrap_or(*port);
-                if target_port == 0 {
-                    return Err(no_upstream);
-                }
+                let target = service.port(*port).map(|p| &p.target);
                 let (w, ip) = service
                     .pick_endpoint(
                         &snap.workloads,
-                        |w| w.ips.first().copied(),
+                        |w| match target {
+                            Some(t) => t.on(w).and(w.ips.first().copied()),
+                            None => w.ips.first().copied(),
+                        },
                         || self.round_robin.fetch_add(1, Ordering::Relaxed),
                     )
                     .ok_or(no_upstream)?;
+                let target_port = match target {
+                    Some(t) => t.on(w).ok_or(no_upstream)?,
+                    None => *port,
+                };
                 match w.protocol {
                     TunnelProtocol::Tcp => Ok(Target::Url {
                         scheme: Scheme::HTTP,

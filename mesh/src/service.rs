@@ -16,7 +16,9 @@ use std::{
 
 use weft_proto::discovery::v1 as pb;
 
-use crate::workload::{ConvertError, Workload, WorkloadStore, WorkloadUid, addresses, required};
+use crate::workload::{
+    ConvertError, Locality, Workload, WorkloadStore, WorkloadUid, addresses, required,
+};
 
 /// The DNS domain of services, as Kubernetes' default (`<name>.<namespace>.svc.<domain>`).
 pub const SERVICE_DOMAIN: &str = "cluster.local";
@@ -31,15 +33,86 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// The workloads behind it, as the control plane computed them.
     pub endpoints: Vec<WorkloadUid>,
+    /// Which endpoints clients prefer.
+    pub traffic_distribution: TrafficDistribution,
 }
 
 /// One port of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
     /// The port clients dial on a VIP.
     pub port: u16,
-    /// The port on the workload.
-    pub target_port: u16,
+    /// The port on each endpoint.
+    pub target: TargetPort,
+}
+
+/// Where a service port lands on an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    /// The endpoint's port of this name (`Workload::ports`); an endpoint without one is not
+    /// an endpoint of the port.
+    Named(String),
+}
+
+impl TargetPort {
+    /// The port on `w`, if it has one.
+    pub fn on(&self, w: &Workload) -> Option<u16> {
+        match self {
+            TargetPort::Number(n) => Some(*n),
+            TargetPort::Named(name) => w.ports.get(name).copied(),
+        }
+    }
+}
+
+/// Which of a service's endpoints a client prefers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TrafficDistribution {
+    /// Any ready endpoint.
+    #[default]
+    Any,
+    /// The closest ready endpoints: on the client's node, else its zone, else its region,
+    /// else any.
+    PreferClose,
+}
+
+/// How close an endpoint is to a client; the order is the order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Closeness {
+    Node,
+    Zone,
+    Region,
+    Any,
+}
+
+impl Closeness {
+    /// How close `w` is to a client on `node` at `locality`.
+    pub fn of(w: &Workload, node: &str, locality: &Locality) -> Closeness {
+        if !node.is_empty() && w.node == node {
+            Closeness::Node
+        } else if w.locality.same_zone(locality) {
+            Closeness::Zone
+        } else if w.locality.same_region(locality) {
+            Closeness::Region
+        } else {
+            Closeness::Any
+        }
+    }
+}
+
+/// The client of a service connection, for locality: the node it runs on and where that is.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    pub node: &'a str,
+    pub locality: &'a Locality,
+}
+
+/// One place a connection to a service port may go: a ready workload, its address of the
+/// VIP's family, and the port's target on it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub workload: Arc<Workload>,
+    pub addr: SocketAddr,
 }
 
 impl Service {
@@ -48,8 +121,57 @@ impl Service {
         format!("{}.{}.svc.{SERVICE_DOMAIN}", self.name, self.namespace)
     }
 
-    /// The target port behind `port`, if the service declares it.
-    /// One of the endpoints known to `workloads` for which `address` gives an address, the
+    /// The port clients dial as `port`, if the service declares it.
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// The endpoints a connection to `port` may go to: ready workloads known to
+    /// `workloads` with an address of the family (`v4`) and the target port. When the
+    /// service prefers close endpoints, only those of the closest tier that has any.
+    pub fn endpoints_of(
+        &self,
+        port: &ServicePort,
+        v4: bool,
+        workloads: &WorkloadStore,
+        client: &Client<'_>,
+    ) -> Vec<Endpoint> {
+        let mut best = Closeness::Any;
+        let mut out: Vec<(Closeness, Endpoint)> = Vec::new();
+        for w in self
+            .endpoints
+            .iter()
+            .filter_map(|uid| workloads.by_uid(uid))
+        {
+            if !w.ready {
+                continue;
+            }
+            let Some(ip) = w.ips.iter().find(|ip| ip.is_ipv4() == v4).copied() else {
+                continue;
+            };
+            let Some(target) = port.target.on(w) else {
+                continue;
+            };
+            let closeness = match self.traffic_distribution {
+                TrafficDistribution::Any => Closeness::Any,
+                TrafficDistribution::PreferClose => Closeness::of(w, client.node, client.locality),
+            };
+            best = best.min(closeness);
+            out.push((
+                closeness,
+                Endpoint {
+                    workload: w.clone(),
+                    addr: SocketAddr::new(ip, target),
+                },
+            ));
+        }
+        out.into_iter()
+            .filter(|(c, _)| *c == best)
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// One ready endpoint known to `workloads` for which `address` gives an address, the
     /// `pick`-th modulo their number (the caller chooses how picks spread). They are
     /// counted, then walked again to the pick, so choosing allocates nothing.
     pub fn pick_endpoint<'w>(
@@ -62,6 +184,7 @@ impl Service {
             self.endpoints
                 .iter()
                 .filter_map(|uid| workloads.by_uid(uid))
+                .filter(|w| w.ready)
                 .filter_map(|w| address(w).map(|ip| (w, ip)))
         };
         let count = endpoints().count();
@@ -70,22 +193,6 @@ impl Service {
         }
         endpoints().nth(pick() % count)
     }
-
-    pub fn target_port(&self, port: u16) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|p| p.port == port)
-            .map(|p| p.target_port)
-    }
-}
-
-/// Where a connection to a VIP goes.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    pub service: Arc<Service>,
-    pub endpoint: Arc<Workload>,
-    /// The endpoint's address (of the VIP's family when it has one) and target port.
-    pub addr: SocketAddr,
 }
 
 /// Why a connection to a VIP goes nowhere.
@@ -93,19 +200,22 @@ pub struct Resolved {
 pub enum Unresolved {
     #[error("service {} does not declare port {port}", service.hostname())]
     UnknownPort { service: Arc<Service>, port: u16 },
-    #[error("service {} has no endpoints", service.hostname())]
-    NoEndpoints { service: Arc<Service> },
+    #[error("service {} has no ready endpoint for port {port}", service.hostname())]
+    NoEndpoints { service: Arc<Service>, port: u16 },
 }
 
 impl Unresolved {
     pub fn service(&self) -> &Arc<Service> {
         match self {
-            Unresolved::UnknownPort { service, .. } | Unresolved::NoEndpoints { service } => {
+            Unresolved::UnknownPort { service, .. } | Unresolved::NoEndpoints { service, .. } => {
                 service
             }
         }
     }
 }
+
+/// A VIP's service and the endpoints a connection to it may go to, or why none.
+pub type Resolution = Result<(Arc<Service>, Vec<Endpoint>), Unresolved>;
 
 /// Every service with a VIP, indexed by VIP.
 #[derive(Debug, Default)]
@@ -129,35 +239,36 @@ impl ServiceIndex {
         self.by_vip.get(&vip.to_canonical())
     }
 
-    /// Resolves a connection to `dst`: `None` when `dst` is no VIP (the connection goes to
-    /// `dst` itself), else one endpoint of the service known to `workloads`, the
-    /// `pick`-th modulo their number (the caller chooses how picks spread).
-    pub fn resolve(
+    /// Every (VIP, service) pair.
+    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &Arc<Service>)> {
+        self.by_vip.iter()
+    }
+
+    /// The endpoints a connection to `dst` may go to (see [`Service::endpoints_of`]):
+    /// `None` when `dst` is no VIP (the connection goes to `dst` itself), an error when the
+    /// service has no such port or no endpoint for it.
+    pub fn endpoints(
         &self,
         dst: SocketAddr,
         workloads: &WorkloadStore,
-        pick: impl FnOnce() -> usize,
-    ) -> Option<Result<Resolved, Unresolved>> {
+        client: &Client<'_>,
+    ) -> Option<Resolution> {
         let service = self.by_vip(dst.ip())?;
-        let Some(target_port) = service.target_port(dst.port()) else {
+        let Some(port) = service.port(dst.port()) else {
             return Some(Err(Unresolved::UnknownPort {
                 service: service.clone(),
                 port: dst.port(),
             }));
         };
-        let family_v4 = dst.ip().to_canonical().is_ipv4();
-        // Endpoints with an address of the VIP's family: a v6 VIP is not answered from v4.
-        let family = |w: &Workload| w.ips.iter().find(|ip| ip.is_ipv4() == family_v4).copied();
-        let Some((endpoint, ip)) = service.pick_endpoint(workloads, family, pick) else {
+        let v4 = dst.ip().to_canonical().is_ipv4();
+        let endpoints = service.endpoints_of(port, v4, workloads, client);
+        if endpoints.is_empty() {
             return Some(Err(Unresolved::NoEndpoints {
                 service: service.clone(),
+                port: dst.port(),
             }));
-        };
-        Some(Ok(Resolved {
-            service: service.clone(),
-            endpoint: endpoint.clone(),
-            addr: SocketAddr::new(ip, target_port),
-        }))
+        }
+        Some(Ok((service.clone(), endpoints)))
     }
 }
 
@@ -189,14 +300,16 @@ impl TryFrom<pb::Resource> for Service {
                 continue;
             }
             let number = port("ports.port", p.port)?;
-            let target = if p.target_port == 0 {
-                number
+            let target = if !p.target_port_name.is_empty() {
+                TargetPort::Named(p.target_port_name.clone())
+            } else if p.target_port == 0 {
+                TargetPort::Number(number)
             } else {
-                port("ports.target_port", p.target_port)?
+                TargetPort::Number(port("ports.target_port", p.target_port)?)
             };
             ports.push(ServicePort {
                 port: number,
-                target_port: target,
+                target,
             });
         }
         Ok(Service {
@@ -205,6 +318,16 @@ impl TryFrom<pb::Resource> for Service {
             vips,
             ports,
             endpoints: s.workload_uids.into_iter().map(WorkloadUid).collect(),
+            traffic_distribution: match pb::TrafficDistribution::try_from(s.traffic_distribution) {
+                Ok(pb::TrafficDistribution::Any) => TrafficDistribution::Any,
+                Ok(pb::TrafficDistribution::PreferClose) => TrafficDistribution::PreferClose,
+                Err(_) => {
+                    return Err(ConvertError::Field {
+                        field: "traffic_distribution",
+                        problem: format!("unknown traffic distribution {}", s.traffic_distribution),
+                    });
+                }
+            },
         })
     }
 }
@@ -214,16 +337,20 @@ mod tests {
     use super::*;
     use crate::workload::TunnelProtocol;
 
-    fn workload(uid: &str, ips: &[&str]) -> Workload {
+    fn workload(uid: &str, node: &str, zone: &str, ips: &[&str]) -> Workload {
         Workload {
             uid: WorkloadUid(uid.into()),
             name: uid.into(),
             namespace: "default".into(),
             service_account: "default".into(),
-            node: "node-1".into(),
+            node: node.into(),
             ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
-            labels: Default::default(),
             protocol: TunnelProtocol::Hbone,
+            locality: Locality {
+                region: "eu".into(),
+                zone: zone.into(),
+            },
+            ..Workload::default()
         }
     }
 
@@ -254,55 +381,129 @@ mod tests {
 
     fn store() -> WorkloadStore {
         WorkloadStore::new(vec![
-            workload("a", &["10.0.0.1", "fd00::1"]),
-            workload("b", &["10.0.0.2"]),
+            workload("a", "node-1", "z1", &["10.0.0.1", "fd00::1"]),
+            workload("b", "node-2", "z1", &["10.0.0.2"]),
+            workload("c", "node-3", "z2", &["10.0.0.3"]),
         ])
     }
 
-    #[test]
-    fn a_v4_vip_port_resolves_to_an_endpoint_on_its_target_port() {
-        let idx = index(resource(&["10.96.0.10"], &[(80, 8080)], &["a", "b"]));
-        let s = store();
-        let mut seen = Vec::new();
-        for pick in 0..2 {
-            let r = idx
-                .resolve("10.96.0.10:80".parse().unwrap(), &s, || pick)
-                .unwrap()
-                .unwrap();
-            assert_eq!(r.service.hostname(), "web.default.svc.cluster.local");
-            assert_eq!(r.addr.port(), 8080);
-            assert_eq!(Some(r.addr.ip()), r.endpoint.ips.first().copied());
-            seen.push(r.endpoint.name.clone());
-        }
-        seen.sort();
-        assert_eq!(seen, ["a", "b"], "picks spread over every endpoint");
-        // The mapped form of a v4 VIP is the same VIP.
-        assert!(
-            idx.resolve("[::ffff:10.96.0.10]:80".parse().unwrap(), &s, || 0)
-                .is_some()
-        );
+    const CLIENT: Client<'static> = Client {
+        node: "node-9",
+        locality: &Locality {
+            region: String::new(),
+            zone: String::new(),
+        },
+    };
+
+    fn names(endpoints: &[Endpoint]) -> Vec<String> {
+        let mut names: Vec<String> = endpoints.iter().map(|e| e.workload.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    fn endpoints(idx: &ServiceIndex, dst: &str, s: &WorkloadStore) -> Vec<Endpoint> {
+        idx.endpoints(dst.parse().unwrap(), s, &CLIENT)
+            .unwrap()
+            .unwrap()
+            .1
     }
 
     #[test]
-    fn a_v6_vip_resolves_to_v6_endpoint_addresses_only() {
+    fn a_v4_vip_port_has_every_endpoint_on_its_target_port() {
+        let idx = index(resource(&["10.96.0.10"], &[(80, 8080)], &["a", "b"]));
+        let s = store();
+        let e = endpoints(&idx, "10.96.0.10:80", &s);
+        assert_eq!(names(&e), ["a", "b"]);
+        assert!(e.iter().all(|e| e.addr.port() == 8080));
+        assert!(e.iter().all(|e| e.workload.ips[0] == e.addr.ip()));
+        // The mapped form of a v4 VIP is the same VIP.
+        assert_eq!(endpoints(&idx, "[::ffff:10.96.0.10]:80", &s).len(), 2);
+    }
+
+    #[test]
+    fn a_v6_vip_has_v6_endpoint_addresses_only() {
         let idx = index(resource(
             &["10.96.0.10", "fd00:96::10"],
             &[(80, 0)],
             &["a", "b"],
         ));
+        let e = endpoints(&idx, "[fd00:96::10]:80", &store());
+        assert_eq!(names(&e), ["a"], "b has no IPv6 address");
+        assert_eq!(
+            e[0].addr,
+            "[fd00::1]:80".parse().unwrap(),
+            "target port = port"
+        );
+    }
+
+    #[test]
+    fn not_ready_workloads_are_no_endpoints() {
+        let idx = index(resource(&["10.96.0.10"], &[(80, 80)], &["a", "b"]));
+        let mut b = workload("b", "node-2", "z1", &["10.0.0.2"]);
+        b.ready = false;
+        let s = WorkloadStore::new(vec![workload("a", "node-1", "z1", &["10.0.0.1"]), b]);
+        assert_eq!(names(&endpoints(&idx, "10.96.0.10:80", &s)), ["a"]);
+    }
+
+    #[test]
+    fn a_named_target_port_resolves_per_endpoint() {
+        let mut r = resource(&["10.96.0.10"], &[(80, 0)], &["a", "b", "c"]);
+        if let Some(pb::resource::Kind::Service(svc)) = &mut r.kind {
+            svc.ports[0].target_port_name = "http".into();
+        }
+        let idx = index(r);
+        let mut a = workload("a", "node-1", "z1", &["10.0.0.1"]);
+        a.ports.insert("http".into(), 8080);
+        let mut b = workload("b", "node-2", "z1", &["10.0.0.2"]);
+        b.ports.insert("http".into(), 9090);
+        let s = WorkloadStore::new(vec![a, b, workload("c", "node-3", "z2", &["10.0.0.3"])]);
+        let mut got: Vec<SocketAddr> = endpoints(&idx, "10.96.0.10:80", &s)
+            .iter()
+            .map(|e| e.addr)
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "10.0.0.1:8080".parse().unwrap(),
+                "10.0.0.2:9090".parse().unwrap()
+            ],
+            "c has no port named http"
+        );
+    }
+
+    #[test]
+    fn prefer_close_takes_the_closest_tier_that_has_endpoints() {
+        let mut r = resource(&["10.96.0.10"], &[(80, 80)], &["a", "b", "c"]);
+        if let Some(pb::resource::Kind::Service(svc)) = &mut r.kind {
+            svc.traffic_distribution = pb::TrafficDistribution::PreferClose.into();
+        }
+        let idx = index(r);
         let s = store();
-        for pick in 0..4 {
-            let r = idx
-                .resolve("[fd00:96::10]:80".parse().unwrap(), &s, || pick)
+        let z1 = Locality {
+            region: "eu".into(),
+            zone: "z1".into(),
+        };
+        let z2 = Locality {
+            region: "eu".into(),
+            zone: "z2".into(),
+        };
+        let at = |node: &str, locality: &Locality| {
+            let client = Client { node, locality };
+            let (_, e) = idx
+                .endpoints("10.96.0.10:80".parse().unwrap(), &s, &client)
                 .unwrap()
                 .unwrap();
-            assert_eq!(r.endpoint.name, "a", "b has no IPv6 address");
-            assert_eq!(
-                r.addr,
-                "[fd00::1]:80".parse().unwrap(),
-                "target port = port"
-            );
-        }
+            names(&e)
+        };
+        assert_eq!(at("node-1", &z1), ["a"], "same node first");
+        assert_eq!(at("node-9", &z1), ["a", "b"], "then same zone");
+        assert_eq!(at("node-9", &z2), ["c"]);
+        let far = Locality {
+            region: "us".into(),
+            zone: "z1".into(),
+        };
+        assert_eq!(at("node-9", &far), ["a", "b", "c"], "then anything");
     }
 
     #[test]
@@ -310,17 +511,17 @@ mod tests {
         let s = store();
         let idx = index(resource(&["10.96.0.10"], &[(80, 8080)], &["a"]));
         assert!(matches!(
-            idx.resolve("10.96.0.10:81".parse().unwrap(), &s, || 0),
+            idx.endpoints("10.96.0.10:81".parse().unwrap(), &s, &CLIENT),
             Some(Err(Unresolved::UnknownPort { port: 81, .. }))
         ));
         let empty = index(resource(&["10.96.0.10"], &[(80, 8080)], &["gone"]));
         assert!(matches!(
-            empty.resolve("10.96.0.10:80".parse().unwrap(), &s, || 0),
+            empty.endpoints("10.96.0.10:80".parse().unwrap(), &s, &CLIENT),
             Some(Err(Unresolved::NoEndpoints { .. }))
         ));
         // Not a VIP: the destination is itself.
         assert!(
-            idx.resolve("10.0.0.1:80".parse().unwrap(), &s, || 0)
+            idx.endpoints("10.0.0.1:80".parse().unwrap(), &s, &CLIENT)
                 .is_none()
         );
     }

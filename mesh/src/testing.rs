@@ -26,6 +26,7 @@ pub fn workload(uid: &str, ns: &str, sa: &str, app: &str, ip: &str) -> Workload 
         ips: vec![ip.parse().unwrap()],
         labels: BTreeMap::from([("app".to_string(), app.to_string())]),
         protocol: TunnelProtocol::Hbone,
+        ..Workload::default()
     }
 }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use weft_proto::discovery::v1 as pb;
 
 /// A workload's unique id (a pod uid in Kubernetes).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct WorkloadUid(pub String);
 
@@ -24,7 +24,8 @@ impl std::fmt::Display for WorkloadUid {
     }
 }
 
-/// A pod (or any workload) of the mesh.
+/// A pod (or any workload) of the mesh. Its default is ready, of weight 1, with nothing
+/// else known.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
@@ -39,6 +40,68 @@ pub struct Workload {
     /// How other nodes reach it.
     #[serde(default)]
     pub protocol: TunnelProtocol,
+    /// Whether services send it new connections (a pod's Ready condition).
+    #[serde(default = "ready")]
+    pub ready: bool,
+    /// Its named ports (container ports by name), for services' named target ports.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    /// Where its node is.
+    #[serde(default)]
+    pub locality: Locality,
+    /// Its share of a service's new connections relative to the other endpoints (at least 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            uid: WorkloadUid::default(),
+            name: String::new(),
+            namespace: String::new(),
+            service_account: String::new(),
+            node: String::new(),
+            ips: Vec::new(),
+            labels: BTreeMap::new(),
+            protocol: TunnelProtocol::default(),
+            ready: true,
+            ports: BTreeMap::new(),
+            locality: Locality::default(),
+            weight: 1,
+        }
+    }
+}
+
+fn ready() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Where a workload's node is (`topology.kubernetes.io/region` and `/zone`). An empty field
+/// is unknown, and unknown is close to nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Locality {
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+}
+
+impl Locality {
+    /// Whether both are known and in the same zone of the same region.
+    pub fn same_zone(&self, other: &Locality) -> bool {
+        self.same_region(other) && !self.zone.is_empty() && self.zone == other.zone
+    }
+
+    /// Whether both are known and in the same region.
+    pub fn same_region(&self, other: &Locality) -> bool {
+        !self.region.is_empty() && self.region == other.region
+    }
 }
 
 /// How traffic to a workload crosses nodes.
@@ -190,6 +253,38 @@ impl TryFrom<pb::Resource> for Workload {
                     });
                 }
             },
+            ready: match pb::WorkloadStatus::try_from(w.status) {
+                Ok(pb::WorkloadStatus::Ready) => true,
+                Ok(pb::WorkloadStatus::NotReady) => false,
+                Err(_) => {
+                    return Err(ConvertError::Field {
+                        field: "status",
+                        problem: format!("unknown workload status {}", w.status),
+                    });
+                }
+            },
+            ports: w
+                .ports
+                .into_iter()
+                .map(|(name, number)| {
+                    u16::try_from(number)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .map(|p| (name, p))
+                        .ok_or_else(|| ConvertError::Field {
+                            field: "ports",
+                            problem: format!("{number} is not a port (1-65535)"),
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            locality: w
+                .locality
+                .map(|l| Locality {
+                    region: l.region,
+                    zone: l.zone,
+                })
+                .unwrap_or_default(),
+            weight: w.weight.max(1),
         })
     }
 }
@@ -208,6 +303,7 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             labels: [("app".to_string(), uid.to_string())].into(),
             protocol: TunnelProtocol::Hbone,
+            ..Workload::default()
         }
     }
 

@@ -25,7 +25,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, OUTBOUND_PORT, TupleKey};
 use weft_link::hbone::{ConnectRequest, HboneClient, SocketFactory, TraceParent};
-use weft_mesh::service::Unresolved;
+use weft_mesh::{
+    service::{Client, Unresolved},
+    workload::Locality,
+};
 
 use super::{
     ProxyContext, address_like, connect_hint, copy, listen_in_pod,
@@ -201,20 +204,33 @@ impl Connection {
         let (src_workload, dst_workload, service, dst) = {
             let workloads = self.ctx.workloads.load();
             let src_workload = workloads.by_uid(&self.pod.uid).cloned();
-            let pick = || self.ctx.vip_picks.fetch_add(1, Ordering::Relaxed);
-            match self.ctx.services.load().resolve(original, &workloads, pick) {
+            let no_locality = Locality::default();
+            let from = Client {
+                node: &self.ctx.node,
+                locality: src_workload.as_ref().map_or(&no_locality, |w| &w.locality),
+            };
+            match self
+                .ctx
+                .services
+                .load()
+                .endpoints(original, &workloads, &from)
+            {
                 None => (
-                    src_workload,
+                    src_workload.clone(),
                     workloads.by_ip(original.ip()).cloned(),
                     None,
                     original,
                 ),
-                Some(Ok(resolved)) => (
-                    src_workload,
-                    Some(resolved.endpoint),
-                    Some(resolved.service),
-                    resolved.addr,
-                ),
+                Some(Ok((service, endpoints))) => {
+                    let pick = self.ctx.vip_picks.fetch_add(1, Ordering::Relaxed);
+                    let endpoint = &endpoints[pick % endpoints.len()];
+                    (
+                        src_workload.clone(),
+                        Some(endpoint.workload.clone()),
+                        Some(service),
+                        endpoint.addr,
+                    )
+                }
                 Some(Err(unresolved)) => {
                     return self.refuse_unresolved(
                         client,

@@ -85,6 +85,7 @@ pub fn workload(meta: &Meta, spec: &WorkloadSpec, c: &mut Checker<'_>) -> pb::Wo
             Some(TunnelProtocol::Tcp) => pb::TunnelProtocol::Tcp,
         }
         .into(),
+        ..Default::default()
     }
 }
 
@@ -203,6 +204,7 @@ pub fn service(meta: &Meta, spec: &ServiceSpec, c: &mut Checker<'_>) -> pb::Serv
             protocol: validate::protocol(p.protocol).into(),
             name: p.name.clone().unwrap_or_default(),
             app_protocol: p.app_protocol.clone().unwrap_or_default(),
+            target_port_name: String::new(),
         });
     }
 
@@ -213,6 +215,7 @@ pub fn service(meta: &Meta, spec: &ServiceSpec, c: &mut Checker<'_>) -> pb::Serv
         ports,
         selector: selector.into_iter().collect(),
         workload_uids: Vec::new(),
+        traffic_distribution: pb::TrafficDistribution::Any.into(),
     }
 }
 
