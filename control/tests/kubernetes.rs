@@ -6,7 +6,7 @@ use std::{path::Path, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Secret, Service},
+        core::v1::{Node, Pod, PodCondition, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
@@ -46,6 +46,7 @@ fn objects<T: DeserializeOwned>(name: &str) -> Vec<Arc<T>> {
 
 fn cluster() -> Objects {
     Objects {
+        nodes: objects::<Node>("nodes.json"),
         pods: objects::<Pod>("pods.json"),
         services: objects::<Service>("services.json"),
         endpoint_slices: objects::<EndpointSlice>("endpointslice.json"),
@@ -128,8 +129,8 @@ fn pods_become_workloads_unless_they_have_no_ip_use_the_host_network_or_finished
     let api = workload(&loaded.resources, "c2e94f70-6d1b-4f8a-b5c3-91e07d4a8f56");
     assert_eq!(api.ips, ["10.244.2.9", "fd00:10:244:2::9"]);
     assert_eq!(api.node, "node-b");
-    // Two pods and the VM.
-    assert_eq!(loaded.resources.count(ResourceType::Workload), 3);
+    // Two pods, the VM, and the address of legacy-db's slice that is neither.
+    assert_eq!(loaded.resources.count(ResourceType::Workload), 4);
 }
 
 #[test]
@@ -199,8 +200,116 @@ fn endpoint_slices_put_a_vm_behind_a_service_without_selector() {
     );
     assert_eq!(vm.protocol(), pb::TunnelProtocol::Tcp);
     let db = service(&loaded.resources, "shop/legacy-db");
-    // The ready endpoint is the VM; the not-ready one (192.168.50.11) is no workload anyway.
-    assert_eq!(db.workload_uids, [vm.uid]);
+    // The ready endpoint is the VM; the other address is no pod's or VM's, so it becomes a
+    // workload outside the mesh, not ready as its slice says.
+    let outside = "endpointslice/shop/legacy-db-1/192.168.50.11";
+    assert_eq!(
+        db.workload_uids,
+        [vm.uid.as_str(), outside],
+        "{:#?}",
+        messages(&loaded)
+    );
+    let w = workload(&loaded.resources, outside);
+    assert_eq!(w.name, "legacy-db-1-1");
+    assert_eq!(w.protocol(), pb::TunnelProtocol::Tcp);
+    assert_eq!(w.status(), pb::WorkloadStatus::NotReady);
+    assert_eq!(w.ports.get("postgres"), Some(&5432));
+    assert_eq!(w.node, "node-a");
+    assert_eq!(
+        w.locality.unwrap_or_default(),
+        pb::Locality {
+            region: "eu-west-1".into(),
+            zone: "eu-west-1c".into()
+        }
+    );
+    // The service's port lands where the slice says, by name.
+    assert_eq!(db.ports[0].target_port_name, "postgres");
+
+    // The slice the EndpointSlice controller keeps for `web` (which has a selector) is not
+    // read: its unknown address makes no workload.
+    let web = service(&loaded.resources, "shop/web");
+    assert_eq!(web.workload_uids, ["5f1c2a9e-8b0d-4c6e-a3f4-2d9e7b1c6a01"]);
+    assert!(
+        !loaded
+            .resources
+            .of_type(ResourceType::Workload)
+            .any(|r| r.name.contains("10.244.9.99"))
+    );
+    assert!(messages(&loaded).is_empty(), "{:#?}", messages(&loaded));
+}
+
+#[test]
+fn pods_carry_readiness_named_ports_and_their_nodes_locality() {
+    let loaded = assemble(&cluster());
+    let web = workload(&loaded.resources, "5f1c2a9e-8b0d-4c6e-a3f4-2d9e7b1c6a01");
+    assert_eq!(web.status(), pb::WorkloadStatus::Ready);
+    assert_eq!(
+        web.locality.clone().unwrap_or_default(),
+        pb::Locality {
+            region: "eu-west-1".into(),
+            zone: "eu-west-1a".into()
+        }
+    );
+    // The api pod has no Ready condition yet: not ready.
+    let api = workload(&loaded.resources, "c2e94f70-6d1b-4f8a-b5c3-91e07d4a8f56");
+    assert_eq!(api.status(), pb::WorkloadStatus::NotReady);
+    assert_eq!(api.ports.get("grpc"), Some(&7000));
+    assert_eq!(api.locality.unwrap_or_default().zone, "eu-west-1b");
+
+    // Ready=False, and a pod on a node without a Node object.
+    let mut cluster = cluster();
+    let mut pod = (*cluster.pods[0]).clone();
+    let conditions = pod.status.as_mut().unwrap().conditions.as_mut().unwrap();
+    for c in conditions.iter_mut() {
+        if c.type_ == "Ready" {
+            c.status = "False".into();
+        }
+    }
+    conditions.push(PodCondition {
+        type_: "ContainersReady".into(),
+        status: "True".into(),
+        ..PodCondition::default()
+    });
+    pod.spec.as_mut().unwrap().node_name = Some("node-z".into());
+    cluster.pods[0] = Arc::new(pod);
+    let loaded = assemble(&cluster);
+    let web = workload(&loaded.resources, "5f1c2a9e-8b0d-4c6e-a3f4-2d9e7b1c6a01");
+    assert_eq!(web.status(), pb::WorkloadStatus::NotReady);
+    assert_eq!(web.locality, None);
+}
+
+#[test]
+fn traffic_distribution_from_the_field_or_the_istio_annotation() {
+    let loaded = assemble(&cluster());
+    let td = |key| service(&loaded.resources, key).traffic_distribution();
+    assert_eq!(td("shop/web"), pb::TrafficDistribution::PreferClose);
+    assert_eq!(td("shop/api"), pb::TrafficDistribution::PreferClose);
+    assert_eq!(td("shop/api-headless"), pb::TrafficDistribution::Any);
+
+    // A value Weft does not know skips the service, naming the field.
+    let mut cluster = cluster();
+    let i = cluster
+        .services
+        .iter()
+        .position(|s| s.metadata.name.as_deref() == Some("web"))
+        .unwrap();
+    let mut web = (*cluster.services[i]).clone();
+    web.spec.as_mut().unwrap().traffic_distribution = Some("PreferSameNode".into());
+    cluster.services[i] = Arc::new(web);
+    let loaded = assemble(&cluster);
+    assert!(
+        loaded
+            .resources
+            .get(ResourceType::Service, "shop/web")
+            .is_none()
+    );
+    let msgs = messages(&loaded);
+    assert!(
+        msgs.iter().any(|m| m.starts_with(
+            "warning: Service shop/web: spec.trafficDistribution: must be PreferClose"
+        )),
+        "{msgs:#?}"
+    );
 }
 
 #[test]
@@ -273,9 +382,17 @@ fn policies_and_routes_translate_like_their_files() {
         let from_file = compile(&docs, &mut diagnostics);
         assert!(diagnostics.is_empty(), "{name}: {diagnostics:?}");
         for r in from_file.of_type(ty) {
+            // In the cluster the VM's EndpointSlice adds its named port.
+            let without_ports = |r: &pb::Resource| {
+                let mut r = r.clone();
+                if let Some(PbKind::Workload(w)) = &mut r.kind {
+                    w.ports.clear();
+                }
+                r
+            };
             assert_eq!(
-                loaded.resources.get(ty, &r.name),
-                Some(r),
+                loaded.resources.get(ty, &r.name).map(|r| without_ports(r)),
+                Some(without_ports(r)),
                 "{name}: {}",
                 r.name
             );
@@ -622,4 +739,52 @@ fn a_route_whose_policy_cannot_be_read_is_skipped_not_served_without_it() {
             .get(ResourceType::ApiRoute, "demo/grpc/greeter")
             .is_some()
     );
+}
+
+/// deploy/rbac.yaml lets the control plane get, list and watch every kind it watches:
+/// without one of them the first list never completes and start-up fails.
+#[test]
+fn the_rbac_manifest_grants_every_watched_kind() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml"))
+        .expect("deploy/rbac.yaml exists");
+    let role = text
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).expect("YAML"))
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let granted = |group: &str, resource: &str| {
+        role["rules"].as_array().unwrap().iter().any(|rule| {
+            let has = |field: &str, v: &str| {
+                rule[field]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == v))
+            };
+            has("apiGroups", group)
+                && has("resources", resource)
+                && ["get", "list", "watch"].iter().all(|v| has("verbs", v))
+        })
+    };
+    let mut watched = vec![
+        ("", "nodes"),
+        ("", "pods"),
+        ("", "services"),
+        ("", "secrets"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("security.istio.io", "authorizationpolicies"),
+        ("security.istio.io", "peerauthentications"),
+        ("gateway.networking.k8s.io", "gateways"),
+        ("gateway.networking.k8s.io", "httproutes"),
+        ("gateway.networking.k8s.io", "grpcroutes"),
+    ];
+    let crds = crd::crds();
+    for (_, c) in &crds {
+        watched.push((c.spec.group.as_str(), c.spec.names.plural.as_str()));
+    }
+    for (group, resource) in watched {
+        assert!(
+            granted(group, resource),
+            "{group:?} {resource} is not granted"
+        );
+    }
 }

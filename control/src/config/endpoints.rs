@@ -31,6 +31,7 @@ use super::{
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The node labels a workload's locality comes from.
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// See [`REGION_LABEL`].
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// The service account of the workloads a slice creates: they are outside the mesh and
 /// have no identity of their own.

@@ -11,7 +11,7 @@
 mod compile;
 pub mod document;
 mod edge;
-mod endpoints;
+pub mod endpoints;
 mod gateway;
 pub mod kubernetes;
 mod mesh;
@@ -64,6 +64,12 @@ impl fmt::Display for Origin {
                 write!(f, "{}: document {doc} (0-based)", path.display())
             }
             Origin::File { path, doc: None } => write!(f, "{}", path.display()),
+            // Cluster-scoped objects (Nodes) have no namespace.
+            Origin::Kubernetes {
+                kind,
+                namespace,
+                name,
+            } if namespace.is_empty() => write!(f, "{kind} {name}"),
             Origin::Kubernetes {
                 kind,
                 namespace,

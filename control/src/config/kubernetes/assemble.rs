@@ -8,21 +8,19 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
     sync::Arc,
 };
 
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Secret, Service},
+        core::v1::{Node, Pod, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta as KubeMeta,
 };
-use kube::{ResourceExt, core::DynamicObject};
+use kube::core::DynamicObject;
 use tracing::debug;
-use weft_proto::discovery::v1::{self as pb, ResourceType, resource::Kind as PbKind};
 
 use super::translate::{self, Translation};
 use crate::config::{
@@ -30,12 +28,10 @@ use crate::config::{
     gateway::GATEWAY_CLASS,
 };
 
-/// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
 /// A consistent view of every watched object.
 #[derive(Debug, Default, Clone)]
 pub struct Objects {
+    pub nodes: Vec<Arc<Node>>,
     pub pods: Vec<Arc<Pod>>,
     pub services: Vec<Arc<Service>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
@@ -59,6 +55,14 @@ pub fn assemble(objects: &Objects) -> Loaded {
         }
         Translation::Rejected(d) => diagnostics.push(d),
     };
+    for node in sorted(&objects.nodes) {
+        accept(
+            "Node",
+            &node.metadata,
+            translate::node(node),
+            &mut diagnostics,
+        );
+    }
     for pod in sorted(&objects.pods) {
         accept("Pod", &pod.metadata, translate::pod(pod), &mut diagnostics);
     }
@@ -67,6 +71,14 @@ pub fn assemble(objects: &Objects) -> Loaded {
             "Service",
             &svc.metadata,
             translate::service(svc),
+            &mut diagnostics,
+        );
+    }
+    for slice in sorted(&objects.endpoint_slices) {
+        accept(
+            "EndpointSlice",
+            &slice.metadata,
+            translate::endpoint_slice(slice),
             &mut diagnostics,
         );
     }
@@ -112,8 +124,7 @@ pub fn assemble(objects: &Objects) -> Loaded {
     documents.sort_by(|(a, _), (b, _)| a.cmp(b));
     let documents: Vec<ParsedDocument> = documents.into_iter().map(|(_, d)| d).collect();
     let count = documents.len();
-    let mut resources = compile_skipping(documents, &mut diagnostics);
-    endpoint_slices(&mut resources, &objects.endpoint_slices);
+    let resources = compile_skipping(documents, &mut diagnostics);
     for d in &mut diagnostics {
         present(d);
     }
@@ -163,66 +174,6 @@ fn present(d: &mut Diagnostic) {
     if d.severity == Severity::Error {
         d.severity = Severity::Warning;
         d.message.push_str("; the object is skipped");
-    }
-}
-
-/// Members of services without a selector, from their EndpointSlices: the Kubernetes way to
-/// put workloads that are not pods of the cluster (VMs, as Weft `Workload`s) behind a
-/// Service. An endpoint is matched to a workload by the pod uid it references or by its
-/// address. Services with a selector keep the members their selector picks.
-fn endpoint_slices(set: &mut ResourceSet, slices: &[Arc<EndpointSlice>]) {
-    let mut by_ip: BTreeMap<IpAddr, String> = BTreeMap::new();
-    let mut uids: BTreeSet<String> = BTreeSet::new();
-    for r in set.of_type(ResourceType::Workload) {
-        if let Some(PbKind::Workload(w)) = &r.kind {
-            uids.insert(w.uid.clone());
-            for ip in &w.ips {
-                if let Ok(ip) = ip.parse::<IpAddr>() {
-                    by_ip.insert(ip, w.uid.clone());
-                }
-            }
-        }
-    }
-    let mut members: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for slice in slices {
-        let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) else {
-            continue;
-        };
-        let service = format!("{}/{service}", slice.namespace().unwrap_or_default());
-        let entry = members.entry(service).or_default();
-        // A not-ready endpoint gets no new connections, as with kube-proxy.
-        let ready = slice
-            .endpoints
-            .iter()
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
-        for endpoint in ready {
-            let by_ref = endpoint
-                .target_ref
-                .as_ref()
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| r.uid.clone())
-                .filter(|uid| uids.contains(uid));
-            let found = by_ref.or_else(|| {
-                endpoint
-                    .addresses
-                    .iter()
-                    .filter_map(|a| a.parse::<IpAddr>().ok())
-                    .find_map(|ip| by_ip.get(&ip.to_canonical()).cloned())
-            });
-            entry.extend(found);
-        }
-    }
-    for (name, uids) in members {
-        let Some(resource) = set.get(ResourceType::Service, &name) else {
-            continue;
-        };
-        let mut resource: pb::Resource = (**resource).clone();
-        if let Some(PbKind::Service(s)) = &mut resource.kind
-            && s.selector.is_empty()
-        {
-            s.workload_uids = uids.into_iter().collect();
-            set.insert(resource);
-        }
     }
 }
 

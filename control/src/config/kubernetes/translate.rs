@@ -11,7 +11,8 @@
 use base64::Engine as _;
 use k8s_openapi::{
     api::{
-        core::v1::{Pod, Secret, Service},
+        core::v1::{Node, Pod, Secret, Service},
+        discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta as KubeMeta, util::intstr},
@@ -22,6 +23,10 @@ use serde::de::DeserializeOwned;
 use crate::config::{
     Diagnostic, Origin,
     document::{Body, IntOrString, Kind, ObjectMeta, ParsedDocument, PortProtocol, SecretSpec},
+    endpoints::{
+        EndpointConditions, EndpointPortSpec, EndpointSliceSpec, EndpointSpec, NodeSpec,
+        REGION_LABEL, SERVICE_NAME_LABEL, ZONE_LABEL,
+    },
     mesh::{ServicePortSpec, ServiceSpec, WorkloadSpec},
     validate::DEFAULT_NAMESPACE,
 };
@@ -69,6 +74,40 @@ fn document(origin: Origin, kind: Kind, meta: &KubeMeta, body: Body) -> Translat
         kind,
         meta: object_meta(meta),
         body,
+    }))
+}
+
+// === Node ===
+
+/// A node, for the locality of the pods on it: its name and topology labels only (the
+/// rest of a node's labels and annotations are none of the mesh's business).
+pub fn node(node: &Node) -> Translation {
+    let origin = Origin::Kubernetes {
+        kind: "Node".to_string(),
+        namespace: String::new(),
+        name: node
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| "<unnamed>".to_string()),
+    };
+    let labels = node
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k == REGION_LABEL || *k == ZONE_LABEL)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Translation::Document(Box::new(ParsedDocument {
+        origin,
+        kind: Kind::Node,
+        meta: ObjectMeta {
+            name: node.metadata.name.clone(),
+            labels,
+            ..ObjectMeta::default()
+        },
+        body: Body::Node(NodeSpec::default()),
     }))
 }
 
@@ -206,6 +245,72 @@ pub fn service(svc: &Service) -> Translation {
         internal_traffic_policy: None,
     };
     document(origin, Kind::Service, &svc.metadata, Body::Service(body))
+}
+
+// === EndpointSlice ===
+
+/// The `managed-by` value of the slices Kubernetes derives from a service's selector.
+const SELECTOR_SLICES_MANAGER: &str = "endpointslice-controller.k8s.io";
+
+/// An EndpointSlice, for the members of a service without a selector. The slices the
+/// EndpointSlice controller keeps for services with a selector only repeat what the pods
+/// say, and are left out.
+pub fn endpoint_slice(slice: &EndpointSlice) -> Translation {
+    let origin = origin("EndpointSlice", &slice.metadata);
+    let labels = slice.metadata.labels.as_ref();
+    let label = |name: &str| labels.and_then(|l| l.get(name)).map(String::as_str);
+    if label("endpointslice.kubernetes.io/managed-by") == Some(SELECTOR_SLICES_MANAGER) {
+        return Translation::Skipped("is derived from its service's selector".to_string());
+    }
+    if label(SERVICE_NAME_LABEL).is_none() {
+        return Translation::Skipped(format!("has no {SERVICE_NAME_LABEL} label"));
+    }
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let protocol = match p.protocol.as_deref() {
+            None | Some("TCP") => PortProtocol::Tcp,
+            Some("UDP") => PortProtocol::Udp,
+            Some("SCTP") => PortProtocol::Sctp,
+            Some(other) => {
+                return Translation::Rejected(Diagnostic::error(
+                    origin,
+                    format!("ports[{i}].protocol"),
+                    format!("must be TCP, UDP or SCTP, got {other:?}"),
+                ));
+            }
+        };
+        ports.push(EndpointPortSpec {
+            name: p.name.clone(),
+            port: p.port.map(i64::from),
+            protocol: Some(protocol),
+            app_protocol: p.app_protocol.clone(),
+        });
+    }
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .map(|e| EndpointSpec {
+            addresses: e.addresses.clone(),
+            conditions: EndpointConditions {
+                ready: e.conditions.as_ref().and_then(|c| c.ready),
+                ..EndpointConditions::default()
+            },
+            node_name: e.node_name.clone(),
+            zone: e.zone.clone(),
+            ..EndpointSpec::default()
+        })
+        .collect();
+    let body = EndpointSliceSpec {
+        address_type: Some(slice.address_type.clone()),
+        endpoints,
+        ports,
+    };
+    document(
+        origin,
+        Kind::EndpointSlice,
+        &slice.metadata,
+        Body::EndpointSlice(body),
+    )
 }
 
 // === NetworkPolicy ===

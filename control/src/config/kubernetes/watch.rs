@@ -12,7 +12,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Pod, Secret, Service},
+    core::v1::{Node, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
@@ -132,6 +132,7 @@ pub struct KubernetesSource {
 
 struct Inner {
     server: String,
+    nodes: Store<Node>,
     pods: Store<Pod>,
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
@@ -219,6 +220,15 @@ impl KubernetesSource {
             pod_config = pod_config.fields(selector);
         }
         let all = watcher::Config::default();
+        // Cluster-scoped: their topology labels are the locality of the pods on them.
+        let nodes = reflect(
+            "Node",
+            Api::all(client.clone()),
+            all.clone(),
+            (),
+            &shared,
+            &mut tasks,
+        );
         let pods = reflect(
             "Pod",
             Api::all(client.clone()),
@@ -273,6 +283,7 @@ impl KubernetesSource {
         let source = KubernetesSource {
             inner: Arc::new(Inner {
                 server: server.clone(),
+                nodes,
                 pods,
                 services,
                 endpoint_slices,
@@ -293,6 +304,9 @@ impl KubernetesSource {
         let inner = &self.inner;
         // Past the deadline each further check fails at once, so every late kind is named.
         let mut pending = Vec::new();
+        if !listed("Node", &inner.nodes, deadline).await {
+            pending.push("Node");
+        }
         if !listed("Pod", &inner.pods, deadline).await {
             pending.push("Pod");
         }
@@ -338,6 +352,7 @@ impl KubernetesSource {
     pub fn objects(&self) -> Objects {
         let inner = &self.inner;
         Objects {
+            nodes: inner.nodes.state(),
             pods: inner.pods.state(),
             services: inner.services.state(),
             endpoint_slices: inner.endpoint_slices.state(),
