@@ -106,6 +106,110 @@ fn validate_single_files_and_missing_paths() {
     assert_eq!(weftctl(&["validate"]).0, 2);
 }
 
+/// Nodes, EndpointSlices and the services fields they serve are checked as the control
+/// plane checks them.
+const SERVICES: &str = "\
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-1
+  labels: {topology.kubernetes.io/region: eu, topology.kubernetes.io/zone: eu-1a}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {name: web-0, namespace: shop, labels: {app: web}}
+spec: {node: node-1, ips: [10.1.0.10], ports: {http: 8080}, ready: false, weight: 2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: shop}
+spec: {clusterIP: 10.96.0.20, trafficDistribution: PreferClose, ports: [{name: http, port: 80, targetPort: http}]}
+";
+
+const GOOD_SLICE: &str = "\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-1, namespace: shop, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+endpoints:
+- addresses: [10.78.1.50]
+  conditions: {ready: true}
+  nodeName: node-1
+ports: [{name: http, port: 8080}]
+";
+
+#[test]
+fn validate_accepts_nodes_and_endpoint_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), SERVICES).unwrap();
+    std::fs::write(dir.path().join("slice.yaml"), GOOD_SLICE).unwrap();
+    let (code, out, _) = weftctl(&["validate", path(dir.path())]);
+    assert_eq!(code, 0, "{out}");
+    // The workload, the service, and the workload the slice's address becomes.
+    assert_eq!(
+        out,
+        "valid: 2 file(s), 4 document(s), 3 resource(s), 0 warning(s)\n"
+    );
+}
+
+#[test]
+fn validate_rejects_a_bad_endpoint_slice_with_file_doc_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), SERVICES).unwrap();
+    let bad = GOOD_SLICE
+        .replace("addresses: [10.78.1.50]", "addresses: [\"fd00::50\"]")
+        .replace("port: 8080", "port: 0");
+    std::fs::write(dir.path().join("slice.yaml"), bad).unwrap();
+    let (code, out, _) = weftctl(&["validate", path(dir.path())]);
+    assert_eq!(code, 1, "{out}");
+    let slice = dir.path().join("slice.yaml");
+    let slice = slice.display();
+    assert!(
+        out.contains(&format!(
+            "{slice}: document 0 (0-based) (EndpointSlice): endpoints[0].addresses[0]: fd00::50 \
+             is not an IPv4 address, as addressType says"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{slice}: document 0 (0-based) (EndpointSlice): ports[0].port: must be 1-65535, got 0"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("invalid: 2 error(s), 0 warning(s)"), "{out}");
+}
+
+#[test]
+fn validate_rejects_a_bad_node_with_file_doc_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), SERVICES).unwrap();
+    std::fs::write(
+        dir.path().join("nodes.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n  namespace: shop\n  labels: {topology.kubernetes.io/zone: \"eu 1b\"}\n",
+    )
+    .unwrap();
+    let (code, out, _) = weftctl(&["validate", path(dir.path())]);
+    assert_eq!(code, 1, "{out}");
+    let nodes = dir.path().join("nodes.yaml");
+    let nodes = nodes.display();
+    let mesh = dir.path().join("mesh.yaml");
+    for expected in [
+        format!(
+            "{nodes}: document 0 (0-based) (Node): metadata.namespace: a Node belongs to no namespace"
+        ),
+        format!(
+            "{nodes}: document 0 (0-based) (Node): metadata.labels.topology.kubernetes.io/zone: label value \"eu 1b\" is invalid"
+        ),
+        format!(
+            "{nodes}: document 0 (0-based) (Node): metadata.name: Node node-1 is already defined in {}: document 0 (0-based)",
+            mesh.display()
+        ),
+    ] {
+        assert!(out.contains(&expected), "{expected}\n---\n{out}");
+    }
+}
+
 /// Every kind of the edge gateway, valid together (the control plane's test fixture).
 const EDGE: &str = include_str!("../../control/tests/edge/edge.yaml");
 

@@ -22,6 +22,13 @@ use super::{
 /// whole new directory. Long enough to coalesce those, short enough to feel immediate.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// The longest a change waits for its source to go quiet. A source that never does (a
+/// busy cluster, where some pod changes status every few milliseconds; a script rewriting
+/// a file in a loop) would otherwise hold back every change, a workload's readiness
+/// included, which must reach agents well within a second. Each re-read compiles the whole
+/// configuration, so this also bounds re-reads to a few per second.
+pub const MAX_COALESCE: Duration = Duration::from_millis(500);
+
 /// A configuration source.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -275,11 +282,13 @@ impl Source {
                 _ = &mut shutdown => return Ok(()),
                 event = rx.recv() => if event.is_none() { return Ok(()) },
             }
-            // Wait until the directory has been quiet for `debounce`.
+            // Wait until the directory has been quiet for `debounce`, or `MAX_COALESCE`.
+            let cap = tokio::time::Instant::now() + MAX_COALESCE;
             loop {
                 tokio::select! {
                     _ = &mut shutdown => return Ok(()),
                     _ = tokio::time::sleep(debounce) => break,
+                    _ = tokio::time::sleep_until(cap) => break,
                     _ = rx.recv() => {}
                 }
             }

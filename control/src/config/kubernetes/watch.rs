@@ -32,7 +32,7 @@ use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
 use super::assemble::{Objects, assemble};
-use crate::config::{Loaded, ResourceSet, document::Kind};
+use crate::config::{Loaded, ResourceSet, document::Kind, source::MAX_COALESCE};
 
 /// The field selector of the Secrets watched: TLS certificates only.
 const TLS_SECRETS: &str = "type=kubernetes.io/tls";
@@ -44,10 +44,6 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the first list of every kind may take before start-up fails. Serving a partial
 /// configuration (services without their pods) would make agents drop live endpoints.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The longest a change waits for the cluster to go quiet: in a busy cluster some pod
-/// changes status every few milliseconds, and the debounce alone would never fire.
-pub const MAX_COALESCE: Duration = Duration::from_secs(1);
 
 /// The kinds watched without a Rust type, and the group/versions tried for each (newest
 /// first). A kind whose CRD is not installed is not watched; installing it later needs a
