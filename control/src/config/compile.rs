@@ -14,7 +14,7 @@ use weft_proto::discovery::v1::{self as pb, ResourceType, resource::Kind as PbKi
 use super::{
     Diagnostic, Origin, ResourceSet,
     document::{Body, Meta, ParsedDocument},
-    edge, endpoints, mesh, policy,
+    edge, endpoints, mesh, nodes, policy,
     resources::resource_type,
     validate::Checker,
 };
@@ -37,7 +37,7 @@ pub fn compile<D: Borrow<ParsedDocument>>(
 
     // Documents of the edge gateway's kinds, compiled together after the others.
     let mut edge_docs: Vec<(usize, Meta)> = Vec::new();
-    let mut nodes = endpoints::Nodes::default();
+    let mut nodes = nodes::Nodes::default();
     let mut slices = Vec::new();
     for (index, doc) in documents.iter().enumerate() {
         let doc = doc.borrow();

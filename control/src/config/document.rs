@@ -11,11 +11,12 @@ use serde::Deserialize;
 
 use super::Origin;
 
-pub use super::endpoints::{EndpointSliceDocument, EndpointSliceSpec, NodeDocument, NodeSpec};
+pub use super::endpoints::{EndpointSliceDocument, EndpointSliceSpec};
 pub use super::gateway::{
     ApiPolicySpec, BackendSpec, ConsumerSpec, GatewaySpec, PlanSpec, SecretSpec,
 };
 pub use super::mesh::{ServiceSpec, WorkloadSpec};
+pub use super::nodes::{NodeDocument, NodeSpec};
 pub use super::policy::{AuthorizationPolicySpec, NetworkPolicySpec, PeerAuthenticationSpec};
 pub use super::route::{GrpcRouteSpec, HttpRouteSpec};
 

@@ -1,10 +1,10 @@
-//! Nodes (`v1 Node`) and EndpointSlices (`discovery.k8s.io/v1 EndpointSlice`): where
-//! workloads run, and the members of services without a selector.
+//! EndpointSlices (`discovery.k8s.io/v1 EndpointSlice`): the members of services without a
+//! selector.
 //!
-//! Neither becomes a resource of its own. A Node gives the workloads on it their locality;
-//! an EndpointSlice gives its service members: the workloads whose address it lists, and,
-//! for any other address, a workload of its own with `protocol: TCP` (a destination outside
-//! the mesh, as Istio treats ServiceEntry endpoints).
+//! A slice becomes no resource of its own. It gives its service members: the workloads
+//! whose address it lists, and, for any other address, a workload of its own with
+//! `protocol: TCP` (a destination outside the mesh, as Istio treats ServiceEntry
+//! endpoints).
 //!
 //! Ports follow Kubernetes' rule for services without a selector: the slices, not the
 //! service's `targetPort`, say where a connection lands. A service port takes the slice port
@@ -29,10 +29,6 @@ use super::{
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// The node labels a workload's locality comes from.
-pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
-/// See [`REGION_LABEL`].
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// The service account of the workloads a slice creates: they are outside the mesh and
 /// have no identity of their own.
 const SLICE_SERVICE_ACCOUNT: &str = "default";
@@ -43,25 +39,6 @@ const MAX_PORTS: usize = 100;
 const MAX_ADDRESSES: usize = 100;
 
 // === Documents ===
-
-/// A `v1` Node document: only its name and its topology labels matter.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct NodeDocument {
-    pub api_version: String,
-    pub kind: String,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    /// Ignored (pod CIDRs, taints, provider id ...), accepted so exported nodes load.
-    #[serde(default)]
-    pub spec: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    pub status: Option<serde::de::IgnoredAny>,
-}
-
-/// A Node's body: nothing beyond its metadata.
-#[derive(Debug, Clone, Default)]
-pub struct NodeSpec {}
 
 /// A `discovery.k8s.io/v1` EndpointSlice document: no `spec`, its fields sit at the top.
 #[derive(Debug, Deserialize)]
@@ -135,75 +112,6 @@ pub struct EndpointPortSpec {
     pub port: Option<i64>,
     pub protocol: Option<PortProtocol>,
     pub app_protocol: Option<String>,
-}
-
-// === Nodes ===
-
-/// The locality of one node, and where it was defined.
-#[derive(Debug, Default)]
-pub struct Nodes {
-    nodes: BTreeMap<String, (pb::Locality, Origin)>,
-}
-
-impl Nodes {
-    /// Validates a Node document and records its locality.
-    pub fn add(&mut self, meta: &Meta, raw: &ObjectMeta, origin: &Origin, c: &mut Checker<'_>) {
-        if raw.namespace.is_some() {
-            c.error(
-                "metadata.namespace",
-                "a Node belongs to no namespace: leave metadata.namespace out",
-            );
-        }
-        let region = meta.labels.get(REGION_LABEL).cloned().unwrap_or_default();
-        let zone = meta.labels.get(ZONE_LABEL).cloned().unwrap_or_default();
-        if region.is_empty() && !zone.is_empty() {
-            c.warning(
-                format!("metadata.labels.{ZONE_LABEL}"),
-                format!(
-                    "a zone without {REGION_LABEL} is never close to anything: zones are \
-                     compared within a region"
-                ),
-            );
-        }
-        match self.nodes.entry(meta.name.clone()) {
-            Entry::Occupied(e) => c.error(
-                "metadata.name",
-                format!("Node {} is already defined in {}", meta.name, e.get().1),
-            ),
-            Entry::Vacant(e) => {
-                e.insert((pb::Locality { region, zone }, origin.clone()));
-            }
-        }
-    }
-
-    /// Gives every workload on a known node that node's locality; a zone the workload
-    /// already has (from its EndpointSlice) is kept.
-    pub fn apply(&self, set: &mut ResourceSet) {
-        if self.nodes.is_empty() {
-            return;
-        }
-        let changed: Vec<pb::Resource> = set
-            .of_type(ResourceType::Workload)
-            .filter_map(|r| {
-                let Some(PbKind::Workload(w)) = &r.kind else {
-                    return None;
-                };
-                let (node, _) = self.nodes.get(&w.node)?;
-                let mut r = (**r).clone();
-                if let Some(PbKind::Workload(w)) = &mut r.kind {
-                    let l = w.locality.get_or_insert_with(Default::default);
-                    if l.zone.is_empty() {
-                        l.zone = node.zone.clone();
-                    }
-                    l.region = node.region.clone();
-                }
-                Some(r)
-            })
-            .collect();
-        for r in changed {
-            set.insert(r);
-        }
-    }
 }
 
 // === EndpointSlices ===

@@ -15,6 +15,7 @@ pub mod endpoints;
 mod gateway;
 pub mod kubernetes;
 mod mesh;
+pub mod nodes;
 mod parse;
 mod policy;
 mod resources;

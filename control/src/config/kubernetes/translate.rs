@@ -24,10 +24,10 @@ use crate::config::{
     Diagnostic, Origin,
     document::{Body, IntOrString, Kind, ObjectMeta, ParsedDocument, PortProtocol, SecretSpec},
     endpoints::{
-        EndpointConditions, EndpointPortSpec, EndpointSliceSpec, EndpointSpec, NodeSpec,
-        REGION_LABEL, SERVICE_NAME_LABEL, ZONE_LABEL,
+        EndpointConditions, EndpointPortSpec, EndpointSliceSpec, EndpointSpec, SERVICE_NAME_LABEL,
     },
     mesh::{ServicePortSpec, ServiceSpec, WorkloadSpec},
+    nodes::{NodeSpec, REGION_LABEL, ZONE_LABEL},
     validate::DEFAULT_NAMESPACE,
 };
 
