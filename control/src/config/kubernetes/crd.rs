@@ -50,6 +50,7 @@ pub struct WorkloadSpec {
     /// Its share of a service's new connections relative to the other endpoints
     /// (1-1000000); defaults to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub weight: Option<i64>,
 }
 
