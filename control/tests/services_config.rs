@@ -266,7 +266,7 @@ fn traffic_distribution_from_the_field_or_the_annotation() {
         &both,
         0,
         &format!("metadata.annotations.{ANNOTATION}"),
-        "TRAFFIC_DISTRIBUTION_ANY is overridden by spec.trafficDistribution",
+        "Any is overridden by spec.trafficDistribution (PreferClose)",
     );
     assert_error(
         &svc("", ", trafficDistribution: PreferSameZone", port),

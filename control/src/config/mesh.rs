@@ -310,8 +310,8 @@ fn traffic_distribution(
                     format!("metadata.annotations.{TRAFFIC_DISTRIBUTION_ANNOTATION}"),
                     format!(
                         "{} is overridden by spec.trafficDistribution ({})",
-                        a.as_str_name(),
-                        f.as_str_name()
+                        written(a),
+                        written(f)
                     ),
                 );
             }
@@ -319,6 +319,14 @@ fn traffic_distribution(
         }
         (Some(d), None) | (None, Some(d)) => d,
         (None, None) => pb::TrafficDistribution::Any,
+    }
+}
+
+/// A traffic distribution as documents write it.
+fn written(d: pb::TrafficDistribution) -> &'static str {
+    match d {
+        pb::TrafficDistribution::Any => "Any",
+        pb::TrafficDistribution::PreferClose => "PreferClose",
     }
 }
 
