@@ -37,6 +37,10 @@ pub const DEFAULT_HBONE_KEEPALIVE_TIMEOUT: &str = "10s";
 /// client) from taking every socket of the node.
 pub const DEFAULT_HBONE_MAX_CONNECTIONS_PER_IDENTITY: usize = 1024;
 
+/// How long a forwarded DNS query may wait for the node's resolvers before the pod gets
+/// SERVFAIL: under glibc's 5 s default, so the pod hears the failure before it gives up.
+pub const DEFAULT_DNS_FORWARD_TIMEOUT: &str = "3s";
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "weft-agent",
@@ -143,6 +147,21 @@ pub struct Config {
     /// istiod's `rootNamespace` (meshConfig) is.
     #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = weft_mesh::policy::DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
+
+    /// A resolver the pod DNS proxy forwards names outside the cluster to, as ADDR:PORT
+    /// (repeat for several, tried in order). Unset: the nameservers of the node's
+    /// /etc/resolv.conf, read at start.
+    #[arg(
+        long = "dns-upstream",
+        env = "WEFT_DNS_UPSTREAM",
+        value_delimiter = ','
+    )]
+    pub dns_upstreams: Vec<SocketAddr>,
+
+    /// How long a forwarded DNS query waits for the upstream resolvers before the pod gets
+    /// SERVFAIL.
+    #[arg(long, env = "WEFT_DNS_FORWARD_TIMEOUT", default_value = DEFAULT_DNS_FORWARD_TIMEOUT, value_parser = parse_duration)]
+    pub dns_forward_timeout: Duration,
 
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
