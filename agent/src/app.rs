@@ -138,8 +138,7 @@ pub fn run(
         &trust_domain,
         workloads.clone(),
         policies.clone(),
-        services.clone(),
-        service_names,
+        ServiceHandler::new(services.clone()).with_names(service_names),
         identities.clone(),
         connections.clone(),
     )?;
@@ -344,8 +343,7 @@ fn control_client(
     trust_domain: &TrustDomain,
     workloads: Arc<ArcSwap<WorkloadStore>>,
     policies: Arc<ArcSwap<PolicyIndex>>,
-    services: Arc<ArcSwap<ServiceIndex>>,
-    service_names: Arc<ArcSwap<ServiceNames>>,
+    mut service_handler: ServiceHandler,
     identities: Arc<Identities>,
     connections: Arc<ConnectionRegistry>,
 ) -> Result<Client, AppError> {
@@ -374,7 +372,6 @@ fn control_client(
     let store = workloads.clone();
     let mut workload_handler = WorkloadHandler::new(workloads);
     let mut policy_handler = PolicyHandler::new(policies, config.root_namespace.clone());
-    let mut service_handler = ServiceHandler::new(services).with_names(service_names);
     Ok(Client::new(
         client_config,
         move |update: Update| match update.resource_type {
