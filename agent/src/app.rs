@@ -167,6 +167,7 @@ pub fn run(
             .open_files_limit
             .set(i64::try_from(open_files).unwrap_or(i64::MAX));
         connections.register_metrics(&mut registry);
+        dns.register_metrics(&mut registry);
         registry.register_collector(Box::new(VerdictCollector(capture.clone())));
         registry.register_collector(Box::new(CertificateCollector(identities.clone())));
         let admin_state = Arc::new(AdminState {

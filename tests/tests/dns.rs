@@ -251,6 +251,11 @@ fn pods_resolve_service_names_and_other_names_through_the_testbeds_resolver() {
         let n = metrics.sum("weft_ebpf_verdicts_total", &[("verdict", verdict)]);
         assert!(n >= 1.0, "{verdict}: {n}");
     }
+    // And the proxy how it answered.
+    for answer in ["service", "nxdomain", "forwarded"] {
+        let n = metrics.sum("weft_dns_queries_total", &[("answer", answer)]);
+        assert!(n >= 1.0, "weft_dns_queries_total{{answer={answer}}}: {n}");
+    }
 }
 
 /// Sends one raw DNS message (hex) from pod-1a to `server`:53 over UDP (unconnected
@@ -343,6 +348,18 @@ fn malformed_and_oversized_queries_get_an_immediate_answer() {
     let (id, rcode, _, took) = send_raw(&tb, "tcp", &huge);
     assert_eq!((id, rcode), (0x3333, 5));
     assert!(took < fast, "oversized TCP took {took:?}");
+
+    let metrics = tb.metrics("node-1").unwrap();
+    for (answer, transport, want) in [
+        ("formerr", "udp", 1.0),
+        ("formerr", "tcp", 1.0),
+        ("refused", "udp", 1.0),
+        ("refused", "tcp", 1.0),
+    ] {
+        let labels = [("answer", answer), ("transport", transport)];
+        let n = metrics.sum("weft_dns_queries_total", &labels);
+        assert_eq!(n, want, "weft_dns_queries_total{labels:?}");
+    }
 
     // The proxy still serves after all that.
     let (status, answers, _) = dig(&tb, NAMESERVER4, &["A", "web.default.svc.cluster.local"]);

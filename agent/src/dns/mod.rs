@@ -24,6 +24,11 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -38,7 +43,7 @@ use crate::{
     inpod::{Netns, NetnsError},
     state::WorkloadStore,
 };
-use wire::Rcode;
+use wire::{ParseError, Rcode};
 
 /// Forwards one pod may have in flight; more are answered SERVFAIL at once. A resolver
 /// sends a few queries at a time (A and AAAA, one per search domain); this leaves room for
@@ -111,12 +116,33 @@ pub enum Transport {
     Tcp,
 }
 
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// Labels of `weft_dns_queries_total`: how a query was answered, and over what. Constants
+/// only, never a name a pod chose.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabels {
+    /// `service` (a service's addresses), `nodata`, `nxdomain`, `forwarded` (an upstream
+    /// answered), `servfail` (no upstream answered in time, or the pod's forward limit was
+    /// reached), `refused` (oversized, or no upstream), `formerr`, `notimp`, `dropped`.
+    answer: &'static str,
+    transport: &'static str,
+}
+
 /// The proxy: what every pod's listeners share.
 pub struct DnsProxy {
     names: Arc<ArcSwap<ServiceNames>>,
     workloads: Arc<ArcSwap<WorkloadStore>>,
     upstreams: Vec<SocketAddr>,
     forward_timeout: Duration,
+    queries: Family<QueryLabels, Counter>,
 }
 
 /// One pod's bound DNS sockets, not yet serving.
@@ -153,7 +179,26 @@ impl DnsProxy {
             workloads,
             upstreams,
             forward_timeout,
+            queries: Family::default(),
         }
+    }
+
+    /// Registers `weft_dns_queries_total`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "weft_dns_queries",
+            "Queries the pods' DNS proxies answered, by answer and transport",
+            self.queries.clone(),
+        );
+    }
+
+    fn count(&self, answer: &'static str, transport: Transport) {
+        self.queries
+            .get_or_create(&QueryLabels {
+                answer,
+                transport: transport.label(),
+            })
+            .inc();
     }
 
     pub fn upstreams(&self) -> &[SocketAddr] {
@@ -167,6 +212,14 @@ impl DnsProxy {
             Ok(q) => q,
             Err(err) => {
                 debug!(%err, "DNS query not answered normally");
+                self.count(
+                    match err {
+                        ParseError::NoHeader { .. } | ParseError::NotAQuery => "dropped",
+                        ParseError::Malformed { .. } => "formerr",
+                        ParseError::NotImplemented { .. } => "notimp",
+                    },
+                    transport,
+                );
                 return err.reply().map_or(Decision::Drop, Decision::Reply);
             }
         };
@@ -180,14 +233,22 @@ impl DnsProxy {
         };
         if msg.len() > max_query {
             debug!(len = msg.len(), max_query, "oversized DNS query refused");
+            self.count("refused", transport);
             return Decision::Reply(wire::reply(&query, Rcode::Refused, false, &[], 0, limit));
         }
         let reply = |rcode, ips: &[IpAddr]| {
+            let answer = match (rcode, ips.is_empty()) {
+                (Rcode::NxDomain, _) => "nxdomain",
+                (_, true) => "nodata",
+                (_, false) => "service",
+            };
+            self.count(answer, transport);
             Decision::Reply(wire::reply(&query, rcode, true, ips, ANSWER_TTL, limit))
         };
         let names = self.names.load();
         match names.lookup(&query.name) {
             Lookup::Outside if self.upstreams.is_empty() => {
+                self.count("refused", transport);
                 Decision::Reply(wire::reply(&query, Rcode::Refused, false, &[], 0, limit))
             }
             Lookup::Outside => Decision::Forward { limit },
@@ -281,6 +342,7 @@ impl DnsProxy {
                 Decision::Reply(reply) => send_udp(&socket, &reply, peer).await,
                 Decision::Forward { limit } => {
                     let Ok(permit) = limits.forwards.clone().try_acquire_owned() else {
+                        self.count("servfail", Transport::Udp);
                         send_udp(&socket, &self.servfail(msg, limit), peer).await;
                         continue;
                     };
@@ -333,10 +395,16 @@ impl DnsProxy {
                 Decision::Reply(reply) => reply,
                 Decision::Forward { limit } => match limits.forwards.clone().try_acquire_owned() {
                     Ok(_permit) => self.forward(&msg, Transport::Tcp, limit).await,
-                    Err(_) => self.servfail(&msg, limit),
+                    Err(_) => {
+                        self.count("servfail", Transport::Tcp);
+                        self.servfail(&msg, limit)
+                    }
                 },
             };
-            write_frame(&mut stream, &reply).await?;
+            // A client that does not read its answers is not waited for.
+            tokio::time::timeout(TCP_IDLE_TIMEOUT, write_frame(&mut stream, &reply))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading"))??;
         }
     }
 
@@ -377,9 +445,13 @@ impl DnsProxy {
             None
         };
         match tokio::time::timeout(self.forward_timeout, attempt).await {
-            Ok(Some(reply)) => reply,
+            Ok(Some(reply)) => {
+                self.count("forwarded", transport);
+                reply
+            }
             Ok(None) | Err(_) => {
                 debug!(upstreams = ?self.upstreams, "no DNS upstream answered; SERVFAIL");
+                self.count("servfail", transport);
                 self.servfail(query, limit)
             }
         }
