@@ -279,8 +279,8 @@ else:
     print(binascii.hexlify(data).decode(), server, 53)
 "#;
 
-/// A query for `name` (type A), optionally padded with an additional TXT record to `pad`
-/// bytes in all.
+/// A query for `name` (type A), optionally padded with an additional record of a private
+/// type (65280, opaque data) to `pad` bytes in all.
 fn raw_query(id: u16, name: &str, pad: Option<usize>) -> Vec<u8> {
     let mut q = id.to_be_bytes().to_vec();
     q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, u8::from(pad.is_some())]);
@@ -291,7 +291,7 @@ fn raw_query(id: u16, name: &str, pad: Option<usize>) -> Vec<u8> {
     q.extend_from_slice(&[0, 0, 1, 0, 1]);
     if let Some(total) = pad {
         let data = total - q.len() - 11;
-        q.extend_from_slice(&[0, 0, 16, 0, 1, 0, 0, 0, 0]);
+        q.extend_from_slice(&[0, 0xFF, 0, 0, 1, 0, 0, 0, 0]);
         q.extend_from_slice(&(data as u16).to_be_bytes());
         q.extend(std::iter::repeat_n(b'x', data));
     }

@@ -208,6 +208,14 @@ impl DnsProxy {
     /// What to do with `msg`, which arrived over `transport`. Names of the cluster are
     /// answered here; only outside names are forwarded.
     pub fn decide(&self, msg: &[u8], transport: Transport) -> Decision {
+        // Longer than any query may be: refused on its header alone, unparsed.
+        if msg.len() > wire::MAX_QUERY
+            && let Some(header) = wire::query_header(msg)
+        {
+            debug!(len = msg.len(), "oversized DNS query refused");
+            self.count("refused", transport);
+            return Decision::Reply(wire::header_only(header, Rcode::Refused));
+        }
         let query = match wire::parse_query(msg) {
             Ok(q) => q,
             Err(err) => {

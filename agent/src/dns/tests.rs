@@ -132,17 +132,26 @@ fn bad_queries_get_a_clear_answer_or_none() {
     // Oversized: a valid query padded past 512 bytes without EDNS, past 4096 with it.
     let mut big = query(8, "example.com", TYPE_A, None);
     big[11] = 1; // one additional record, a large TXT
-    big.extend_from_slice(&[0, 0, 16, 0, 1, 0, 0, 0, 0, 2, 0]);
+    // Type 65280 (private use): its data is opaque to any parser.
+    big.extend_from_slice(&[0, 0xFF, 0, 0, 1, 0, 0, 0, 0, 2, 0]);
     big.extend_from_slice(&[b'x'; 512]);
     let r = reply_of(p.decide(&big, Transport::Udp));
     assert_eq!(decode(&r).0, Rcode::Refused as u16);
     let mut huge = query(9, "example.com", TYPE_A, Some(4096));
     huge[11] = 2;
-    huge.extend_from_slice(&[0, 0, 16, 0, 1, 0, 0, 0, 0, 0x13, 0x88]);
+    huge.extend_from_slice(&[0, 0xFF, 0, 0, 1, 0, 0, 0, 0, 0x13, 0x88]);
     huge.extend_from_slice(&[b'x'; 5000]);
     for transport in [Transport::Udp, Transport::Tcp] {
         let r = reply_of(p.decide(&huge, transport));
         assert_eq!(decode(&r).0, Rcode::Refused as u16);
+        // Past the largest query, even a broken one is refused on its header alone.
+        let mut broken = huge.clone();
+        broken[5] = 2;
+        let r = reply_of(p.decide(&broken, transport));
+        assert_eq!(
+            (&r[..2], decode(&r).0),
+            (&[0, 9][..], Rcode::Refused as u16)
+        );
     }
 }
 
