@@ -142,6 +142,10 @@ pub struct DnsProxy {
     workloads: Arc<ArcSwap<WorkloadStore>>,
     upstreams: Vec<SocketAddr>,
     forward_timeout: Duration,
+    /// The bounds of each pod's proxy (the constants above; tests shrink them).
+    max_forwards: usize,
+    max_tcp: usize,
+    tcp_idle: Duration,
     queries: Family<QueryLabels, Counter>,
 }
 
@@ -179,6 +183,9 @@ impl DnsProxy {
             workloads,
             upstreams,
             forward_timeout,
+            max_forwards: MAX_FORWARDS_PER_POD,
+            max_tcp: MAX_TCP_PER_POD,
+            tcp_idle: TCP_IDLE_TIMEOUT,
             queries: Family::default(),
         }
     }
@@ -315,8 +322,8 @@ impl DnsProxy {
     /// Serves a pod's bound listeners; the tasks end when aborted (the pod left).
     pub fn spawn(self: &Arc<Self>, pod: PodDns) -> Vec<JoinHandle<()>> {
         let limits = Arc::new(PodLimits {
-            forwards: Arc::new(Semaphore::new(MAX_FORWARDS_PER_POD)),
-            tcp: Arc::new(Semaphore::new(MAX_TCP_PER_POD)),
+            forwards: Arc::new(Semaphore::new(self.max_forwards)),
+            tcp: Arc::new(Semaphore::new(self.max_tcp)),
         });
         let mut tasks = Vec::new();
         for socket in pod.udp {
@@ -393,7 +400,7 @@ impl DnsProxy {
     /// Answers length-prefixed queries in order until the client closes or idles.
     async fn tcp_connection(&self, mut stream: TcpStream, limits: &PodLimits) -> io::Result<()> {
         loop {
-            let msg = match tokio::time::timeout(TCP_IDLE_TIMEOUT, read_frame(&mut stream)).await {
+            let msg = match tokio::time::timeout(self.tcp_idle, read_frame(&mut stream)).await {
                 Ok(Ok(Some(msg))) => msg,
                 Ok(Ok(None)) | Err(_) => return Ok(()),
                 Ok(Err(err)) => return Err(err),
@@ -410,7 +417,7 @@ impl DnsProxy {
                 },
             };
             // A client that does not read its answers is not waited for.
-            tokio::time::timeout(TCP_IDLE_TIMEOUT, write_frame(&mut stream, &reply))
+            tokio::time::timeout(self.tcp_idle, write_frame(&mut stream, &reply))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading"))??;
         }

@@ -158,9 +158,14 @@ fn bad_queries_get_a_clear_answer_or_none() {
 /// A resolver on loopback port 0: answers every UDP query with its id and `10.1.2.3` (with
 /// TC set when `truncate`), and every TCP query in full.
 async fn fake_upstream(truncate: bool) -> SocketAddr {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // UDP and TCP on one port: a port free for UDP may be taken for TCP; try another.
+    let (udp, tcp, addr) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+            break (udp, tcp, addr);
+        }
+    };
     let answer = |msg: &[u8], tc: bool| {
         let q = wire::parse_query(msg).unwrap();
         let ips = ips(&["10.1.2.3"]);
@@ -230,4 +235,83 @@ fn resolv_conf_nameservers_are_read_in_order() {
         "[fd00::53]:53".parse().unwrap(),
     ];
     assert_eq!(got, want);
+}
+
+/// A pod's sockets on loopback port 0 of this process's namespace, served by `p`.
+async fn serve(p: DnsProxy) -> (SocketAddr, SocketAddr, Vec<tokio::task::JoinHandle<()>>) {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (u, t) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+    let tasks = Arc::new(p).spawn(PodDns {
+        udp: vec![udp],
+        tcp: vec![tcp],
+    });
+    (u, t, tasks)
+}
+
+async fn tcp_ask(stream: &mut tokio::net::TcpStream, msg: &[u8]) -> Vec<u8> {
+    write_frame(stream, msg).await.unwrap();
+    read_frame(stream).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn served_pods_answer_over_udp_and_tcp_within_their_bounds() {
+    let mut p = proxy(Vec::new(), Duration::from_secs(1));
+    p.max_tcp = 2;
+    p.tcp_idle = Duration::from_millis(300);
+    let (udp, tcp, _tasks) = serve(p).await;
+
+    // UDP: an answer per query, and nothing for a message without a header.
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(udp).await.unwrap();
+    client.send(&[0, 1, 2]).await.unwrap();
+    let q = query(0x0A0A, "web.default.svc.cluster.local", TYPE_A, None);
+    client.send(&q).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), client.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &buf[..2],
+        &[0x0A, 0x0A],
+        "the first answer is the real query's"
+    );
+    assert_eq!(decode(&buf[..n]).2, ips(&["10.96.0.10"]));
+
+    // TCP: several queries on one connection, answered in order.
+    let mut first = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    for id in [1u16, 2, 3] {
+        let r = tcp_ask(
+            &mut first,
+            &query(id, "web.default.svc.cluster.local", TYPE_AAAA, None),
+        )
+        .await;
+        assert_eq!(u16::from_be_bytes([r[0], r[1]]), id);
+        assert_eq!(decode(&r).2, ips(&["fd00:96::10"]));
+    }
+    // Two connections at most: a third is closed at once, unanswered.
+    let mut second = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let r = tcp_ask(&mut second, &q).await;
+    assert_eq!(decode(&r).0, 0);
+    let mut third = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let _ = write_frame(&mut third, &q).await;
+    let refused = tokio::time::timeout(Duration::from_secs(2), read_frame(&mut third))
+        .await
+        .unwrap();
+    assert!(
+        !matches!(refused, Ok(Some(_))),
+        "over the limit: {refused:?}"
+    );
+
+    // An idle connection is closed after the idle timeout, which frees its slot.
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(2), read_frame(&mut first))
+        .await
+        .unwrap();
+    assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let mut again = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let r = tcp_ask(&mut again, &q).await;
+    assert_eq!(decode(&r).2, ips(&["10.96.0.10"]));
 }
