@@ -253,6 +253,45 @@ mod tests {
     }
 
     #[test]
+    fn dns_upstreams_repeat_or_come_as_a_list_and_must_be_addresses() {
+        let base = [
+            "weft-agent",
+            "--node",
+            "n1",
+            "--control",
+            "https://127.0.0.1:15012",
+            "--control-ca",
+            "root.pem",
+            "--node-cert",
+            "c.pem",
+            "--node-key",
+            "k.pem",
+            "--pods",
+            "p.json",
+        ];
+        let c = Config::try_parse_from(base).unwrap();
+        assert!(c.dns_upstreams.is_empty(), "unset: resolv.conf decides");
+        assert_eq!(c.dns_forward_timeout, Duration::from_secs(3));
+        let mut args = base.to_vec();
+        args.extend([
+            "--dns-upstream",
+            "10.0.0.2:53",
+            "--dns-upstream",
+            "[fd00::53]:53,10.0.0.3:5353",
+        ]);
+        let c = Config::try_parse_from(args).unwrap();
+        let got: Vec<String> = c.dns_upstreams.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["10.0.0.2:53", "[fd00::53]:53", "10.0.0.3:5353"]);
+        let mut args = base.to_vec();
+        args.extend(["--dns-upstream", "10.0.0.2"]);
+        let err = Config::try_parse_from(args).unwrap_err().to_string();
+        assert!(
+            err.contains("--dns-upstream") && err.contains("10.0.0.2"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_node_credential_is_required_and_read_with_its_path_in_errors() {
         let base = [
             "weft-agent",

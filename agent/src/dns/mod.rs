@@ -348,6 +348,8 @@ impl DnsProxy {
                 Ok(got) => got,
                 Err(err) => {
                     debug!(%err, "DNS proxy UDP receive failed");
+                    // A persistent error (ENOMEM, ENOBUFS) must not spin a worker.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             };
