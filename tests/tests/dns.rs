@@ -264,8 +264,9 @@ fn pods_resolve_service_names_and_other_names_through_the_testbeds_resolver() {
 const RAW_CLIENT: &str = r#"
 import binascii, socket, struct, sys
 proto, server, msg = sys.argv[1], sys.argv[2], binascii.unhexlify(sys.argv[3])
+family = socket.AF_INET6 if ":" in server else socket.AF_INET
 if proto == "udp":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family, socket.SOCK_DGRAM)
     s.settimeout(3)
     s.sendto(msg, (server, 53))
     data, peer = s.recvfrom(65535)
@@ -298,11 +299,15 @@ fn raw_query(id: u16, name: &str, pad: Option<usize>) -> Vec<u8> {
     q
 }
 
-/// Sends `msg` raw; (reply id, rcode, reply source, time taken).
+/// Sends `msg` raw to the IPv4 nameserver; (reply id, rcode, reply source, time taken).
 fn send_raw(tb: &Testbed, proto: &str, msg: &[u8]) -> (u16, u8, String, Duration) {
+    send_raw_to(tb, proto, NAMESERVER4, msg)
+}
+
+/// Sends `msg` raw to `server` (an IPv6 address makes an IPv6 socket).
+fn send_raw_to(tb: &Testbed, proto: &str, server: &str, msg: &[u8]) -> (u16, u8, String, Duration) {
     let hex: String = msg.iter().map(|b| format!("{b:02x}")).collect();
-    let (ok, out, err, took) =
-        resolving(tb, &["python3", "-c", RAW_CLIENT, proto, NAMESERVER4, &hex]);
+    let (ok, out, err, took) = resolving(tb, &["python3", "-c", RAW_CLIENT, proto, server, &hex]);
     assert!(ok, "raw {proto} query got no answer: {out}\n{err}");
     let mut words = out.split_whitespace();
     let reply = words.next().unwrap();
@@ -329,6 +334,14 @@ fn malformed_and_oversized_queries_get_an_immediate_answer() {
     let good = raw_query(0x1111, "web.default.svc.cluster.local", None);
     let (id, rcode, from, _) = send_raw(&tb, "udp", &good);
     assert_eq!((id, rcode, from.as_str()), (0x1111, 0, "10.96.0.53:53"));
+    // Also from an IPv6 socket, to an IPv6 server and to an IPv4-mapped one.
+    for (server, want) in [
+        (NAMESERVER6, "fd00:96::53:53"),
+        ("::ffff:10.96.0.53", "::ffff:10.96.0.53:53"),
+    ] {
+        let (id, rcode, from, _) = send_raw_to(&tb, "udp", server, &good);
+        assert_eq!((id, rcode, from.as_str()), (0x1111, 0, want), "{server}");
+    }
 
     // Malformed: the question stops in the middle of a label. FORMERR, with the query's id.
     let mut broken = raw_query(0xABCD, "web.default.svc.cluster.local", None);
