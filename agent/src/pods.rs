@@ -1,7 +1,7 @@
 //! Enrolment: for each pod on this node, open its network namespace, bind the agent's
-//! listeners inside it (outbound 15001, HBONE 15008, plaintext 15006, DNS 15053), and only then attach
-//! the capture programs to its cgroup and `sk_lookup` to its namespace (the other order would
-//! send the pod's first connections to a port nobody listens on).
+//! listeners inside it (outbound 15001, HBONE 15008, plaintext 15006, DNS 15053), and only
+//! then attach the capture programs to its cgroup and `sk_lookup` to its namespace (the other
+//! order would send the pod's first connections to a port nobody listens on).
 
 use std::{
     net::{IpAddr, SocketAddr},
