@@ -19,7 +19,7 @@ use weft_link::{
     runtime::{AdminThread, data_runtime, shutdown_signal},
     tls::TrustBundle,
 };
-use weft_mesh::service::ServiceIndex;
+use weft_mesh::{dns::ServiceNames, service::ServiceIndex};
 use weft_proto::discovery::v1::{ClientKind, ResourceType};
 
 use crate::{
@@ -27,6 +27,7 @@ use crate::{
     capture::{Capture, CaptureError, KernelLogger},
     config::Config,
     discovery::{ServiceHandler, WorkloadHandler},
+    dns::{self as dns_proxy, DnsProxy},
     drain,
     identity::Identities,
     inpod::{Netns, NetnsError},
@@ -114,6 +115,13 @@ pub fn run(
     let workloads = Arc::new(ArcSwap::from_pointee(WorkloadStore::default()));
     let policies = Arc::new(ArcSwap::from_pointee(PolicyIndex::default()));
     let services = Arc::new(ArcSwap::from_pointee(ServiceIndex::default()));
+    let service_names = Arc::new(ArcSwap::from_pointee(ServiceNames::default()));
+    let dns = Arc::new(DnsProxy::new(
+        service_names.clone(),
+        workloads.clone(),
+        dns_upstreams(&config),
+        config.dns_forward_timeout,
+    ));
     let connections = Arc::new(ConnectionRegistry::new(workloads.clone(), policies.clone()));
     let identities = Arc::new(Identities::new(
         CertManager::new(
@@ -130,7 +138,7 @@ pub fn run(
         &trust_domain,
         workloads.clone(),
         policies.clone(),
-        services.clone(),
+        ServiceHandler::new(services.clone()).with_names(service_names),
         identities.clone(),
         connections.clone(),
     )?;
@@ -159,6 +167,7 @@ pub fn run(
             .open_files_limit
             .set(i64::try_from(open_files).unwrap_or(i64::MAX));
         connections.register_metrics(&mut registry);
+        dns.register_metrics(&mut registry);
         registry.register_collector(Box::new(VerdictCollector(capture.clone())));
         registry.register_collector(Box::new(CertificateCollector(identities.clone())));
         let admin_state = Arc::new(AdminState {
@@ -213,7 +222,7 @@ pub fn run(
         let mut enrolled = Vec::new();
         let mut statuses = Vec::new();
         for enrolment in &enrolments {
-            match pods::enrol(enrolment, &ctx, &watcher) {
+            match pods::enrol(enrolment, &ctx, &dns, &watcher) {
                 Ok(pod) => {
                     info!(pod = %pod.status.uid, listeners = ?pod.status.listeners, "pod captured");
                     statuses.push(pod.status.clone());
@@ -256,6 +265,33 @@ pub fn run(
         info!("stopped");
         Ok::<_, AppError>(())
     })
+}
+
+/// The resolvers the pods' DNS proxy forwards to: `--dns-upstream`, else the node's
+/// resolv.conf nameservers. None at all is allowed (names outside the cluster are refused)
+/// and said at start.
+fn dns_upstreams(config: &Config) -> Vec<std::net::SocketAddr> {
+    if !config.dns_upstreams.is_empty() {
+        info!(upstreams = ?config.dns_upstreams, "DNS upstreams from --dns-upstream");
+        return config.dns_upstreams.clone();
+    }
+    let upstreams = match std::fs::read_to_string(dns_proxy::RESOLV_CONF) {
+        Ok(text) => dns_proxy::resolv_conf_nameservers(&text),
+        Err(err) => {
+            warn!(path = dns_proxy::RESOLV_CONF, %err, "cannot read the node's resolvers");
+            Vec::new()
+        }
+    };
+    if upstreams.is_empty() {
+        warn!(
+            "no DNS upstream (--dns-upstream unset, no nameserver in {}): pods' queries for \
+             names outside the cluster are refused",
+            dns_proxy::RESOLV_CONF
+        );
+    } else {
+        info!(?upstreams, path = dns_proxy::RESOLV_CONF, "DNS upstreams");
+    }
+    upstreams
 }
 
 /// Reads aya-log records from the kernel ring buffer into the agent's log.
@@ -308,7 +344,7 @@ fn control_client(
     trust_domain: &TrustDomain,
     workloads: Arc<ArcSwap<WorkloadStore>>,
     policies: Arc<ArcSwap<PolicyIndex>>,
-    services: Arc<ArcSwap<ServiceIndex>>,
+    mut service_handler: ServiceHandler,
     identities: Arc<Identities>,
     connections: Arc<ConnectionRegistry>,
 ) -> Result<Client, AppError> {
@@ -337,7 +373,6 @@ fn control_client(
     let store = workloads.clone();
     let mut workload_handler = WorkloadHandler::new(workloads);
     let mut policy_handler = PolicyHandler::new(policies, config.root_namespace.clone());
-    let mut service_handler = ServiceHandler::new(services);
     Ok(Client::new(
         client_config,
         move |update: Update| match update.resource_type {

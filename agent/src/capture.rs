@@ -115,6 +115,8 @@ pub struct PodLinks {
     _connect4: CgroupSockAddrLink,
     _connect6: CgroupSockAddrLink,
     _sockops: SockOpsLink,
+    /// DNS capture of unconnected UDP (see `ebpf/src/dns.rs`).
+    _dns: Vec<CgroupSockAddrLink>,
 }
 
 /// Inbound steering of one pod: sk_lookup attached to its network namespace and its IPs in
@@ -161,7 +163,14 @@ impl Capture {
                 None
             }
         };
-        for name in [programs::CONNECT4, programs::CONNECT6] {
+        for name in [
+            programs::CONNECT4,
+            programs::CONNECT6,
+            programs::DNS_SENDMSG4,
+            programs::DNS_SENDMSG6,
+            programs::DNS_RECVMSG4,
+            programs::DNS_RECVMSG6,
+        ] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| CaptureError::Program { name, source })?;
@@ -227,10 +236,20 @@ impl Capture {
             .attach(dir.as_fd(), CgroupAttachMode::Single)
             .and_then(|id| sockops.take_link(id))
             .map_err(attach_err(programs::SOCKOPS))?;
+        let mut dns = Vec::with_capacity(4);
+        for name in [
+            programs::DNS_SENDMSG4,
+            programs::DNS_SENDMSG6,
+            programs::DNS_RECVMSG4,
+            programs::DNS_RECVMSG6,
+        ] {
+            dns.push(attach_sock_addr(&mut ebpf, name, dir.as_fd()).map_err(attach_err(name))?);
+        }
         Ok(PodLinks {
             _connect4: connect4,
             _connect6: connect6,
             _sockops: sockops,
+            _dns: dns,
         })
     }
 

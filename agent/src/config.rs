@@ -37,6 +37,10 @@ pub const DEFAULT_HBONE_KEEPALIVE_TIMEOUT: &str = "10s";
 /// client) from taking every socket of the node.
 pub const DEFAULT_HBONE_MAX_CONNECTIONS_PER_IDENTITY: usize = 1024;
 
+/// How long a forwarded DNS query may wait for the node's resolvers before the pod gets
+/// SERVFAIL: under glibc's 5 s default, so the pod hears the failure before it gives up.
+pub const DEFAULT_DNS_FORWARD_TIMEOUT: &str = "3s";
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "weft-agent",
@@ -144,6 +148,21 @@ pub struct Config {
     #[arg(long, env = "WEFT_ROOT_NAMESPACE", default_value = weft_mesh::policy::DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
 
+    /// A resolver the pod DNS proxy forwards names outside the cluster to, as ADDR:PORT
+    /// (repeat for several, tried in order). Unset: the nameservers of the node's
+    /// /etc/resolv.conf, read at start.
+    #[arg(
+        long = "dns-upstream",
+        env = "WEFT_DNS_UPSTREAM",
+        value_delimiter = ','
+    )]
+    pub dns_upstreams: Vec<SocketAddr>,
+
+    /// How long a forwarded DNS query waits for the upstream resolvers before the pod gets
+    /// SERVFAIL.
+    #[arg(long, env = "WEFT_DNS_FORWARD_TIMEOUT", default_value = DEFAULT_DNS_FORWARD_TIMEOUT, value_parser = parse_duration)]
+    pub dns_forward_timeout: Duration,
+
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -230,6 +249,45 @@ mod tests {
         assert_eq!(
             hbone.max_connections_per_peer,
             server.max_connections_per_peer
+        );
+    }
+
+    #[test]
+    fn dns_upstreams_repeat_or_come_as_a_list_and_must_be_addresses() {
+        let base = [
+            "weft-agent",
+            "--node",
+            "n1",
+            "--control",
+            "https://127.0.0.1:15012",
+            "--control-ca",
+            "root.pem",
+            "--node-cert",
+            "c.pem",
+            "--node-key",
+            "k.pem",
+            "--pods",
+            "p.json",
+        ];
+        let c = Config::try_parse_from(base).unwrap();
+        assert!(c.dns_upstreams.is_empty(), "unset: resolv.conf decides");
+        assert_eq!(c.dns_forward_timeout, Duration::from_secs(3));
+        let mut args = base.to_vec();
+        args.extend([
+            "--dns-upstream",
+            "10.0.0.2:53",
+            "--dns-upstream",
+            "[fd00::53]:53,10.0.0.3:5353",
+        ]);
+        let c = Config::try_parse_from(args).unwrap();
+        let got: Vec<String> = c.dns_upstreams.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["10.0.0.2:53", "[fd00::53]:53", "10.0.0.3:5353"]);
+        let mut args = base.to_vec();
+        args.extend(["--dns-upstream", "10.0.0.2"]);
+        let err = Config::try_parse_from(args).unwrap_err().to_string();
+        assert!(
+            err.contains("--dns-upstream") && err.contains("10.0.0.2"),
+            "{err}"
         );
     }
 

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use tracing::{info, warn};
 use weft_link::control::{Rejection, Update};
 use weft_mesh::{
+    dns::ServiceNames,
     service::{Service, ServiceIndex},
     workload::ConvertError,
 };
@@ -60,6 +61,8 @@ pub struct ServiceHandler {
     /// Converted services by resource name; the data path never sees this map.
     by_name: BTreeMap<String, Arc<Service>>,
     index: Arc<ArcSwap<ServiceIndex>>,
+    /// Services by name, for the pods' DNS proxy.
+    names: Option<Arc<ArcSwap<ServiceNames>>>,
 }
 
 impl ServiceHandler {
@@ -67,7 +70,14 @@ impl ServiceHandler {
         ServiceHandler {
             by_name: BTreeMap::new(),
             index,
+            names: None,
         }
+    }
+
+    /// The same, also keeping `names` (the DNS proxy's table) in step.
+    pub fn with_names(mut self, names: Arc<ArcSwap<ServiceNames>>) -> Self {
+        self.names = Some(names);
+        self
     }
 
     /// Converts every resource first; applies the version only if all convert.
@@ -76,6 +86,9 @@ impl ServiceHandler {
         let next = converge(&self.by_name, update, pb::ResourceType::Service, "service")?;
         self.index
             .store(Arc::new(ServiceIndex::from_arcs(next.values().cloned())));
+        if let Some(names) = &self.names {
+            names.store(Arc::new(ServiceNames::from_arcs(next.values().cloned())));
+        }
         info!(version, snapshot, services = next.len(), "services updated");
         self.by_name = next;
         Ok(())

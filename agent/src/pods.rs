@@ -1,7 +1,7 @@
 //! Enrolment: for each pod on this node, open its network namespace, bind the agent's
-//! listeners inside it (outbound 15001, HBONE 15008, plaintext 15006), and only then attach
-//! the capture programs to its cgroup and `sk_lookup` to its namespace (the other order would
-//! send the pod's first connections to a port nobody listens on).
+//! listeners inside it (outbound 15001, HBONE 15008, plaintext 15006, DNS 15053), and only
+//! then attach the capture programs to its cgroup and `sk_lookup` to its namespace (the other
+//! order would send the pod's first connections to a port nobody listens on).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -16,6 +16,7 @@ use weft_link::hbone::{ClientOptions, HboneClient, PeerConnections};
 
 use crate::{
     capture::{CaptureError, InboundLinks, PodLinks},
+    dns::{DnsError, DnsProxy},
     drain::DrainWatcher,
     inpod::{Netns, NetnsError},
     proxy::{
@@ -40,6 +41,12 @@ pub enum EnrolError {
         uid: WorkloadUid,
         #[source]
         source: ListenerError,
+    },
+    #[error("pod {uid}: {source}")]
+    Dns {
+        uid: WorkloadUid,
+        #[source]
+        source: DnsError,
     },
     #[error("pod {uid}: cannot list its addresses: {source}")]
     Addresses {
@@ -102,6 +109,7 @@ pub struct PodStatus {
 pub fn enrol(
     enrolment: &Enrolment,
     ctx: &Arc<ProxyContext>,
+    dns: &Arc<DnsProxy>,
     drain: &DrainWatcher,
 ) -> Result<EnrolledPod, EnrolError> {
     let uid = enrolment.uid.clone();
@@ -141,6 +149,12 @@ pub fn enrol(
     let outbound = OutboundListener::bind_all(&pod, &ctx.home).map_err(listener_err)?;
     let hbone = inbound::bind_hbone(&pod, &ctx.home).map_err(listener_err)?;
     let plaintext = inbound::bind_plaintext(&pod, &ctx.home).map_err(listener_err)?;
+    let dns_sockets = dns
+        .bind(&pod.netns, &ctx.home)
+        .map_err(|source| EnrolError::Dns {
+            uid: uid.clone(),
+            source,
+        })?;
     let capture_err = |source| EnrolError::Capture {
         uid: uid.clone(),
         source: Box::new(source),
@@ -153,6 +167,7 @@ pub fn enrol(
     let mut listeners: Vec<SocketAddr> = outbound.iter().filter_map(|l| l.local_addr()).collect();
     listeners.extend(hbone.iter().filter_map(|l| l.local_addr().ok()));
     listeners.extend(plaintext.local_addr().ok());
+    listeners.extend(dns_sockets.local_addrs());
     let status = PodStatus {
         uid: uid.clone(),
         netns: enrolment.netns.clone(),
@@ -186,6 +201,7 @@ pub fn enrol(
         pod.clone(),
         drain.clone(),
     )));
+    tasks.extend(dns.spawn(dns_sockets));
     ctx.pods.write().insert(uid, pod.clone());
     Ok(EnrolledPod {
         status,

@@ -13,6 +13,12 @@ pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// HBONE (HTTP/2 CONNECT over mutual TLS). Never captured: it is the mesh's own tunnel.
 pub const HBONE_PORT: u16 = 15008;
+/// DNS: connects and unconnected sends to this port from an enrolled pod go to the agent's DNS
+/// proxy instead.
+pub const DNS_PORT: u16 = 53;
+/// Port of the agent's DNS proxy (UDP and TCP, `127.0.0.1` and `[::1]`) inside each pod's
+/// network namespace.
+pub const DNS_PROXY_PORT: u16 = 15053;
 
 /// `SO_MARK` the agent sets on every socket it opens. The capture programs pass marked sockets
 /// through untouched, so the agent never captures itself even where a program is attached
@@ -34,6 +40,10 @@ pub mod maps {
     /// `SockHash<InboundKey>`: the agent's inbound plaintext listener (port 15006, inside the
     /// pod's network namespace) by pod IP, written by the agent, read by sk_lookup.
     pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+    /// `LruHashMap<u64 /* socket cookie */, OrigDst>`: the DNS server a pod's UDP socket sent
+    /// to before connect/sendmsg rewrote it to the DNS proxy, so recvmsg can give the reply
+    /// that source back (resolvers drop answers from an address they did not ask).
+    pub const DNS_ORIG_BY_COOKIE: &str = "DNS_ORIG_BY_COOKIE";
 }
 
 /// Names of the programs in the object file.
@@ -43,6 +53,12 @@ pub mod programs {
     pub const SOCKOPS: &str = "weft_sockops";
     /// `sk_lookup`, attached to each enrolled pod's network namespace.
     pub const INBOUND_LOOKUP: &str = "weft_inbound_lookup";
+    /// Unconnected UDP sends to port 53, rewritten to the DNS proxy.
+    pub const DNS_SENDMSG4: &str = "weft_dns_sendmsg4";
+    pub const DNS_SENDMSG6: &str = "weft_dns_sendmsg6";
+    /// The DNS proxy's replies, their source given back as the server the pod asked.
+    pub const DNS_RECVMSG4: &str = "weft_dns_recvmsg4";
+    pub const DNS_RECVMSG6: &str = "weft_dns_recvmsg6";
 }
 
 /// Capacity of the original-destination maps. Each entry lives from `connect()` to the agent's
@@ -143,11 +159,18 @@ pub enum Verdict {
     /// sk_lookup: `bpf_sk_assign` refused the listener (wrong family, not listening, another
     /// program already chose a socket): passed, fail open.
     InboundAssignFailed = 13,
+    /// A connect (TCP or UDP) or an unconnected UDP send to port 53 was rewritten to the
+    /// agent's DNS proxy (15053).
+    DnsRedirected = 14,
+    /// The DNS map refused a UDP socket's original server: passed to that server (fail open).
+    DnsPassMapFull = 15,
+    /// recvmsg gave a DNS proxy reply the source address the pod sent its query to.
+    DnsReplyRestored = 16,
 }
 
 impl Verdict {
     /// Number of verdicts, the length of the `VERDICTS` array. Bump with every new variant.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 17;
 
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Redirected,
@@ -164,6 +187,9 @@ impl Verdict {
         Verdict::InboundPassNoListener,
         Verdict::InboundPassNotTcp,
         Verdict::InboundAssignFailed,
+        Verdict::DnsRedirected,
+        Verdict::DnsPassMapFull,
+        Verdict::DnsReplyRestored,
     ];
 
     /// Label used for this verdict in metrics.
@@ -183,6 +209,9 @@ impl Verdict {
             Verdict::InboundPassNoListener => "inbound_pass_no_listener",
             Verdict::InboundPassNotTcp => "inbound_pass_not_tcp",
             Verdict::InboundAssignFailed => "inbound_assign_failed",
+            Verdict::DnsRedirected => "dns_redirected",
+            Verdict::DnsPassMapFull => "dns_pass_map_full",
+            Verdict::DnsReplyRestored => "dns_reply_restored",
         }
     }
 }

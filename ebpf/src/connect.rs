@@ -27,6 +27,11 @@ const SOCK_STREAM: u32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
+    // DNS (port 53, TCP or UDP) goes to the DNS proxy, not the outbound listener.
+    if let Some(verdict) = crate::dns::connect(&ctx, false) {
+        count(verdict);
+        return ALLOW;
+    }
     let verdict = match pass_reason(&ctx) {
         Some(v) => v,
         None => {
@@ -47,6 +52,11 @@ pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
+    // DNS (port 53, TCP or UDP) goes to the DNS proxy, not the outbound listener.
+    if let Some(verdict) = crate::dns::connect(&ctx, true) {
+        count(verdict);
+        return ALLOW;
+    }
     let verdict = match pass_reason(&ctx) {
         Some(v) => v,
         None => {

@@ -7,6 +7,7 @@
 
 mod connect;
 mod ctx;
+mod dns;
 mod lookup;
 mod maps;
 mod sockops;

@@ -1,7 +1,9 @@
-//! The mesh as data, with no I/O: workloads and the policy model with its L4 evaluation.
+//! The mesh as data, with no I/O: workloads, services and their names, and the policy model
+//! with its L4 evaluation.
 //! The agent's data path, and anything that explains a decision (`weftctl`), call the same
 //! code here, so a rule means the same everywhere.
 
+pub mod dns;
 pub mod policy;
 pub mod service;
 pub mod workload;

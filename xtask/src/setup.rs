@@ -16,7 +16,8 @@ use crate::run::run;
 /// proxy), haproxy, openssl for the peers' certificates, and a TTF font for chart labels.
 /// The edge gateway's tests add h2load (nghttp2-client), an HTTP/2 load generator and
 /// client, and redis-server, the shared limits store several gateways count in (the tests
-/// start their own).
+/// start their own). The DNS tests run a resolver of their own (dnsmasq-base: the binary,
+/// no system service) and query with dig (bind9-dnsutils).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
@@ -32,6 +33,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     "nghttp2-client",
     "redis-server",
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 /// The bpf-linker the eBPF build needs: 0.11+ wants a system LLVM that Debian 12 lacks.

@@ -21,6 +21,7 @@ mod bpffs;
 pub mod cgroup;
 pub mod cmd;
 pub mod control;
+pub mod dns;
 mod error;
 mod exec;
 pub mod gateway;
@@ -398,6 +399,7 @@ pub fn down(name: &str) -> Result<()> {
         cgroup::remove_tree(root)?;
     }
     bpffs::remove_pins(name)?;
+    dns::remove_netns_etc(name)?;
     let dir = state::state_dir(name);
     match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing", dir)(e)),
