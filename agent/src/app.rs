@@ -271,6 +271,10 @@ pub fn run(
 /// resolv.conf nameservers. None at all is allowed (names outside the cluster are refused)
 /// and said at start.
 fn dns_upstreams(config: &Config) -> Vec<std::net::SocketAddr> {
+    if config.no_dns_forward {
+        info!("--no-dns-forward: pods' queries for names outside the cluster are refused");
+        return Vec::new();
+    }
     if !config.dns_upstreams.is_empty() {
         info!(upstreams = ?config.dns_upstreams, "DNS upstreams from --dns-upstream");
         return config.dns_upstreams.clone();

@@ -158,6 +158,11 @@ pub struct Config {
     )]
     pub dns_upstreams: Vec<SocketAddr>,
 
+    /// Forward no name: the pod DNS proxy answers the cluster's names and refuses every
+    /// other (REFUSED), whatever the node's /etc/resolv.conf says.
+    #[arg(long, env = "WEFT_NO_DNS_FORWARD", conflicts_with = "dns_upstreams")]
+    pub no_dns_forward: bool,
+
     /// How long a forwarded DNS query waits for the upstream resolvers before the pod gets
     /// SERVFAIL.
     #[arg(long, env = "WEFT_DNS_FORWARD_TIMEOUT", default_value = DEFAULT_DNS_FORWARD_TIMEOUT, value_parser = parse_duration)]
@@ -289,6 +294,12 @@ mod tests {
             err.contains("--dns-upstream") && err.contains("10.0.0.2"),
             "{err}"
         );
+        let mut args = base.to_vec();
+        args.push("--no-dns-forward");
+        assert!(Config::try_parse_from(args.clone()).unwrap().no_dns_forward);
+        args.extend(["--dns-upstream", "10.0.0.2:53"]);
+        let err = Config::try_parse_from(args).unwrap_err().to_string();
+        assert!(err.contains("--no-dns-forward"), "{err}");
     }
 
     #[test]

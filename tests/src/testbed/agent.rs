@@ -150,6 +150,11 @@ impl Testbed {
         ]);
         if let Some(agent) = &self.agent {
             args.extend(agent.extra_args.iter().map(OsString::from));
+            // Pods' DNS queries for names outside the cluster go to a resolver the testbed
+            // runs (`start_resolver` and `--dns-upstream`), never to the machine's own.
+            if !agent.extra_args.iter().any(|a| a == "--dns-upstream") {
+                args.push("--no-dns-forward".into());
+            }
         }
         Ok(args)
     }
