@@ -2,6 +2,7 @@
 //! The agent's data path, and anything that explains a decision (`weftctl`), call the same
 //! code here, so a rule means the same everywhere.
 
+pub mod lb;
 pub mod policy;
 pub mod service;
 pub mod workload;
