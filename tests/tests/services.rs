@@ -158,3 +158,187 @@ fn a_vip_reaches_an_endpoint_on_either_node_and_an_undeclared_port_is_refused() 
         assert_eq!(denied, 1.0, "{reason} refusals counted at node-1");
     }
 }
+
+// === load balancing, passive health, locality and readiness ===
+
+/// Sequential HTTP/1.0 GETs of `/whoami.txt` from inside a pod, one connection each: `count`
+/// of them, then more until `seconds` have passed. One line per connection: the wall-clock
+/// time it ended and who answered, or `ERR:<why>`.
+const CLIENT_LOOP: &str = r#"
+import socket, sys, time
+ip, port, count, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+end = time.time() + seconds
+i = 0
+while i < count or time.time() < end:
+    i += 1
+    try:
+        s = socket.create_connection((ip, port), timeout=5)
+        s.sendall(b"GET /whoami.txt HTTP/1.0\r\nHost: web\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        ok = head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
+        who = body.decode() if ok and body else "ERR:" + (head[:40].decode(errors="replace") or "empty")
+    except Exception as e:
+        who = "ERR:" + type(e).__name__
+    print("%.6f %s" % (time.time(), who), flush=True)
+"#;
+
+/// One connection of [`connections`]: when it ended (seconds since the Unix epoch) and who
+/// answered (`ERR:...` when it failed).
+struct Answer {
+    at: f64,
+    who: String,
+}
+
+/// Runs [`CLIENT_LOOP`] in `pod` against `vip:port`.
+fn connections(tb: &Testbed, pod: &str, vip: &str, count: u32, seconds: f64) -> Vec<Answer> {
+    let (count, seconds) = (count.to_string(), seconds.to_string());
+    let port = SERVICE_PORT.to_string();
+    let out = tb
+        .exec(
+            pod,
+            &["python3", "-c", CLIENT_LOOP, vip, &port, &count, &seconds],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the client loop in {pod} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let (at, who) = line.split_once(' ').unwrap();
+            Answer {
+                at: at.parse().unwrap(),
+                who: who.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// How many connections each answerer took.
+fn tally(answers: &[Answer]) -> std::collections::BTreeMap<String, u32> {
+    let mut counts = std::collections::BTreeMap::new();
+    for a in answers {
+        *counts.entry(a.who.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Writes the service `web` (both VIPs, port 80 to `target`) selecting `tier: web`.
+fn web_service(tb: &Testbed, ns: &str, target: &str, extra_spec: &str) {
+    tb.apply_yaml(
+        "web.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\n\
+             spec:\n  selector:\n    tier: web\n  clusterIPs: [\"{VIP4}\", \"{VIP6}\"]\n{extra_spec}  \
+             ports:\n  - {{name: http, port: {SERVICE_PORT}, targetPort: {target}}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn metric_at(tb: &Testbed, node: &str, name: &str, matchers: &[(&str, &str)]) -> f64 {
+    tb.metrics(node).unwrap().sum(name, matchers)
+}
+
+#[test]
+fn lb_spreads_over_replicas_fails_over_and_refuses_when_all_are_gone() {
+    let tb = mesh("weft-e2e-lb-spread", 2, 2);
+    // The client is pod-1a; one replica shares its node, two are across.
+    let replicas = ["pod-1b", "pod-2a", "pod-2b"];
+    let mut servers: std::collections::HashMap<&str, _> = replicas
+        .iter()
+        .map(|p| (*p, scenario::serve_http(&tb, p).unwrap()))
+        .collect();
+    label_web(&tb, &replicas);
+    let ns = tb.pod("pod-1a").unwrap().namespace.clone();
+    web_service(&tb, &ns, &scenario::HTTP_PORT.to_string(), "");
+    let host = format!("web.{ns}.svc.cluster.local");
+    let url = scenario::url(VIP4.parse().unwrap(), SERVICE_PORT, "/whoami.txt");
+    eventually("the VIP to answer", Duration::from_secs(30), || {
+        quick_curl(&tb, "pod-1a", &url).is_some()
+    });
+
+    // Spread: each replica's share of n connections is binomial(n, 1/3); 5 standard
+    // deviations is a bound a fair spread misses about once in 3.5 million runs.
+    let n = 300;
+    let answers = connections(&tb, "pod-1a", VIP4, n, 0.0);
+    let counts = tally(&answers);
+    let p = 1.0 / replicas.len() as f64;
+    let mean = f64::from(n) * p;
+    let bound = 5.0 * (mean * (1.0 - p)).sqrt();
+    println!("spread of {n} connections over 3 replicas: {counts:?} (mean {mean:.0} +- {bound:.1})");
+    for r in replicas {
+        let got = f64::from(counts.get(r).copied().unwrap_or(0));
+        assert!(
+            (got - mean).abs() <= bound,
+            "{r} took {got} of {n} connections, outside {mean:.0} +- {bound:.1}: {counts:?}"
+        );
+    }
+    assert_eq!(
+        counts.values().sum::<u32>(),
+        n,
+        "only the replicas answer, every time: {counts:?}"
+    );
+
+    // Failover: the same-node replica's server and a remote one's die. Every connection
+    // still succeeds (a refused connect, or a refused tunnel, is retried on another
+    // endpoint), and both dead endpoints are ejected.
+    for dead in ["pod-1b", "pod-2a"] {
+        servers[dead].stop(Duration::from_secs(2)).unwrap();
+    }
+    let answers = connections(&tb, "pod-1a", VIP4, 60, 0.0);
+    let counts = tally(&answers);
+    assert_eq!(
+        counts.get("pod-2b").copied(),
+        Some(60),
+        "every connection answered by the live replica: {counts:?}"
+    );
+    let node1 = |name| metric_at(&tb, "node-1", name, &[("service", host.as_str())]);
+    let ejections = node1("weft_service_endpoint_ejections_total");
+    let retries = node1("weft_service_connect_retries_total");
+    println!("after two replicas died: {ejections} ejections, {retries} retries");
+    assert!(ejections >= 2.0, "both dead endpoints ejected: {ejections}");
+    assert!(retries >= 2.0, "failed connects retried: {retries}");
+
+    // Back: once its server is up again, the remote replica answers again after its
+    // back-off (probation, then restored).
+    servers.insert("pod-2a", scenario::serve_http(&tb, "pod-2a").unwrap());
+    let back = Instant::now();
+    eventually(
+        "pod-2a to answer again",
+        Duration::from_secs(45),
+        || {
+            tally(&connections(&tb, "pod-1a", VIP4, 20, 0.0))
+                .get("pod-2a")
+                .is_some()
+        },
+    );
+    println!("pod-2a answered again {:?} after its server restarted", back.elapsed());
+
+    // Every endpoint gone: refused at once (each attempt is refused), not a hang.
+    for r in ["pod-2a", "pod-2b"] {
+        servers[r].stop(Duration::from_secs(2)).unwrap();
+    }
+    for vip in [VIP4, VIP6] {
+        let url = scenario::url(vip.parse().unwrap(), SERVICE_PORT, "/whoami.txt");
+        let started = Instant::now();
+        let out = scenario::curl(&tb, "pod-1a", &url).unwrap();
+        let took = started.elapsed();
+        assert!(!out.status.success(), "{url} answered with every server down");
+        assert!(
+            took < Duration::from_secs(3),
+            "refusing {url} with every server down took {took:?} (curl's limit is {}s): {}",
+            scenario::CURL_MAX_TIME,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
