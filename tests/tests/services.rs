@@ -275,7 +275,9 @@ fn lb_spreads_over_replicas_fails_over_and_refuses_when_all_are_gone() {
     let p = 1.0 / replicas.len() as f64;
     let mean = f64::from(n) * p;
     let bound = 5.0 * (mean * (1.0 - p)).sqrt();
-    println!("spread of {n} connections over 3 replicas: {counts:?} (mean {mean:.0} +- {bound:.1})");
+    println!(
+        "spread of {n} connections over 3 replicas: {counts:?} (mean {mean:.0} +- {bound:.1})"
+    );
     for r in replicas {
         let got = f64::from(counts.get(r).copied().unwrap_or(0));
         assert!(
@@ -313,16 +315,15 @@ fn lb_spreads_over_replicas_fails_over_and_refuses_when_all_are_gone() {
     // back-off (probation, then restored).
     servers.insert("pod-2a", scenario::serve_http(&tb, "pod-2a").unwrap());
     let back = Instant::now();
-    eventually(
-        "pod-2a to answer again",
-        Duration::from_secs(45),
-        || {
-            tally(&connections(&tb, "pod-1a", VIP4, 20, 0.0))
-                .get("pod-2a")
-                .is_some()
-        },
+    eventually("pod-2a to answer again", Duration::from_secs(45), || {
+        tally(&connections(&tb, "pod-1a", VIP4, 20, 0.0))
+            .get("pod-2a")
+            .is_some()
+    });
+    println!(
+        "pod-2a answered again {:?} after its server restarted",
+        back.elapsed()
     );
-    println!("pod-2a answered again {:?} after its server restarted", back.elapsed());
 
     // Every endpoint gone: refused at once (each attempt is refused), not a hang.
     for r in ["pod-2a", "pod-2b"] {
@@ -333,7 +334,10 @@ fn lb_spreads_over_replicas_fails_over_and_refuses_when_all_are_gone() {
         let started = Instant::now();
         let out = scenario::curl(&tb, "pod-1a", &url).unwrap();
         let took = started.elapsed();
-        assert!(!out.status.success(), "{url} answered with every server down");
+        assert!(
+            !out.status.success(),
+            "{url} answered with every server down"
+        );
         assert!(
             took < Duration::from_secs(3),
             "refusing {url} with every server down took {took:?} (curl's limit is {}s): {}",
@@ -341,4 +345,144 @@ fn lb_spreads_over_replicas_fails_over_and_refuses_when_all_are_gone() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Writes the testbed's workload file again: `replicas` labelled `tier: web` with the named
+/// port `http` (the test servers' port), those in `not_ready` with `ready: false`.
+fn write_workloads(tb: &Testbed, replicas: &[&str], not_ready: &[&str]) {
+    let mut out = String::from("# Written by the test: one Workload per pod.\n");
+    for pod in tb.pods() {
+        let mut labels: Vec<String> = pod
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let mut extra = String::new();
+        if replicas.contains(&pod.name.as_str()) {
+            labels.push("tier: web".into());
+            extra.push_str(&format!("  ports: {{http: {}}}\n", scenario::HTTP_PORT));
+        }
+        if not_ready.contains(&pod.name.as_str()) {
+            extra.push_str("  ready: false\n");
+        }
+        out.push_str(&format!(
+            "---\napiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata:\n  name: {}\n  \
+             namespace: {}\n  uid: {}\n  labels: {{{}}}\nspec:\n  serviceAccount: {}\n  \
+             node: {}\n  ips: [\"{}\", \"{}\"]\n  protocol: HBONE\n{extra}",
+            pod.name,
+            pod.namespace,
+            pod.uid,
+            labels.join(", "),
+            pod.service_account,
+            pod.node,
+            pod.ipv4,
+            pod.ipv6,
+        ));
+    }
+    let staged = tb.state_dir().join("pods.yaml.staged");
+    std::fs::write(&staged, out).unwrap();
+    std::fs::rename(
+        &staged,
+        control::config_dir(tb.state_dir()).join(control::PODS_FILE),
+    )
+    .unwrap();
+}
+
+/// Seconds since the Unix epoch, as the client loop prints them.
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Waits until `count` connections in a row from pod-1a to `vip` all reach `replica`.
+fn all_reach(tb: &Testbed, vip: &str, replica: &str, why: &str) {
+    let mut last = Default::default();
+    eventually(
+        &format!("every connection to {vip} to reach {replica} ({why})"),
+        Duration::from_secs(30),
+        || {
+            last = tally(&connections(tb, "pod-1a", vip, 20, 0.0));
+            last.len() == 1 && last.contains_key(replica)
+        },
+    );
+}
+
+#[test]
+fn lb_prefers_close_endpoints_and_stops_sending_to_unready_ones_at_once() {
+    let tb = mesh("weft-e2e-lb-local", 3, 2);
+    // node-1 and node-2 share zone eu-1a; node-3 is in eu-1b. The client is pod-1a.
+    let replicas = ["pod-1b", "pod-2a", "pod-3a"];
+    let _servers: Vec<_> = replicas
+        .iter()
+        .map(|p| scenario::serve_http(&tb, p).unwrap())
+        .collect();
+    let mut nodes = String::new();
+    for (node, zone) in [
+        ("node-1", "eu-1a"),
+        ("node-2", "eu-1a"),
+        ("node-3", "eu-1b"),
+    ] {
+        nodes.push_str(&format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  labels:\n    \
+             topology.kubernetes.io/region: eu\n    topology.kubernetes.io/zone: {zone}\n"
+        ));
+    }
+    tb.apply_yaml("nodes.yaml", &nodes).unwrap();
+    write_workloads(&tb, &replicas, &[]);
+    let ns = tb.pod("pod-1a").unwrap().namespace.clone();
+    // A named target port, resolved per endpoint from the workloads' `ports`.
+    web_service(&tb, &ns, "http", "  trafficDistribution: PreferClose\n");
+
+    // Same node first, on both families.
+    for vip in [VIP4, VIP6] {
+        all_reach(&tb, vip, "pod-1b", "same node");
+    }
+
+    // Not ready: the same-node replica stops getting connections (measured from the
+    // workload file's write to the last connection it answered), and the same zone takes
+    // over, with no connection failing meanwhile.
+    let (answers, written) = std::thread::scope(|s| {
+        let client = s.spawn(|| connections(&tb, "pod-1a", VIP4, 0, 6.0));
+        std::thread::sleep(Duration::from_secs(2));
+        let written = now_unix();
+        write_workloads(&tb, &replicas, &["pod-1b"]);
+        (client.join().unwrap(), written)
+    });
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|a| a.who.starts_with("ERR"))
+        .collect();
+    assert!(failed.is_empty(), "{} connections failed", failed.len());
+    let last_1b = answers
+        .iter()
+        .filter(|a| a.who == "pod-1b")
+        .map(|a| a.at)
+        .fold(f64::NAN, f64::max);
+    let delay = (last_1b - written).max(0.0);
+    println!(
+        "readiness: pod-1b's last connection {:.0} ms after its workload was written not \
+         ready ({} connections in 6 s: {:?})",
+        delay * 1000.0,
+        answers.len(),
+        tally(&answers)
+    );
+    assert!(
+        delay < 5.0,
+        "pod-1b still got connections {delay:.3} s after it was not ready"
+    );
+    let after: Vec<_> = answers.iter().filter(|a| a.at > last_1b).collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|a| a.who == "pod-2a"),
+        "after pod-1b, only pod-2a (same zone): {:?}",
+        tally(&answers)
+    );
+
+    // The same zone not ready either: anywhere.
+    write_workloads(&tb, &replicas, &["pod-1b", "pod-2a"]);
+    all_reach(&tb, VIP4, "pod-3a", "the other zone");
+    // Ready again: back on the node.
+    write_workloads(&tb, &replicas, &[]);
+    all_reach(&tb, VIP4, "pod-1b", "ready again");
 }
