@@ -302,12 +302,17 @@ fn bad_duration() {
     );
 }
 
+/// A named target port is resolved per endpoint; a name Kubernetes would refuse is an error.
 #[test]
 fn named_target_port() {
+    let d = check(&format!(
+        "{WORKLOAD}---\napiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec: {{ports: [{{port: 80, targetPort: http}}]}}\n"
+    ));
+    assert!(d.is_empty(), "{d:?}");
     assert_error(
-        "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: 80, targetPort: http}]}\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {ports: [{port: 80, targetPort: Http_1}]}\n",
         "spec.ports[0].targetPort",
-        "named ports",
+        "\"Http_1\" is not a port name",
     );
 }
 

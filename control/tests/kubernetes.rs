@@ -133,13 +133,23 @@ fn pods_become_workloads_unless_they_have_no_ip_use_the_host_network_or_finished
 }
 
 #[test]
-fn services_resolve_named_ports_and_select_pods() {
+fn services_keep_named_ports_and_select_pods() {
     let loaded = assemble(&cluster());
     let web = service(&loaded.resources, "shop/web");
     assert_eq!(web.vips, ["10.96.120.15"]);
     assert_eq!(web.ports.len(), 1);
-    // targetPort "http" is the web pod's container port 8080.
-    assert_eq!((web.ports[0].port, web.ports[0].target_port), (80, 8080));
+    // targetPort "http" is resolved per endpoint: the web pod's container port 8080.
+    assert_eq!(
+        (
+            web.ports[0].port,
+            web.ports[0].target_port,
+            web.ports[0].target_port_name.as_str()
+        ),
+        (80, 0, "http")
+    );
+    let pod = workload(&loaded.resources, "5f1c2a9e-8b0d-4c6e-a3f4-2d9e7b1c6a01");
+    let ports: Vec<(&str, u32)> = pod.ports.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(ports, [("http", 8080), ("metrics", 9090)]);
     assert_eq!(web.workload_uids, ["5f1c2a9e-8b0d-4c6e-a3f4-2d9e7b1c6a01"]);
 
     let headless = service(&loaded.resources, "shop/api-headless");
@@ -150,18 +160,19 @@ fn services_resolve_named_ports_and_select_pods() {
         ["c2e94f70-6d1b-4f8a-b5c3-91e07d4a8f56"]
     );
 
-    // Dual-stack LoadBalancer: both VIPs; "admin" names no container port, so that port is
-    // left out with a warning and the rest of the service stays.
+    // Dual-stack LoadBalancer: both VIPs; "admin" names no container port of today's pods,
+    // which only means no endpoint of that port until a pod has one.
     let api = service(&loaded.resources, "shop/api");
     assert_eq!(api.vips, ["10.96.44.201", "fd00:10:96::2c9"]);
-    let ports: Vec<(u32, u32)> = api.ports.iter().map(|p| (p.port, p.target_port)).collect();
-    assert_eq!(ports, [(7000, 7000)]);
+    let ports: Vec<(u32, u32, &str)> = api
+        .ports
+        .iter()
+        .map(|p| (p.port, p.target_port, p.target_port_name.as_str()))
+        .collect();
+    assert_eq!(ports, [(7000, 0, "grpc"), (9901, 0, "admin")]);
     let msgs = messages(&loaded);
     assert!(
-        msgs.iter().any(
-            |m| m.starts_with("warning: Service shop/api: spec.ports[1].targetPort:")
-                && m.contains("\"admin\"")
-        ),
+        !msgs.iter().any(|m| m.contains("Service shop/api")),
         "{msgs:#?}"
     );
 

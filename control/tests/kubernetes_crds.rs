@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps,
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrBool,
 };
 use kube::core::DynamicObject;
 use serde_json::{Value, json};
@@ -69,7 +69,7 @@ fn full_specs() -> Vec<(Kind, &'static str, Value)> {
             Kind::Workload,
             "workloads.weft.dev",
             json!({"serviceAccount": "db", "node": "vm-1", "ips": ["192.0.2.7", "2001:db8::7"],
-                   "protocol": "TCP"}),
+                   "protocol": "TCP", "ports": {"http": 8080}, "ready": false, "weight": 2}),
         ),
         (
             Kind::Backend,
@@ -144,6 +144,13 @@ fn every_field_the_yaml_model_reads_is_in_the_crd_schema() {
 fn assert_fields_in_schema(crd: &str, at: &str, value: &Value, schema: &JSONSchemaProps) {
     match value {
         Value::Object(map) => {
+            // A map (`ports: {http: 8080}`): every value has the same schema.
+            if let Some(JSONSchemaPropsOrBool::Schema(values)) = &schema.additional_properties {
+                for (key, v) in map {
+                    assert_fields_in_schema(crd, &format!("{at}.{key}"), v, values);
+                }
+                return;
+            }
             for (key, v) in map {
                 let field = schema
                     .properties

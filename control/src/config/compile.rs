@@ -1,6 +1,7 @@
 //! Turns one complete set of parsed documents into a [`ResourceSet`]: per-document field
 //! validation, then the checks that need every document at once (duplicate names, shared
-//! IPs, which workloads a service selects, dangling route references).
+//! IPs, which workloads a service selects or its EndpointSlices list, the locality of each
+//! workload's node, dangling route references).
 
 use std::{
     borrow::Borrow,
@@ -13,7 +14,7 @@ use weft_proto::discovery::v1::{self as pb, ResourceType, resource::Kind as PbKi
 use super::{
     Diagnostic, Origin, ResourceSet,
     document::{Body, Meta, ParsedDocument},
-    edge, mesh, policy,
+    edge, endpoints, mesh, policy,
     resources::resource_type,
     validate::Checker,
 };
@@ -36,6 +37,8 @@ pub fn compile<D: Borrow<ParsedDocument>>(
 
     // Documents of the edge gateway's kinds, compiled together after the others.
     let mut edge_docs: Vec<(usize, Meta)> = Vec::new();
+    let mut nodes = endpoints::Nodes::default();
+    let mut slices = Vec::new();
     for (index, doc) in documents.iter().enumerate() {
         let doc = doc.borrow();
         let mut c = Checker::new(&doc.origin, doc.kind, diagnostics);
@@ -111,6 +114,14 @@ pub fn compile<D: Borrow<ParsedDocument>>(
                 format!("peerauthentication/{}", meta.key()),
                 PbKind::Policy(policy::peer_authentication(&meta, spec, &mut c)),
             )],
+            Body::Node(_) => {
+                nodes.add(&meta, &doc.meta, &doc.origin, &mut c);
+                continue;
+            }
+            Body::EndpointSlice(spec) => {
+                slices.extend(endpoints::endpoint_slice(&meta, spec, &doc.origin, &mut c));
+                continue;
+            }
             Body::HttpRoute(_)
             | Body::GrpcRoute(_)
             | Body::Gateway(_)
@@ -139,6 +150,9 @@ pub fn compile<D: Borrow<ParsedDocument>>(
     }
 
     select_workloads(&mut set);
+    // Slices may create workloads, which then take their node's locality like any other.
+    endpoints::apply(&slices, &mut set, diagnostics);
+    nodes.apply(&mut set);
     check_references(documents, &set, diagnostics);
     set
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::Origin;
 
+pub use super::endpoints::{EndpointSliceDocument, EndpointSliceSpec, NodeDocument, NodeSpec};
 pub use super::gateway::{
     ApiPolicySpec, BackendSpec, ConsumerSpec, GatewaySpec, PlanSpec, SecretSpec,
 };
@@ -20,6 +21,8 @@ pub use super::route::{GrpcRouteSpec, HttpRouteSpec};
 
 /// The API group of Weft's own kinds.
 pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
+/// The API version of Kubernetes' EndpointSlices.
+pub const DISCOVERY_API_VERSION: &str = "discovery.k8s.io/v1";
 /// The Gateway API version Weft reads.
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
@@ -39,6 +42,8 @@ pub enum Kind {
     ApiPolicy,
     Consumer,
     Plan,
+    Node,
+    EndpointSlice,
 }
 
 impl Kind {
@@ -64,6 +69,8 @@ impl Kind {
             (WEFT_API_VERSION, "ApiPolicy") => Kind::ApiPolicy,
             (WEFT_API_VERSION, "Consumer") => Kind::Consumer,
             (WEFT_API_VERSION, "Plan") => Kind::Plan,
+            ("v1", "Node") => Kind::Node,
+            (DISCOVERY_API_VERSION, "EndpointSlice") => Kind::EndpointSlice,
             _ => return None,
         })
     }
@@ -84,13 +91,16 @@ impl Kind {
             Kind::ApiPolicy => "ApiPolicy",
             Kind::Consumer => "Consumer",
             Kind::Plan => "Plan",
+            Kind::Node => "Node",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
     /// The expected `apiVersion`, for messages.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Service | Kind::Secret => "v1",
+            Kind::Service | Kind::Secret | Kind::Node => "v1",
+            Kind::EndpointSlice => DISCOVERY_API_VERSION,
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::AuthorizationPolicy | Kind::PeerAuthentication => "security.istio.io/v1",
             Kind::HttpRoute | Kind::GrpcRoute | Kind::Gateway => GATEWAY_API_VERSION,
@@ -189,6 +199,7 @@ pub struct Meta {
     pub name: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
     pub uid: Option<String>,
     /// `metadata.creationTimestamp` in milliseconds since the Unix epoch; 0 when not given.
     pub created_at_unix_ms: u64,
@@ -227,6 +238,8 @@ pub enum Body {
     ApiPolicy(ApiPolicySpec),
     Consumer(ConsumerSpec),
     Plan(PlanSpec),
+    Node(NodeSpec),
+    EndpointSlice(EndpointSliceSpec),
 }
 
 /// A Kubernetes `LabelSelector`.

@@ -27,7 +27,22 @@ pub struct WorkloadSpec {
     pub ips: Vec<String>,
     /// `HBONE` (default) or `TCP`.
     pub protocol: Option<TunnelProtocol>,
+    /// Named ports (name -> number), which services' named `targetPort`s resolve to.
+    #[serde(default)]
+    pub ports: BTreeMap<String, i64>,
+    /// Whether services send it new connections; defaults to true.
+    pub ready: Option<bool>,
+    /// Its share of a service's new connections relative to the other endpoints; 1 if
+    /// left out.
+    pub weight: Option<i64>,
 }
+
+/// The largest `spec.weight`: weights are relative, and a larger one is a typo rather than
+/// a meaningful share (the bound Gateway API sets for backend weights).
+pub const MAX_WEIGHT: i64 = 1_000_000;
+
+/// The annotation Istio reads a service's traffic distribution from.
+pub const TRAFFIC_DISTRIBUTION_ANNOTATION: &str = "networking.istio.io/traffic-distribution";
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub enum TunnelProtocol {
@@ -70,6 +85,34 @@ pub fn workload(meta: &Meta, spec: &WorkloadSpec, c: &mut Checker<'_>) -> pb::Wo
             ips.push(ip);
         }
     }
+    let mut ports = BTreeMap::new();
+    for (name, number) in &spec.ports {
+        let at = format!("spec.ports.{name}");
+        let name = c.check(&at, validate::port_name(name));
+        let number = c.check(&at, validate::port(*number));
+        if let (Some(name), Some(number)) = (name, number) {
+            ports.insert(name.to_string(), number);
+        }
+    }
+    let weight = match spec.weight {
+        None => 1,
+        Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
+        Some(w) => {
+            c.error(
+                "spec.weight",
+                format!(
+                    "must be 1-{MAX_WEIGHT} (a share relative to the service's other \
+                     endpoints; 1 is the default), got {w}"
+                ),
+            );
+            1
+        }
+    };
+    let status = if spec.ready.unwrap_or(true) {
+        pb::WorkloadStatus::Ready
+    } else {
+        pb::WorkloadStatus::NotReady
+    };
     pb::Workload {
         // Kubernetes gives every pod a uid; in files it is optional, and namespace/name is
         // just as unique and stable.
@@ -85,7 +128,11 @@ pub fn workload(meta: &Meta, spec: &WorkloadSpec, c: &mut Checker<'_>) -> pb::Wo
             Some(TunnelProtocol::Tcp) => pb::TunnelProtocol::Tcp,
         }
         .into(),
-        ..Default::default()
+        status: status.into(),
+        ports: ports.into_iter().collect(),
+        // Filled in from the workload's Node document once every document is known.
+        locality: None,
+        weight,
     }
 }
 
@@ -106,6 +153,8 @@ pub struct ServiceSpec {
     /// Accepted for compatibility; only ClusterIP semantics exist in the mesh.
     #[serde(rename = "type")]
     pub service_type: Option<String>,
+    /// `PreferClose`: clients prefer endpoints close to them (Kubernetes 1.31).
+    pub traffic_distribution: Option<String>,
     // Ignored, but common in exported Services.
     #[serde(default)]
     pub ip_families: Option<serde::de::IgnoredAny>,
@@ -178,11 +227,14 @@ pub fn service(meta: &Meta, spec: &ServiceSpec, c: &mut Checker<'_>) -> pb::Serv
         let port = c
             .check(format!("{at}.port"), validate::port(p.port))
             .unwrap_or(0);
-        let target_port = match &p.target_port {
-            None => port,
-            Some(t) => c
-                .check(format!("{at}.targetPort"), validate::numeric_port(t))
-                .unwrap_or(0),
+        let (target_port, target_port_name) = match &p.target_port {
+            None => (port, String::new()),
+            Some(t) => match c.check(format!("{at}.targetPort"), validate::target_port(t)) {
+                Some(validate::TargetPort::Number(n)) => (n, String::new()),
+                // Resolved per endpoint, against each workload's named ports.
+                Some(validate::TargetPort::Named(name)) => (0, name),
+                None => (0, String::new()),
+            },
         };
         if let Some(name) = &p.name {
             c.check(format!("{at}.name"), validate::dns_label(name));
@@ -204,9 +256,10 @@ pub fn service(meta: &Meta, spec: &ServiceSpec, c: &mut Checker<'_>) -> pb::Serv
             protocol: validate::protocol(p.protocol).into(),
             name: p.name.clone().unwrap_or_default(),
             app_protocol: p.app_protocol.clone().unwrap_or_default(),
-            target_port_name: String::new(),
+            target_port_name,
         });
     }
+    let traffic_distribution = traffic_distribution(meta, spec, c);
 
     pb::Service {
         name: meta.name.clone(),
@@ -215,7 +268,57 @@ pub fn service(meta: &Meta, spec: &ServiceSpec, c: &mut Checker<'_>) -> pb::Serv
         ports,
         selector: selector.into_iter().collect(),
         workload_uids: Vec::new(),
-        traffic_distribution: pb::TrafficDistribution::Any.into(),
+        traffic_distribution: traffic_distribution.into(),
+    }
+}
+
+/// `spec.trafficDistribution` (Kubernetes' form) or the Istio annotation; the field wins
+/// when both are set, as Istio does.
+fn traffic_distribution(
+    meta: &Meta,
+    spec: &ServiceSpec,
+    c: &mut Checker<'_>,
+) -> pb::TrafficDistribution {
+    let field = spec.traffic_distribution.as_deref().and_then(|v| {
+        c.check(
+            "spec.trafficDistribution",
+            match v {
+                "PreferClose" => Ok(pb::TrafficDistribution::PreferClose),
+                other => Err(format!(
+                    "must be PreferClose (or left out for any endpoint), got {other:?}"
+                )),
+            },
+        )
+    });
+    let annotation = meta
+        .annotations
+        .get(TRAFFIC_DISTRIBUTION_ANNOTATION)
+        .and_then(|v| {
+            c.check(
+                format!("metadata.annotations.{TRAFFIC_DISTRIBUTION_ANNOTATION}"),
+                match v.as_str() {
+                    "PreferClose" => Ok(pb::TrafficDistribution::PreferClose),
+                    "Any" => Ok(pb::TrafficDistribution::Any),
+                    other => Err(format!("must be PreferClose or Any, got {other:?}")),
+                },
+            )
+        });
+    match (field, annotation) {
+        (Some(f), Some(a)) => {
+            if f != a {
+                c.warning(
+                    format!("metadata.annotations.{TRAFFIC_DISTRIBUTION_ANNOTATION}"),
+                    format!(
+                        "{} is overridden by spec.trafficDistribution ({})",
+                        a.as_str_name(),
+                        f.as_str_name()
+                    ),
+                );
+            }
+            f
+        }
+        (Some(d), None) | (None, Some(d)) => d,
+        (None, None) => pb::TrafficDistribution::Any,
     }
 }
 

@@ -11,6 +11,7 @@
 mod compile;
 pub mod document;
 mod edge;
+mod endpoints;
 mod gateway;
 pub mod kubernetes;
 mod mesh;

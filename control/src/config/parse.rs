@@ -13,7 +13,10 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Diagnostic, Origin,
-    document::{self, Body, Document, Kind, ParsedDocument, SecretDocument},
+    document::{
+        self, Body, Document, EndpointSliceDocument, Kind, NodeDocument, NodeSpec, ParsedDocument,
+        SecretDocument,
+    },
 };
 
 /// Reads and parses one file; read errors become a diagnostic for the whole file.
@@ -188,7 +191,9 @@ fn parse_document(
         Kind::HttpRoute => typed(origin, segment, kind, Body::HttpRoute),
         Kind::GrpcRoute => typed(origin, segment, kind, Body::GrpcRoute),
         Kind::Gateway => typed(origin, segment, kind, Body::Gateway),
-        Kind::Secret => secret(origin, segment),
+        Kind::Secret => top_level::<SecretDocument>(origin, segment, kind),
+        Kind::Node => top_level::<NodeDocument>(origin, segment, kind),
+        Kind::EndpointSlice => top_level::<EndpointSliceDocument>(origin, segment, kind),
         Kind::Backend => typed(origin, segment, kind, Body::Backend),
         Kind::ApiPolicy => typed(origin, segment, kind, Body::ApiPolicy),
         Kind::Consumer => typed(origin, segment, kind, Body::Consumer),
@@ -240,11 +245,37 @@ fn typed<S: DeserializeOwned>(
     })
 }
 
-/// A `Secret`, which has no `spec`: its `type`, `data` and `stringData` sit at the top.
-fn secret(origin: &Origin, segment: &Segment) -> Result<ParsedDocument, Box<Diagnostic>> {
+/// A kind without `spec`, whose fields sit at the top (Secret, Node, EndpointSlice).
+trait TopLevel: DeserializeOwned {
+    fn into_parts(self) -> (document::ObjectMeta, Body);
+}
+
+impl TopLevel for SecretDocument {
+    fn into_parts(self) -> (document::ObjectMeta, Body) {
+        (self.metadata.clone(), Body::Secret(self.into_spec()))
+    }
+}
+
+impl TopLevel for NodeDocument {
+    fn into_parts(self) -> (document::ObjectMeta, Body) {
+        (self.metadata, Body::Node(NodeSpec::default()))
+    }
+}
+
+impl TopLevel for EndpointSliceDocument {
+    fn into_parts(self) -> (document::ObjectMeta, Body) {
+        (self.metadata.clone(), Body::EndpointSlice(self.into_spec()))
+    }
+}
+
+fn top_level<D: TopLevel>(
+    origin: &Origin,
+    segment: &Segment,
+    kind: Kind,
+) -> Result<ParsedDocument, Box<Diagnostic>> {
     let mut path = String::new();
     let parsed = serde_saphyr::with_deserializer_from_str(&segment.text, |de| {
-        serde_path_to_error::deserialize::<_, SecretDocument>(de).map_err(|e| {
+        serde_path_to_error::deserialize::<_, D>(de).map_err(|e| {
             path = e.path().to_string();
             e.into_inner()
         })
@@ -252,14 +283,15 @@ fn secret(origin: &Origin, segment: &Segment) -> Result<ParsedDocument, Box<Diag
     let doc = parsed.map_err(|e| {
         let path = if path == "." { "" } else { path.as_str() };
         let mut d = yaml_error(origin, segment, path, &e);
-        d.kind = Some(Kind::Secret.name().to_string());
+        d.kind = Some(kind.name().to_string());
         Box::new(d)
     })?;
+    let (meta, body) = doc.into_parts();
     Ok(ParsedDocument {
         origin: origin.clone(),
-        kind: Kind::Secret,
-        meta: doc.metadata.clone(),
-        body: Body::Secret(doc.into_spec()),
+        kind,
+        meta,
+        body,
     })
 }
 

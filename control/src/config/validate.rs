@@ -88,6 +88,7 @@ impl<'a> Checker<'a> {
             name: name?.to_string(),
             namespace: namespace?.to_string(),
             labels: meta.labels.clone(),
+            annotations: meta.annotations.clone(),
             uid: meta.uid.clone(),
             created_at_unix_ms,
         })
@@ -226,8 +227,8 @@ pub fn port(value: i64) -> Result<u32, String> {
     }
 }
 
-/// A numeric port where Kubernetes allows a number or a name; Weft only knows numbers
-/// because it has no container port list to resolve names against.
+/// A numeric port where Kubernetes allows a number or a name (policy ports): a policy is
+/// not resolved per workload, so a name has nothing to resolve against.
 pub fn numeric_port(value: &IntOrString) -> Result<u32, String> {
     match value {
         IntOrString::Int(n) => port(*n),
@@ -237,6 +238,48 @@ pub fn numeric_port(value: &IntOrString) -> Result<u32, String> {
                 "named ports ({s:?}) are not supported; give the port number"
             )),
         },
+    }
+}
+
+/// A service's `targetPort`: a number, or the name of each endpoint's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u32),
+    Named(String),
+}
+
+/// A `targetPort`, as Kubernetes takes it: a number (also written as a string), or a port
+/// name.
+pub fn target_port(value: &IntOrString) -> Result<TargetPort, String> {
+    match value {
+        IntOrString::Int(n) => port(*n).map(TargetPort::Number),
+        IntOrString::String(s) => match s.parse::<i64>() {
+            Ok(n) => port(n).map(TargetPort::Number),
+            Err(_) => port_name(s).map(|name| TargetPort::Named(name.to_string())),
+        },
+    }
+}
+
+/// A port name as Kubernetes names container ports (IANA_SVC_NAME, RFC 6335): at most 15
+/// lower-case letters, digits and '-', with at least one letter, and no '-' at either end
+/// or twice in a row.
+pub fn port_name(s: &str) -> Result<&str, String> {
+    let b = s.as_bytes();
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(u8::is_ascii_lowercase)
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--");
+    if ok {
+        Ok(s)
+    } else {
+        Err(format!(
+            "{s:?} is not a port name: 1-15 lower-case letters, digits and '-', with at least \
+             one letter and no '-' at either end or twice in a row (e.g. http, grpc-web)"
+        ))
     }
 }
 

@@ -63,10 +63,12 @@ pub fn assemble(objects: &Objects) -> Loaded {
         accept("Pod", &pod.metadata, translate::pod(pod), &mut diagnostics);
     }
     for svc in sorted(&objects.services) {
-        let mut warnings = Vec::new();
-        let t = translate::service(svc, &objects.pods, &mut warnings);
-        diagnostics.append(&mut warnings);
-        accept("Service", &svc.metadata, t, &mut diagnostics);
+        accept(
+            "Service",
+            &svc.metadata,
+            translate::service(svc),
+            &mut diagnostics,
+        );
     }
     for np in sorted(&objects.network_policies) {
         let mut warnings = Vec::new();

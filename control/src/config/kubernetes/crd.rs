@@ -41,6 +41,16 @@ pub struct WorkloadSpec {
     /// How peers reach it: `HBONE` (mutual TLS tunnel, default) or plain `TCP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<TunnelProtocol>,
+    /// Named ports (name -> number), which services' named `targetPort`s resolve to.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub ports: std::collections::BTreeMap<String, i32>,
+    /// Whether services send it new connections; defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// Its share of a service's new connections relative to the other endpoints
+    /// (1-1000000); defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

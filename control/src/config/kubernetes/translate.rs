@@ -8,8 +8,6 @@
 //! not implement (`when`, `sessionPersistence`, ...) rejects the object with that field's path rather
 //! than being silently ignored, exactly as in a file.
 
-use std::sync::Arc;
-
 use base64::Engine as _;
 use k8s_openapi::{
     api::{
@@ -106,12 +104,31 @@ pub fn pod(pod: &Pod) -> Translation {
         // Nothing can reach it yet; the watch sees the status update that adds the IP.
         return Translation::Skipped("has no IP yet".to_string());
     }
+    // Named TCP container ports, for services' named target ports. A name Weft cannot use
+    // is left out rather than rejecting the pod (the API server already validated it).
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| Some((p.name.clone()?, i64::from(p.container_port))))
+        .collect();
+    // Ready only once the kubelet says so: a pod without the condition yet (just
+    // scheduled) is not ready, as for kube-proxy.
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
     let body = WorkloadSpec {
         // `serviceAccount` is the deprecated alias the API server still fills in.
         service_account: spec.service_account_name.or(spec.service_account),
         node: spec.node_name,
         ips,
         protocol: None,
+        ports,
+        ready: Some(ready),
+        weight: None,
     };
     document(origin, Kind::Workload, &pod.metadata, Body::Workload(body))
 }
@@ -127,16 +144,16 @@ pub fn pod_path(path: &str) -> String {
         "spec.ips" => "status.podIPs".to_string(),
         "spec.serviceAccount" => "spec.serviceAccountName".to_string(),
         "spec.node" => "spec.nodeName".to_string(),
+        p if p.starts_with("spec.ports.") => "spec.containers[].ports".to_string(),
         other => other.to_string(),
     }
 }
 
 // === Service ===
 
-/// A Service. Named target ports are resolved against the container ports of the pods the
-/// service selects, as kube-proxy does per endpoint; `warnings` gets the ports that cannot
-/// be resolved yet, which are left out until a pod defines them.
-pub fn service(svc: &Service, pods: &[Arc<Pod>], warnings: &mut Vec<Diagnostic>) -> Translation {
+/// A Service. A named target port stays a name, resolved per endpoint against each pod's
+/// container ports, as kube-proxy does.
+pub fn service(svc: &Service) -> Translation {
     let origin = origin("Service", &svc.metadata);
     let Some(spec) = svc.spec.clone() else {
         return Translation::Rejected(Diagnostic::error(origin, "spec", "required"));
@@ -144,12 +161,6 @@ pub fn service(svc: &Service, pods: &[Arc<Pod>], warnings: &mut Vec<Diagnostic>)
     if spec.type_.as_deref() == Some("ExternalName") {
         return Translation::Skipped("is an ExternalName service, a DNS alias".to_string());
     }
-    let namespace = svc
-        .metadata
-        .namespace
-        .as_deref()
-        .unwrap_or(DEFAULT_NAMESPACE);
-    let selector = spec.selector.clone().unwrap_or_default();
     let mut ports = Vec::new();
     for (i, p) in spec.ports.unwrap_or_default().into_iter().enumerate() {
         let at = format!("spec.ports[{i}]");
@@ -168,25 +179,7 @@ pub fn service(svc: &Service, pods: &[Arc<Pod>], warnings: &mut Vec<Diagnostic>)
         let target_port = match p.target_port {
             None => None,
             Some(intstr::IntOrString::Int(n)) => Some(IntOrString::Int(n.into())),
-            Some(intstr::IntOrString::String(name)) if name.parse::<i64>().is_ok() => {
-                Some(IntOrString::String(name))
-            }
-            Some(intstr::IntOrString::String(name)) => {
-                match named_port(pods, namespace, &selector, &name, p.protocol.as_deref()) {
-                    Some(n) => Some(IntOrString::Int(n.into())),
-                    None => {
-                        warnings.push(Diagnostic::warning(
-                            origin.clone(),
-                            format!("{at}.targetPort"),
-                            format!(
-                                "no selected pod has a container port named {name:?}; the \
-                                 port is left out until one does"
-                            ),
-                        ));
-                        continue;
-                    }
-                }
-            }
+            Some(intstr::IntOrString::String(name)) => Some(IntOrString::String(name)),
         };
         ports.push(ServicePortSpec {
             name: p.name,
@@ -206,41 +199,13 @@ pub fn service(svc: &Service, pods: &[Arc<Pod>], warnings: &mut Vec<Diagnostic>)
         // the mesh that is all there is; the file source's warning about the type would be
         // noise for every such service of a cluster.
         service_type: None,
+        traffic_distribution: spec.traffic_distribution,
         ip_families: None,
         ip_family_policy: None,
         session_affinity: None,
         internal_traffic_policy: None,
     };
     document(origin, Kind::Service, &svc.metadata, Body::Service(body))
-}
-
-/// The number of the container port called `name` in the first selected pod (by name)
-/// that has one.
-fn named_port(
-    pods: &[Arc<Pod>],
-    namespace: &str,
-    selector: &std::collections::BTreeMap<String, String>,
-    name: &str,
-    protocol: Option<&str>,
-) -> Option<i32> {
-    if selector.is_empty() {
-        return None;
-    }
-    let protocol = protocol.unwrap_or("TCP");
-    pods.iter()
-        .filter(|p| p.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE) == namespace)
-        .filter(|p| {
-            let labels = p.metadata.labels.as_ref();
-            selector
-                .iter()
-                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-        })
-        .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| {
-            p.name.as_deref() == Some(name) && p.protocol.as_deref().unwrap_or("TCP") == protocol
-        })
-        .map(|p| p.container_port)
 }
 
 // === NetworkPolicy ===
@@ -337,12 +302,17 @@ pub fn dynamic(kind: Kind, obj: &DynamicObject) -> Translation {
         Kind::Gateway => typed(origin, kind, meta, spec, Body::Gateway),
         Kind::Backend => typed(origin, kind, meta, spec, Body::Backend),
         Kind::ApiPolicy => typed(origin, kind, meta, spec, Body::ApiPolicy),
-        // Secrets are watched with their Rust type; see [`secret`].
-        Kind::Secret => Translation::Rejected(Diagnostic::error(
-            origin,
-            "",
-            "a Secret is read with its Rust type, not as a dynamic object",
-        )),
+        // Secrets, Nodes and EndpointSlices are watched with their Rust types.
+        Kind::Secret | Kind::Node | Kind::EndpointSlice => {
+            Translation::Rejected(Diagnostic::error(
+                origin,
+                "",
+                format!(
+                    "a {} is read with its Rust type, not as a dynamic object",
+                    kind.name()
+                ),
+            ))
+        }
         Kind::Consumer => typed(origin, kind, meta, spec, Body::Consumer),
         Kind::Plan => typed(origin, kind, meta, spec, Body::Plan),
     }
