@@ -114,9 +114,16 @@ pub fn prepare(tb: &Testbed, out: &Path) -> Result<Env> {
 /// VIP target; ready when pod-1a's agent sends the VIP to pod-2a.
 fn bench_service(tb: &Testbed) -> Result<()> {
     let ns = tb.pod("pod-2a")?.namespace.clone();
+    // More than one port: each needs a name.
     let ports: Vec<String> = Service::ALL
         .iter()
-        .map(|s| format!("  - {{port: {0}, targetPort: {0}}}\n", s.port()))
+        .map(|s| {
+            let name = match s {
+                Service::Http => "http",
+                Service::Iperf => "iperf",
+            };
+            format!("  - {{name: {name}, port: {0}, targetPort: {0}}}\n", s.port())
+        })
         .collect();
     tb.apply_yaml(
         "bench-service.yaml",
