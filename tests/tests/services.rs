@@ -485,3 +485,93 @@ fn lb_prefers_close_endpoints_and_stops_sending_to_unready_ones_at_once() {
     write_workloads(&tb, &replicas, &[]);
     all_reach(&tb, VIP4, "pod-1b", "ready again");
 }
+
+#[test]
+fn lb_gateway_spreads_a_service_backend_and_ejects_a_dead_endpoint() {
+    use weft_tests::edge::{self, Client as Via, ECHO_PORT, NAMESPACE};
+    common::require_root();
+    let config = weft_tests::testbed::Config::named("weft-e2e-lb-gw")
+        .size(2, 2)
+        .agent(common::agent())
+        .with_gateway();
+    let tb = weft_tests::testbed::TestbedGuard::up(&config).unwrap();
+    let replicas = ["pod-1b", "pod-2a"];
+    let servers: Vec<_> = replicas
+        .iter()
+        .map(|p| edge::serve_echo(&tb, p, ECHO_PORT).unwrap())
+        .collect();
+    label_web(&tb, &replicas);
+    // One retry, at once: a connect failure goes to an endpoint not tried yet.
+    let docs = [
+        edge::gateway_doc(),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: {NAMESPACE}}}\n\
+             spec:\n  selector: {{tier: web}}\n  clusterIP: {VIP4}\n  ports:\n  \
+             - {{name: http, port: {ECHO_PORT}, targetPort: {ECHO_PORT}}}\n"
+        ),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, \
+             namespace: {NAMESPACE}}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules:\n  \
+             - matches: [{{path: {{type: PathPrefix, value: /web/}}}}]\n    \
+             backendRefs: [{{name: web, port: {ECHO_PORT}}}]\n    \
+             retry: {{attempts: 1, backoff: 1ms}}\n"
+        ),
+    ]
+    .join("---\n");
+    tb.apply_yaml("edge.yaml", &docs).unwrap();
+    let url = edge::gateway_url(&tb, "/web/x").unwrap();
+    edge::curl_until(&tb, Via::Node("node-1"), &[&url], 200).unwrap();
+    let who = |tb: &Testbed| {
+        let reply = edge::curl(tb, Via::Node("node-1"), &[&url]).unwrap();
+        if reply.status == 200 {
+            reply.json()["pod"].as_str().unwrap_or("?").to_string()
+        } else {
+            format!("HTTP {}", reply.status)
+        }
+    };
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(who(&tb));
+    }
+    assert_eq!(
+        seen,
+        replicas.iter().map(|r| r.to_string()).collect(),
+        "both endpoints answer through the gateway"
+    );
+
+    // pod-1b's server dies: every request still answered (the retry goes to pod-2a), and
+    // pod-1b is ejected after 3 failed connects, then probed once per back-off (1 s, 2 s,
+    // 4 s, ...): at most 3 + 1 + log2(1 + elapsed seconds) connects reach it.
+    servers[0].stop(Duration::from_secs(2)).unwrap();
+    let failed_at_1b = |tb: &Testbed| {
+        metric_at(
+            tb,
+            "node-1",
+            scenario::CONNECTIONS_CLOSED,
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", "pod-1b"),
+                ("response_flags", "UF"),
+            ],
+        )
+    };
+    let before = failed_at_1b(&tb);
+    let started = Instant::now();
+    let n = 40;
+    let answers: Vec<String> = (0..n).map(|_| who(&tb)).collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let failed = failed_at_1b(&tb) - before;
+    let bound = 3.0 + 1.0 + (1.0 + elapsed).log2().floor();
+    println!(
+        "gateway: {n} requests in {elapsed:.1} s with pod-1b down: {failed} connects to it \
+         failed (bound {bound})"
+    );
+    assert!(
+        answers.iter().all(|a| a == "pod-2a"),
+        "every request answered by pod-2a: {answers:?}"
+    );
+    assert!(
+        (1.0..=bound).contains(&failed),
+        "{failed} failed connects to pod-1b in {elapsed:.1} s: it was not ejected (bound {bound})"
+    );
+}
