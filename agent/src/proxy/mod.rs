@@ -11,6 +11,7 @@
 //! - [`record`]: the one record (labels, counters, access log) of every connection.
 
 pub mod admission;
+pub mod attempts;
 pub mod copy;
 pub mod inbound;
 pub mod outbound;

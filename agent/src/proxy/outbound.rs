@@ -29,21 +29,25 @@ use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, OUTBOUND_PORT, TupleKey};
 use weft_link::hbone::{ConnectRequest, HboneClient, SocketFactory, TraceParent};
 use weft_mesh::{
-    lb::FailureOutcome,
     service::{Client, Endpoint, Service, Unresolved},
     workload::Locality,
 };
 
 use super::{
-    ProxyContext, address_like, connect_hint, copy, listen_in_pod,
+    ProxyContext, address_like, copy, listen_in_pod,
     record::{AccessLog, ConnectionRecord, Side},
     reset,
 };
 use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
-    metrics::{DenialLabels, ServiceLabels, TcpLabels},
-    proxy::{admission::Peer, registry::Registration, replay::Replayable},
+    metrics::{DenialLabels, TcpLabels},
+    proxy::{
+        admission::Peer,
+        attempts::{Attempts, Failure},
+        registry::Registration,
+        replay::Replayable,
+    },
     state::{TunnelProtocol, Workload, WorkloadUid},
 };
 
@@ -177,11 +181,6 @@ struct Connection {
     _drain: DrainWatcher,
 }
 
-/// The most endpoints one connection to a service tries: the first pick and two retries on
-/// others, so a dead endpoint costs a client nothing while a service whose endpoints all
-/// refuse is still answered at once.
-const ATTEMPTS: usize = 3;
-
 /// Where a captured connection goes, before an endpoint is chosen.
 enum Destination {
     /// Not a VIP: the address dialled, with its workload when the mesh knows it.
@@ -255,10 +254,7 @@ impl Connection {
             Destination::Service(service, _) => Some(service.hostname()),
             Destination::Address(_) => None,
         };
-        // Endpoints tried so far (the first `attempts`); an array, so the common case of one
-        // attempt allocates nothing.
-        let mut tried = [original; ATTEMPTS];
-        let mut attempts = 0;
+        let mut attempts = Attempts::new();
         // Client bytes taken from the socket by an attempt that failed before the client
         // heard anything: the next attempt sends them first.
         let mut replay = Bytes::new();
@@ -269,7 +265,7 @@ impl Connection {
                 Destination::Service(_, endpoints) => {
                     let Some((e, active)) = self.ctx.lb.pick(
                         endpoints,
-                        &tried[..attempts],
+                        attempts.tried(),
                         Instant::now(),
                         &self.ctx.random,
                     ) else {
@@ -279,15 +275,11 @@ impl Connection {
                     (Some(e.workload.clone()), e.addr, Some(active))
                 }
             };
-            let can_retry = |attempts: usize| match &destination {
-                Destination::Service(_, endpoints) => {
-                    attempts + 1 < ATTEMPTS
-                        && endpoints
-                            .iter()
-                            .any(|e| e.addr != dst && !tried[..attempts].contains(&e.addr))
-                }
+            let can_retry = |attempts: &Attempts| match &destination {
+                Destination::Service(_, endpoints) => attempts.can_retry(endpoints, dst),
                 Destination::Address(_) => false,
             };
+            let service = dst_service.as_deref().unwrap_or_default();
             let dst_name = dst_workload.as_deref().map(|w| w.name.as_str());
             let route = self.route(dst_workload.clone());
             // A mesh workload's agent ports are the agent itself (a pod dialling its own
@@ -348,7 +340,7 @@ impl Connection {
                         dst.addr = %dst,
                         dst.workload = dst_name,
                         dst.service = dst_service.as_deref(),
-                        attempt = attempts + 1,
+                        attempt = attempts.number(),
                         %error,
                         "{what}"
                     );
@@ -358,12 +350,11 @@ impl Connection {
                 Ok(upstream) => upstream,
                 Err(failure) => {
                     if failure.endpoint && active.is_some() {
-                        self.endpoint_failed(dst_service.as_deref(), dst);
-                        if can_retry(attempts) {
+                        self.ctx.endpoint_failed(service, dst);
+                        if can_retry(&attempts) {
                             fail(record, failure);
-                            self.retried(dst_service.as_deref());
-                            tried[attempts] = dst;
-                            attempts += 1;
+                            self.ctx.retried(service);
+                            attempts.failed(dst);
                             continue;
                         }
                     }
@@ -421,19 +412,18 @@ impl Connection {
             {
                 let failure = Failure::tunnel(weft_link::error_chain(open), open.status());
                 if failure.endpoint && active.is_some() {
-                    self.endpoint_failed(dst_service.as_deref(), dst);
+                    self.ctx.endpoint_failed(service, dst);
                     if let Some(sent_so_far) = retry_with
-                        && can_retry(attempts)
+                        && can_retry(&attempts)
                     {
                         // The copy set the client to be reset when closed; it is not closed.
                         if let Err(err) = socket2::SockRef::from(&client).set_linger(None) {
                             debug!(%err, "clearing SO_LINGER failed");
                         }
                         fail(record, failure);
-                        self.retried(dst_service.as_deref());
+                        self.ctx.retried(service);
                         replay = sent_so_far;
-                        tried[attempts] = dst;
-                        attempts += 1;
+                        attempts.failed(dst);
                         continue;
                     }
                 }
@@ -467,39 +457,6 @@ impl Connection {
             Some(w) if w.protocol == TunnelProtocol::Hbone => Route::Hbone(w),
             _ => Route::Direct,
         }
-    }
-
-    /// A connect to the service endpoint `dst` failed: counted against its health, and its
-    /// ejection counted and logged.
-    fn endpoint_failed(&self, service: Option<&str>, dst: SocketAddr) {
-        if let FailureOutcome::Ejected(backoff) = self.ctx.lb.failure(dst, Instant::now()) {
-            let service = service.unwrap_or_default();
-            self.ctx
-                .metrics
-                .service_ejections
-                .get_or_create(&ServiceLabels {
-                    service: service.to_string(),
-                })
-                .inc();
-            warn!(
-                dst.addr = %dst,
-                dst.service = service,
-                backoff_ms = backoff.as_millis() as u64,
-                "service endpoint ejected after failed connects; it is tried again after the \
-                 back-off"
-            );
-        }
-    }
-
-    /// Counts a connection to `service` sent to another endpoint after a failed connect.
-    fn retried(&self, service: Option<&str>) {
-        self.ctx
-            .metrics
-            .service_retries
-            .get_or_create(&ServiceLabels {
-                service: service.unwrap_or_default().to_string(),
-            })
-            .inc();
     }
 
     /// Refuses a connection to a service VIP that leads nowhere (a port the service does not
@@ -660,45 +617,6 @@ enum Upstream {
     Tcp(TcpStream),
     /// The tunnel, and the client bytes that went with its CONNECT.
     Tunnel((weft_link::hbone::HboneStream, u64)),
-}
-
-/// Why no upstream was opened: Envoy's response flags, what to log (policy denials are
-/// logged where they are decided), and whether it is the endpoint's fault.
-struct Failure {
-    flags: &'static str,
-    log: Option<(String, &'static str)>,
-    /// The endpoint did not take the connection (no answer, refused, nothing listening):
-    /// counted against its health, and a service connection tries another endpoint. Not so
-    /// for a policy denial, or a source with no identity, which any endpoint would meet.
-    endpoint: bool,
-}
-
-impl Failure {
-    /// A tunnel not opened; `status` is the destination agent's answer, if it gave one.
-    fn tunnel(error: String, status: Option<http::StatusCode>) -> Self {
-        Failure {
-            flags: "UF",
-            log: Some((error, "opening an HBONE tunnel failed")),
-            // The destination agent answers 400 to a malformed request and 401 to one its
-            // policy denies (see the inbound side); anything else means the endpoint did
-            // not take the connection.
-            endpoint: !matches!(
-                status,
-                Some(http::StatusCode::BAD_REQUEST | http::StatusCode::UNAUTHORIZED)
-            ),
-        }
-    }
-
-    fn connect(err: &io::Error) -> Self {
-        Failure {
-            flags: "UF",
-            log: Some((
-                format!("{err} ({})", connect_hint(err)),
-                "connecting to the original destination failed",
-            )),
-            endpoint: true,
-        }
-    }
 }
 
 /// W3C baggage naming the source, as ztunnel sends it.
