@@ -122,7 +122,10 @@ fn bench_service(tb: &Testbed) -> Result<()> {
                 Service::Http => "http",
                 Service::Iperf => "iperf",
             };
-            format!("  - {{name: {name}, port: {0}, targetPort: {0}}}\n", s.port())
+            format!(
+                "  - {{name: {name}, port: {0}, targetPort: {0}}}\n",
+                s.port()
+            )
         })
         .collect();
     tb.apply_yaml(
