@@ -3,7 +3,8 @@
 //! the same node), metrics name the service, and a port the service does not declare, or a
 //! service with no endpoint, is refused at once. The VIPs are routed nowhere in the testbed: the agent captures the
 //! connect and never dials the VIP itself. The index itself is unit-tested in
-//! `mesh/src/service.rs`.
+//! `mesh/src/service.rs`, the load balancer in `mesh/src/lb.rs`; the `lb_` scenarios here
+//! check its spread, failover, locality, readiness and the gateway's use of it.
 
 // The helpers below are not `#[test]` functions; a failed step in them should fail the test
 // like any assertion.
@@ -94,7 +95,8 @@ fn a_vip_reaches_an_endpoint_on_either_node_and_an_undeclared_port_is_refused() 
     .unwrap();
     tb.apply(std::slice::from_ref(&service)).unwrap();
 
-    // Round robin over two endpoints: both answer within a few connections, on each family.
+    // The load balancer spreads over two endpoints: both answer within a few connections, on
+    // each family.
     for vip in [VIP4, VIP6] {
         let url = scenario::url(vip.parse().unwrap(), SERVICE_PORT, "/whoami.txt");
         let mut answered = BTreeSet::new();
