@@ -4,7 +4,11 @@
 //! Two runtimes, as in ztunnel: a multi-thread one for the data path and a current-thread one,
 //! on its own thread, for admin, metrics and readiness.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use arc_swap::ArcSwap;
 use parking_lot::RwLock;
@@ -19,7 +23,11 @@ use weft_link::{
     runtime::{AdminThread, data_runtime, shutdown_signal},
     tls::TrustBundle,
 };
-use weft_mesh::{dns::ServiceNames, service::ServiceIndex};
+use weft_mesh::{
+    dns::ServiceNames,
+    lb::{Balancer, SplitMix},
+    service::ServiceIndex,
+};
 use weft_proto::discovery::v1::{ClientKind, ResourceType};
 
 use crate::{
@@ -123,6 +131,7 @@ pub fn run(
         config.dns_forward_timeout,
     ));
     let connections = Arc::new(ConnectionRegistry::new(workloads.clone(), policies.clone()));
+    let lb = Arc::new(Balancer::new());
     let identities = Arc::new(Identities::new(
         CertManager::new(
             Arc::new(ca_client(&config)?),
@@ -141,6 +150,7 @@ pub fn run(
         ServiceHandler::new(services.clone()).with_names(service_names),
         identities.clone(),
         connections.clone(),
+        lb.clone(),
     )?;
     let home = Netns::current()?;
 
@@ -203,7 +213,8 @@ pub fn run(
             workloads,
             policies,
             services,
-            vip_picks: Default::default(),
+            lb,
+            random: SplitMix::new(random_seed()),
             identities,
             connections: connections.clone(),
             pods: RwLock::new(HashMap::new()),
@@ -343,6 +354,10 @@ fn trust_bundle(config: &Config, td: &TrustDomain) -> Result<Arc<TrustBundle>, A
 
 /// The discovery client: workloads, policies and services from the control plane; every workload
 /// change also updates which identities this node holds certificates for.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the shared state every update touches, each passed once at start"
+)]
 fn control_client(
     config: &Config,
     trust_domain: &TrustDomain,
@@ -351,6 +366,7 @@ fn control_client(
     mut service_handler: ServiceHandler,
     identities: Arc<Identities>,
     connections: Arc<ConnectionRegistry>,
+    lb: Arc<Balancer>,
 ) -> Result<Client, AppError> {
     let ca = std::fs::read_to_string(&config.control_ca).map_err(|source| AppError::ControlCa {
         path: config.control_ca.clone(),
@@ -375,6 +391,7 @@ fn control_client(
     let node = config.node.clone();
     let td = trust_domain.clone();
     let store = workloads.clone();
+    let service_index = service_handler.index();
     let mut workload_handler = WorkloadHandler::new(workloads);
     let mut policy_handler = PolicyHandler::new(policies, config.root_namespace.clone());
     Ok(Client::new(
@@ -390,6 +407,7 @@ fn control_client(
                         .filter_map(|w| w.identity(&td)),
                 );
                 connections.changed();
+                forget_gone_endpoints(&lb, &service_index.load(), &store.load());
                 Ok(())
             }
             ResourceType::Policy => {
@@ -398,13 +416,38 @@ fn control_client(
                 Ok(())
             }
             // Read per connection by the outbound path; nothing live depends on it.
-            ResourceType::Service => service_handler.apply(update),
+            ResourceType::Service => {
+                service_handler.apply(update)?;
+                forget_gone_endpoints(&lb, &service_index.load(), &store.load());
+                Ok(())
+            }
             other => Err(Rejection::new(
                 "",
                 format!("unexpected resource type {other:?}"),
             )),
         },
     )?)
+}
+
+/// Drops the load balancer's state of endpoints that are in no service any more, so it holds
+/// no more than the configuration names.
+fn forget_gone_endpoints(lb: &Balancer, services: &ServiceIndex, workloads: &WorkloadStore) {
+    let live: HashSet<IpAddr> = services
+        .iter()
+        .flat_map(|(_, s)| s.endpoints.iter())
+        .filter_map(|uid| workloads.by_uid(uid))
+        .flat_map(|w| w.ips.iter().map(|ip| ip.to_canonical()))
+        .collect();
+    lb.retain(|addr| live.contains(&addr.ip().to_canonical()));
+}
+
+/// A seed for the load balancer's random numbers: different per agent and per start, so
+/// agents do not pick in step.
+fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// The CA client the certificate manager renews workload certificates through: the control

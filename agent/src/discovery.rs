@@ -75,6 +75,11 @@ impl ServiceHandler {
     }
 
     /// The same, also keeping `names` (the DNS proxy's table) in step.
+    /// The index it keeps, for readers that follow it.
+    pub fn index(&self) -> Arc<ArcSwap<ServiceIndex>> {
+        self.index.clone()
+    }
+
     pub fn with_names(mut self, names: Arc<ArcSwap<ServiceNames>>) -> Self {
         self.names = Some(names);
         self

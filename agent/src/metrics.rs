@@ -157,6 +157,13 @@ impl From<DenialKind> for DenialLabels {
     }
 }
 
+/// The service of a load-balancing event: its host name, which only the mesh's
+/// configuration names (bounded by the number of services).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
 /// Workload, namespace, principal and app of one end of a connection.
 fn identity_labels(
     trust_domain: &TrustDomain,
@@ -194,6 +201,10 @@ pub struct Metrics {
     pub denials: Family<DenialLabels, Counter>,
     /// The open-files limit (RLIMIT_NOFILE) the agent runs with, after raising it at start.
     pub open_files_limit: Gauge,
+    /// Service endpoints ejected by passive health checking, by service.
+    pub service_ejections: Family<ServiceLabels, Counter>,
+    /// Service connections sent to another endpoint after a failed connect, by service.
+    pub service_retries: Family<ServiceLabels, Counter>,
 }
 
 impl Metrics {
@@ -209,6 +220,8 @@ impl Metrics {
             captured_pods: Gauge::default(),
             denials: Family::default(),
             open_files_limit: Gauge::default(),
+            service_ejections: Family::default(),
+            service_retries: Family::default(),
         };
         let istio = registry.sub_registry_with_prefix("istio");
         istio.register(
@@ -267,6 +280,16 @@ impl Metrics {
              HBONE connection limit per identity, because they were for one of the agent's \
              own ports, or for a service VIP with no such port or no endpoints",
             m.denials.clone(),
+        );
+        weft.register(
+            "service_endpoint_ejections",
+            "Service endpoints ejected for a back-off after consecutive failed connects",
+            m.service_ejections.clone(),
+        );
+        weft.register(
+            "service_connect_retries",
+            "Connections to a service sent to another endpoint after a failed connect",
+            m.service_retries.clone(),
         );
         m
     }

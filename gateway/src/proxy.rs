@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -34,7 +34,11 @@ use weft_http::{
     server::{self, Body, BodyError},
 };
 use weft_link::{hbone::HBONE_PORT, identity::TrustDomain};
-use weft_mesh::workload::TunnelProtocol;
+use weft_mesh::{
+    lb::{Active, Balancer},
+    service::{Client, ServicePort, TargetPort},
+    workload::{Locality, TunnelProtocol},
+};
 
 use crate::{
     analytics::{Analytics, ErrorKind, RequestRecord},
@@ -64,7 +68,9 @@ pub struct Proxy {
     pub analytics: Arc<Analytics>,
     pub limiter: Option<Arc<Limiter>>,
     pub retry_budget: RetryBudget,
-    round_robin: AtomicUsize,
+    /// Which endpoint of a mesh Service a request goes to (the agents' load balancer: power
+    /// of two choices on requests in flight, passive health on connect failures).
+    lb: Balancer,
     mirrors: Arc<Semaphore>,
     rand: AtomicU64,
 }
@@ -90,6 +96,10 @@ pub struct Ctx {
     backend: Option<Backend>,
     limits: Option<Decision>,
     error: Option<ErrorKind>,
+    /// The Service endpoint of the current attempt, counted in flight while it lives.
+    endpoint: Option<Active>,
+    /// Service endpoints whose connect failed in an earlier attempt: a retry goes elsewhere.
+    tried: Vec<SocketAddr>,
 }
 
 impl Proxy {
@@ -111,7 +121,7 @@ impl Proxy {
             analytics,
             limiter,
             retry_budget: RetryBudget::new(Default::default(), Instant::now()),
-            round_robin: AtomicUsize::new(0),
+            lb: Balancer::new(),
             mirrors: Arc::new(Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
             rand: AtomicU64::new(0x853c_49e6_748f_ea9b),
         }
@@ -138,8 +148,14 @@ impl Proxy {
         phase::run(self, session, req).await
     }
 
-    /// Where a backend goes now.
-    fn target(&self, snap: &Snapshot, b: &Backend) -> Result<Target, Refuse> {
+    /// Where a backend goes now; for a mesh Service, the endpoint chosen (avoiding `tried`
+    /// while another is left), counted in flight while the returned guard lives.
+    fn target(
+        &self,
+        snap: &Snapshot,
+        b: &Backend,
+        tried: &[SocketAddr],
+    ) -> Result<(Target, Option<Active>), Refuse> {
         match &b.kind {
             BackendKind::Url { url, ca_pem } => {
                 let (Some(scheme), Some(authority)) =
@@ -150,11 +166,14 @@ impl Proxy {
                         "backend URL needs a scheme and host",
                     ));
                 };
-                Ok(Target::Url {
-                    scheme,
-                    authority,
-                    ca_pem: ca_pem.as_deref().map(Arc::from),
-                })
+                Ok((
+                    Target::Url {
+                        scheme,
+                        authority,
+                        ca_pem: ca_pem.as_deref().map(Arc::from),
+                    },
+                    None,
+                ))
             }
             BackendKind::Service {
                 namespace,
@@ -166,23 +185,41 @@ impl Proxy {
                     .services
                     .get(&(namespace.clone(), name.clone()))
                     .ok_or(no_upstream)?;
-                let target = service.port(*port).map(|p| &p.target);
-                let (w, ip) = service
-                    .pick_endpoint(
-                        &snap.workloads,
-                        |w| match target {
-                            Some(t) => t.on(w).and(w.ips.first().copied()),
-                            None => w.ips.first().copied(),
-                        },
-                        || self.round_robin.fetch_add(1, Ordering::Relaxed),
-                    )
-                    .ok_or(no_upstream)?;
-                let target_port = match target {
-                    Some(t) => t.on(w).ok_or(no_upstream)?,
-                    None => *port,
+                // A port the Service does not declare goes to the same port on its endpoints.
+                let undeclared;
+                let service_port = match service.port(*port) {
+                    Some(p) => p,
+                    None => {
+                        undeclared = ServicePort {
+                            port: *port,
+                            target: TargetPort::Number(*port),
+                        };
+                        &undeclared
+                    }
                 };
-                match w.protocol {
-                    TunnelProtocol::Tcp => Ok(Target::Url {
+                // The gateway runs on no node: every endpoint is as close as any other.
+                let nowhere = Locality::default();
+                let client = Client {
+                    node: "",
+                    locality: &nowhere,
+                };
+                let mut endpoints =
+                    service.endpoints_of(service_port, true, &snap.workloads, &client);
+                if endpoints.is_empty() {
+                    endpoints = service.endpoints_of(service_port, false, &snap.workloads, &client);
+                }
+                let random = || (u64::from(self.rand()) << 32) | u64::from(self.rand());
+                let now = Instant::now();
+                // Every endpoint tried already: the route's retry goes to any of them again.
+                let (endpoint, active) = self
+                    .lb
+                    .pick(&endpoints, tried, now, random)
+                    .or_else(|| self.lb.pick(&endpoints, &[], now, random))
+                    .ok_or(no_upstream)?;
+                let (w, ip, target_port) =
+                    (&endpoint.workload, endpoint.addr.ip(), endpoint.addr.port());
+                let target = match w.protocol {
+                    TunnelProtocol::Tcp => Target::Url {
                         scheme: Scheme::HTTP,
                         authority: SocketAddr::new(ip, target_port)
                             .to_string()
@@ -191,16 +228,17 @@ impl Proxy {
                                 Refuse(StatusCode::INTERNAL_SERVER_ERROR, "bad endpoint")
                             })?,
                         ca_pem: None,
-                    }),
-                    TunnelProtocol::Hbone => Ok(Target::Hbone {
+                    },
+                    TunnelProtocol::Hbone => Target::Hbone {
                         dst: SocketAddr::new(ip, HBONE_PORT),
                         authority: SocketAddr::new(ip, target_port),
                         expected: w.identity(&self.trust_domain).ok_or(Refuse(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "endpoint has no identity",
                         ))?,
-                    }),
-                }
+                    },
+                };
+                Ok((target, Some(active)))
             }
         }
     }
@@ -217,7 +255,8 @@ impl Proxy {
             debug!("mirror dropped: too many in flight");
             return;
         };
-        let Ok(target) = self.target(snap, backend) else {
+        // The mirror's endpoint is not counted in flight: it must not steer real traffic.
+        let Ok((target, _)) = self.target(snap, backend, &[]) else {
             return;
         };
         let mut req = Request::new(server::empty());
@@ -326,8 +365,13 @@ impl Proxy {
                 "no backend with weight",
             ));
         };
-        let target = match self.target(&ctx.snapshot, &backend) {
-            Ok(t) => t,
+        // The previous attempt's endpoint is no longer in flight.
+        ctx.endpoint = None;
+        let target = match self.target(&ctx.snapshot, &backend, &ctx.tried) {
+            Ok((t, endpoint)) => {
+                ctx.endpoint = endpoint;
+                t
+            }
             Err(refuse) => {
                 ctx.error = Some(ErrorKind::NoBackend);
                 return Err((Outcome::ConnectFailure, refuse.response()));
@@ -380,6 +424,9 @@ impl Proxy {
                 ))
             }
             Ok(Ok(resp)) => {
+                if let Some(endpoint) = &ctx.endpoint {
+                    self.lb.success(endpoint.addr());
+                }
                 let status = resp.status().as_u16();
                 let resp = resp.map(|b| {
                     b.map_err(|e| Box::new(e) as server::BoxError)
@@ -394,6 +441,11 @@ impl Proxy {
             Ok(Err(e)) => {
                 let resp = client_error_response(&e);
                 if e.is_connect() {
+                    if let Some(endpoint) = &ctx.endpoint {
+                        // Counted against its health; a retry goes to another endpoint.
+                        self.lb.failure(endpoint.addr(), Instant::now());
+                        ctx.tried.push(endpoint.addr());
+                    }
                     ctx.error = Some(ErrorKind::UpstreamConnect);
                     Err((Outcome::ConnectFailure, resp))
                 } else {
@@ -424,6 +476,8 @@ impl Phases for Proxy {
             backend: None,
             limits: None,
             error: None,
+            endpoint: None,
+            tried: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! code here, so a rule means the same everywhere.
 
 pub mod dns;
+pub mod lb;
 pub mod policy;
 pub mod service;
 pub mod workload;

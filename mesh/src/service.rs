@@ -170,29 +170,6 @@ impl Service {
             .map(|(_, e)| e)
             .collect()
     }
-
-    /// One ready endpoint known to `workloads` for which `address` gives an address, the
-    /// `pick`-th modulo their number (the caller chooses how picks spread). They are
-    /// counted, then walked again to the pick, so choosing allocates nothing.
-    pub fn pick_endpoint<'w>(
-        &self,
-        workloads: &'w WorkloadStore,
-        address: impl Fn(&Workload) -> Option<IpAddr>,
-        pick: impl FnOnce() -> usize,
-    ) -> Option<(&'w Arc<Workload>, IpAddr)> {
-        let endpoints = || {
-            self.endpoints
-                .iter()
-                .filter_map(|uid| workloads.by_uid(uid))
-                .filter(|w| w.ready)
-                .filter_map(|w| address(w).map(|ip| (w, ip)))
-        };
-        let count = endpoints().count();
-        if count == 0 {
-            return None;
-        }
-        endpoints().nth(pick() % count)
-    }
 }
 
 /// Why a connection to a VIP goes nowhere.

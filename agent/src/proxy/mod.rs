@@ -11,17 +11,19 @@
 //! - [`record`]: the one record (labels, counters, access log) of every connection.
 
 pub mod admission;
+pub mod attempts;
 pub mod copy;
 pub mod inbound;
 pub mod outbound;
 pub mod record;
 pub mod registry;
+pub mod replay;
 
 use std::{
     collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, atomic::AtomicUsize},
+    sync::Arc,
     time::Duration,
 };
 
@@ -40,7 +42,10 @@ use crate::{
     policy::PolicyIndex,
     state::{Workload, WorkloadStore, WorkloadUid},
 };
-use weft_mesh::service::ServiceIndex;
+use weft_mesh::{
+    lb::{Balancer, SplitMix},
+    service::ServiceIndex,
+};
 
 /// What every connection handler needs; one per agent, shared.
 pub struct ProxyContext {
@@ -54,8 +59,10 @@ pub struct ProxyContext {
     pub policies: Arc<ArcSwap<PolicyIndex>>,
     /// Service VIPs, replaced whole when services change.
     pub services: Arc<ArcSwap<ServiceIndex>>,
-    /// Round-robin over a service's endpoints: the next pick.
-    pub vip_picks: AtomicUsize,
+    /// Which endpoint of a service a connection goes to, and their passive health.
+    pub lb: Arc<Balancer>,
+    /// Random numbers for the load balancer's picks.
+    pub random: SplitMix,
     /// Live inbound connections, re-checked when policy or workloads change.
     pub connections: Arc<registry::ConnectionRegistry>,
     /// Certificates of the identities of this node's workloads.

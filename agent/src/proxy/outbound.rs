@@ -15,23 +15,26 @@
 use std::{
     io::{self, Read as _},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::Instant,
 };
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpSocket, TcpStream},
+};
 use tracing::{debug, field, info, warn};
 use weft_ebpf_common::{HBONE_PORT, OUTBOUND_PORT, TupleKey};
 use weft_link::hbone::{ConnectRequest, HboneClient, SocketFactory, TraceParent};
 use weft_mesh::{
-    service::{Client, Unresolved},
+    service::{Client, Endpoint, Service, Unresolved},
     workload::Locality,
 };
 
 use super::{
-    ProxyContext, address_like, connect_hint, copy, listen_in_pod,
+    ProxyContext, address_like, copy, listen_in_pod,
     record::{AccessLog, ConnectionRecord, Side},
     reset,
 };
@@ -39,7 +42,12 @@ use crate::{
     drain::DrainWatcher,
     inpod::{Netns, NetnsError, agent_socket, netns_cookie},
     metrics::{DenialLabels, TcpLabels},
-    proxy::{admission::Peer, registry::Registration},
+    proxy::{
+        admission::Peer,
+        attempts::{Attempts, Failure},
+        registry::Registration,
+        replay::Replayable,
+    },
     state::{TunnelProtocol, Workload, WorkloadUid},
 };
 
@@ -173,6 +181,14 @@ struct Connection {
     _drain: DrainWatcher,
 }
 
+/// Where a captured connection goes, before an endpoint is chosen.
+enum Destination {
+    /// Not a VIP: the address dialled, with its workload when the mesh knows it.
+    Address(Option<Arc<Workload>>),
+    /// A service VIP: one of these endpoints.
+    Service(Arc<Service>, Vec<Endpoint>),
+}
+
 /// How a connection reaches its destination.
 enum Route {
     /// Plain TCP from the source pod: not a mesh workload, or one no agent captures.
@@ -201,7 +217,7 @@ impl Connection {
         let original = orig.socket_addr();
         // A service VIP stands for one of its endpoints: from here on the connection is as if
         // the pod had dialled that endpoint's address and target port.
-        let (src_workload, dst_workload, service, dst) = {
+        let (src_workload, destination) = {
             let workloads = self.ctx.workloads.load();
             let src_workload = workloads.by_uid(&self.pod.uid).cloned();
             let no_locality = Locality::default();
@@ -217,20 +233,12 @@ impl Connection {
             {
                 None => (
                     src_workload.clone(),
-                    workloads.by_ip(original.ip()).cloned(),
-                    None,
-                    original,
+                    Destination::Address(workloads.by_ip(original.ip()).cloned()),
                 ),
-                Some(Ok((service, endpoints))) => {
-                    let pick = self.ctx.vip_picks.fetch_add(1, Ordering::Relaxed);
-                    let endpoint = &endpoints[pick % endpoints.len()];
-                    (
-                        src_workload.clone(),
-                        Some(endpoint.workload.clone()),
-                        Some(service),
-                        endpoint.addr,
-                    )
-                }
+                Some(Ok((service, endpoints))) => (
+                    src_workload.clone(),
+                    Destination::Service(service, endpoints),
+                ),
                 Some(Err(unresolved)) => {
                     return self.refuse_unresolved(
                         client,
@@ -242,9 +250,203 @@ impl Connection {
                 }
             }
         };
-        let dst_service = service.as_ref().map(|s| s.hostname());
-        let dst_name = dst_workload.as_deref().map(|w| w.name.as_str());
-        let route = match dst_workload.clone() {
+        let dst_service = match &destination {
+            Destination::Service(service, _) => Some(service.hostname()),
+            Destination::Address(_) => None,
+        };
+        let mut attempts = Attempts::new();
+        // Client bytes taken from the socket by an attempt that failed before the client
+        // heard anything: the next attempt sends them first.
+        let mut replay = Bytes::new();
+        let mut replay_read = false;
+        loop {
+            let (dst_workload, dst, active) = match &destination {
+                Destination::Address(w) => (w.clone(), original, None),
+                Destination::Service(_, endpoints) => {
+                    let Some((e, active)) = self.ctx.lb.pick(
+                        endpoints,
+                        attempts.tried(),
+                        Instant::now(),
+                        &self.ctx.random,
+                    ) else {
+                        // Only after a failure, which `can_retry` checked: cannot happen.
+                        return reset(client);
+                    };
+                    (Some(e.workload.clone()), e.addr, Some(active))
+                }
+            };
+            let can_retry = |attempts: &Attempts| match &destination {
+                Destination::Service(_, endpoints) => attempts.can_retry(endpoints, dst),
+                Destination::Address(_) => false,
+            };
+            let service = dst_service.as_deref().unwrap_or_default();
+            let dst_name = dst_workload.as_deref().map(|w| w.name.as_str());
+            let route = self.route(dst_workload.clone());
+            // A mesh workload's agent ports are the agent itself (a pod dialling its own
+            // 15006 would have the agent dial it again); outside the mesh they are anyone's.
+            if !matches!(route, Route::Direct)
+                && self.ctx.refuse_agent_port("outbound", self.peer, dst)
+            {
+                return reset(client);
+            }
+            let mut labels = TcpLabels::outbound(
+                &self.ctx.trust_domain,
+                src_workload.as_deref(),
+                dst_workload.as_deref(),
+            );
+            if matches!(route, Route::Hbone(_)) {
+                labels.connection_security_policy = "mutual_tls";
+            }
+            if let Some(host) = &dst_service {
+                labels.destination_service.clone_from(host);
+            }
+            let mut record = ConnectionRecord::new(self.ctx.metrics.clone(), labels, started);
+            record.open();
+            let (received, sent) = record.byte_counters();
+
+            // A same-node delivery's admission, re-checked while the connection lives.
+            let mut registration: Option<Registration> = None;
+            let upstream = match &route {
+                Route::Direct => self
+                    .ctx
+                    .connect_from(&self.pod.netns, dst)
+                    .await
+                    .map(Upstream::Tcp)
+                    .map_err(|err| Failure::connect(&err)),
+                Route::SameNode(pod, w) => self
+                    .same_node(pod, w, src_workload.as_deref(), dst)
+                    .await
+                    .map(|(stream, held)| {
+                        registration = Some(held);
+                        Upstream::Tcp(stream)
+                    }),
+                Route::Hbone(w) => {
+                    if !replay_read {
+                        replay = early_data(&client);
+                        replay_read = true;
+                    }
+                    self.tunnel(src_workload.as_deref(), w, dst, replay.clone())
+                        .await
+                        .map(Upstream::Tunnel)
+                }
+            };
+            // No upstream: counted as closed with the failure's flags, and logged.
+            let fail = |record: ConnectionRecord, failure: Failure| {
+                record.fail(failure.flags);
+                if let Some((error, what)) = failure.log {
+                    warn!(
+                        src.pod = %self.pod.uid,
+                        src.addr = %self.peer,
+                        dst.addr = %dst,
+                        dst.workload = dst_name,
+                        dst.service = dst_service.as_deref(),
+                        attempt = attempts.number(),
+                        %error,
+                        "{what}"
+                    );
+                }
+            };
+            let mut upstream = match upstream {
+                Ok(upstream) => upstream,
+                Err(failure) => {
+                    if failure.endpoint && active.is_some() {
+                        self.ctx.endpoint_failed(service, dst);
+                        if can_retry(&attempts) {
+                            fail(record, failure);
+                            self.ctx.retried(service);
+                            attempts.failed(dst);
+                            continue;
+                        }
+                    }
+                    // A connection that fails before relaying is reset: a clean close would
+                    // look like an empty answer.
+                    reset(client);
+                    return fail(record, failure);
+                }
+            };
+            let (moved, result, retry_with) = match &mut upstream {
+                Upstream::Tcp(stream) => {
+                    if active.is_some() {
+                        self.ctx.lb.success(dst);
+                    }
+                    // What an earlier attempt took from the client goes first.
+                    let replayed = if replay.is_empty() {
+                        Ok(())
+                    } else {
+                        stream.write_all(&replay).await
+                    };
+                    match replayed {
+                        Ok(()) => {
+                            received.inc_by(replay.len() as u64);
+                            let (mut moved, result) =
+                                copy::bidirectional(&mut client, stream, &received, &sent).await;
+                            moved.received += replay.len() as u64;
+                            (moved, result, None)
+                        }
+                        Err(err) => (Default::default(), Err(err), None),
+                    }
+                }
+                Upstream::Tunnel((tunnel, early)) => {
+                    received.inc_by(*early);
+                    let (mut moved, result, retry_with) = if active.is_some() {
+                        // The tunnel's first answer is the endpoint's success; until then the
+                        // connection may still move to another endpoint.
+                        let lb = &self.ctx.lb;
+                        let mut side = Replayable::new(&mut client, &replay, || lb.success(dst));
+                        let (moved, result) =
+                            copy::bidirectional(&mut side, tunnel, &received, &sent).await;
+                        (moved, result, side.into_replay())
+                    } else {
+                        let (moved, result) =
+                            copy::bidirectional(&mut client, tunnel, &received, &sent).await;
+                        (moved, result, None)
+                    };
+                    moved.received += *early;
+                    (moved, result, retry_with)
+                }
+            };
+            // A tunnel is returned before the destination has answered; its refusal (or no
+            // answer at all) ends the copy, and is the same failure as a refusal up front.
+            if let Err(err) = &result
+                && let Some(open) = weft_link::hbone::HboneError::of_io(err)
+            {
+                let failure = Failure::tunnel(weft_link::error_chain(open), open.status());
+                if failure.endpoint && active.is_some() {
+                    self.ctx.endpoint_failed(service, dst);
+                    if let Some(sent_so_far) = retry_with
+                        && can_retry(&attempts)
+                    {
+                        // The copy set the client to be reset when closed; it is not closed.
+                        if let Err(err) = socket2::SockRef::from(&client).set_linger(None) {
+                            debug!(%err, "clearing SO_LINGER failed");
+                        }
+                        fail(record, failure);
+                        self.ctx.retried(service);
+                        replay = sent_so_far;
+                        attempts.failed(dst);
+                        continue;
+                    }
+                }
+                return fail(record, failure);
+            }
+            drop(registration);
+            return record.close(AccessLog {
+                side: Side::Outbound {
+                    pod: &self.pod.uid,
+                    dst_workload: dst_name,
+                    dst_service: dst_service.as_deref(),
+                },
+                src: self.peer,
+                dst,
+                moved,
+                result,
+            });
+        }
+    }
+
+    /// How a connection reaches the workload it is for.
+    fn route(&self, dst_workload: Option<Arc<Workload>>) -> Route {
+        match dst_workload {
             Some(w) if w.protocol == TunnelProtocol::Hbone && w.node == self.ctx.node => {
                 match self.ctx.pods.read().get(&w.uid).cloned() {
                     Some(pod) => Route::SameNode(pod, w),
@@ -254,104 +456,7 @@ impl Connection {
             }
             Some(w) if w.protocol == TunnelProtocol::Hbone => Route::Hbone(w),
             _ => Route::Direct,
-        };
-        // A mesh workload's agent ports are the agent itself (a pod dialling its own
-        // 15006 would have the agent dial it again); outside the mesh they are anyone's.
-        if !matches!(route, Route::Direct) && self.ctx.refuse_agent_port("outbound", self.peer, dst)
-        {
-            return reset(client);
         }
-        let mut labels = TcpLabels::outbound(
-            &self.ctx.trust_domain,
-            src_workload.as_deref(),
-            dst_workload.as_deref(),
-        );
-        if matches!(route, Route::Hbone(_)) {
-            labels.connection_security_policy = "mutual_tls";
-        }
-        if let Some(host) = &dst_service {
-            labels.destination_service.clone_from(host);
-        }
-        let mut record = ConnectionRecord::new(self.ctx.metrics.clone(), labels, started);
-        record.open();
-        let (received, sent) = record.byte_counters();
-
-        // A same-node delivery's admission, re-checked while the connection lives.
-        let mut registration: Option<Registration> = None;
-        let upstream = match &route {
-            Route::Direct => self
-                .ctx
-                .connect_from(&self.pod.netns, dst)
-                .await
-                .map(Upstream::Tcp)
-                .map_err(|err| Failure::connect(&err)),
-            Route::SameNode(pod, w) => self
-                .same_node(pod, w, src_workload.as_deref(), dst)
-                .await
-                .map(|(stream, held)| {
-                    registration = Some(held);
-                    Upstream::Tcp(stream)
-                }),
-            Route::Hbone(w) => self
-                .tunnel(src_workload.as_deref(), w, dst, early_data(&client))
-                .await
-                .map(Upstream::Tunnel)
-                .map_err(Failure::tunnel),
-        };
-        // No upstream: counted as closed with the failure's flags, and logged.
-        let fail = |record: ConnectionRecord, failure: Failure| {
-            record.fail(failure.flags);
-            if let Some((error, what)) = failure.log {
-                warn!(
-                    src.pod = %self.pod.uid,
-                    src.addr = %self.peer,
-                    dst.addr = %dst,
-                    dst.workload = dst_name,
-                    dst.service = dst_service.as_deref(),
-                    %error,
-                    "{what}"
-                );
-            }
-        };
-        // A connection that fails before relaying is reset: a clean close would look like an
-        // empty answer.
-        let upstream = match upstream {
-            Ok(upstream) => upstream,
-            Err(failure) => {
-                reset(client);
-                return fail(record, failure);
-            }
-        };
-        let (moved, result) = match upstream {
-            Upstream::Tcp(mut stream) => {
-                copy::bidirectional(&mut client, &mut stream, &received, &sent).await
-            }
-            Upstream::Tunnel((mut tunnel, early)) => {
-                received.inc_by(early);
-                let (mut moved, result) =
-                    copy::bidirectional(&mut client, &mut tunnel, &received, &sent).await;
-                moved.received += early;
-                (moved, result)
-            }
-        };
-        // A tunnel is returned before the destination has answered; its refusal (or no
-        // answer at all) ends the copy, and is the same failure as a refusal up front.
-        if let Err(err) = &result
-            && let Some(open) = weft_link::hbone::HboneError::of_io(err)
-        {
-            return fail(record, Failure::tunnel(weft_link::error_chain(open)));
-        }
-        record.close(AccessLog {
-            side: Side::Outbound {
-                pod: &self.pod.uid,
-                dst_workload: dst_name,
-                dst_service: dst_service.as_deref(),
-            },
-            src: self.peer,
-            dst,
-            moved,
-            result,
-        });
     }
 
     /// Refuses a connection to a service VIP that leads nowhere (a port the service does not
@@ -420,6 +525,7 @@ impl Connection {
                 return Err(Failure {
                     flags: "UAEX",
                     log: None,
+                    endpoint: false,
                 });
             }
         };
@@ -437,25 +543,37 @@ impl Connection {
         dst_workload: &Workload,
         dst: SocketAddr,
         early: Bytes,
-    ) -> Result<(weft_link::hbone::HboneStream, u64), String> {
+    ) -> Result<(weft_link::hbone::HboneStream, u64), Failure> {
+        // The source's problems are the same whichever endpoint is tried.
+        let source = |error: String| Failure {
+            endpoint: false,
+            ..Failure::tunnel(error, None)
+        };
         let src_workload = src_workload.ok_or_else(|| {
-            "the source pod is not in the workload list yet, so it has no identity to present"
-                .to_string()
+            source(
+                "the source pod is not in the workload list yet, so it has no identity to \
+                 present"
+                    .to_string(),
+            )
         })?;
-        let src_id = self
-            .ctx
-            .identity_of(src_workload)
-            .ok_or_else(|| format!("workload {} has no valid identity", src_workload.name))?;
-        let dst_id = self
-            .ctx
-            .identity_of(dst_workload)
-            .ok_or_else(|| format!("workload {} has no valid identity", dst_workload.name))?;
+        let src_id = self.ctx.identity_of(src_workload).ok_or_else(|| {
+            source(format!(
+                "workload {} has no valid identity",
+                src_workload.name
+            ))
+        })?;
+        let dst_id = self.ctx.identity_of(dst_workload).ok_or_else(|| {
+            Failure::tunnel(
+                format!("workload {} has no valid identity", dst_workload.name),
+                None,
+            )
+        })?;
         let tls = self
             .ctx
             .identities
             .client_tls(&src_id, self.ctx.connect_timeout)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| source(e.to_string()))?;
         let mut request = ConnectRequest::new(SocketAddr::new(dst.ip(), HBONE_PORT), dst_id, dst);
         request.traceparent = Some(TraceParent::generate());
         request.baggage = baggage(src_workload);
@@ -468,7 +586,7 @@ impl Connection {
             .connect(&tls, request)
             .await
             .map(|tunnel| (tunnel, early_len))
-            .map_err(|e| weft_link::error_chain(&e))
+            .map_err(|e| Failure::tunnel(weft_link::error_chain(&e), e.status()))
     }
 }
 
@@ -499,32 +617,6 @@ enum Upstream {
     Tcp(TcpStream),
     /// The tunnel, and the client bytes that went with its CONNECT.
     Tunnel((weft_link::hbone::HboneStream, u64)),
-}
-
-/// Why no upstream was opened: Envoy's response flags, and what to log (policy denials are
-/// logged where they are decided).
-struct Failure {
-    flags: &'static str,
-    log: Option<(String, &'static str)>,
-}
-
-impl Failure {
-    fn tunnel(error: String) -> Self {
-        Failure {
-            flags: "UF",
-            log: Some((error, "opening an HBONE tunnel failed")),
-        }
-    }
-
-    fn connect(err: &io::Error) -> Self {
-        Failure {
-            flags: "UF",
-            log: Some((
-                format!("{err} ({})", connect_hint(err)),
-                "connecting to the original destination failed",
-            )),
-        }
-    }
 }
 
 /// W3C baggage naming the source, as ztunnel sends it.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{Error, Result};
 use super::peers;
-use super::{HTTP_PATH, Peer, Service, WORKLOAD_CPU};
+use super::{BENCH_VIP, HTTP_PATH, Peer, Service, WORKLOAD_CPU};
 use crate::testbed::{Background, Testbed, netns, state};
 
 /// How long a server or proxy gets to start listening.
@@ -100,6 +100,7 @@ pub fn prepare(tb: &Testbed, out: &Path) -> Result<Env> {
         )?;
         env.servers.push(iperf);
     }
+    bench_service(tb)?;
     let tls = out.join("tls");
     peers::certificates(&tls)?;
     for peer in Peer::ALL {
@@ -107,6 +108,56 @@ pub fn prepare(tb: &Testbed, out: &Path) -> Result<Env> {
         env.peers.push((peer, procs));
     }
     Ok(env)
+}
+
+/// The service `bench` in front of pod-2a ([`BENCH_VIP`], the HTTP and iperf ports), for the
+/// VIP target; ready when pod-1a's agent sends the VIP to pod-2a.
+fn bench_service(tb: &Testbed) -> Result<()> {
+    let ns = tb.pod("pod-2a")?.namespace.clone();
+    // More than one port: each needs a name.
+    let ports: Vec<String> = Service::ALL
+        .iter()
+        .map(|s| {
+            let name = match s {
+                Service::Http => "http",
+                Service::Iperf => "iperf",
+            };
+            format!(
+                "  - {{name: {name}, port: {0}, targetPort: {0}}}\n",
+                s.port()
+            )
+        })
+        .collect();
+    tb.apply_yaml(
+        "bench-service.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: bench\n  namespace: {ns}\n\
+             spec:\n  selector:\n    app: pod-2a\n  clusterIP: {BENCH_VIP}\n  ports:\n{}",
+            ports.concat()
+        ),
+    )?;
+    let url = format!("http://{BENCH_VIP}:{}{HTTP_PATH}", Service::Http.port());
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let out = tb.exec(
+            "pod-1a",
+            &["curl", "-s", "-o", "/dev/null", "--max-time", "2", &url],
+        )?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Tool {
+                what: format!("reaching the service VIP {url} from pod-1a"),
+                detail: format!(
+                    "no answer within {} s: {}",
+                    START_TIMEOUT.as_secs(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn tune(tb: &Testbed, warnings: &mut Vec<String>) {

@@ -38,6 +38,13 @@ pub const UNENROLLED: &[&str] = &["pod-1c", "pod-1d", "pod-2c", "pod-2d"];
 
 /// How the weft cross-node path is labelled.
 pub const WEFT_CROSS_LABEL: &str = "weft cross-node (HBONE mTLS)";
+/// The target that reaches the cross-node server through a service VIP, and the one it is
+/// compared with (the same path, dialled at the pod's own address).
+pub const WEFT_VIP: &str = "weft-vip";
+pub const WEFT_CROSS: &str = "weft-cross";
+/// The VIP of the service `bench` (selecting pod-2a, the HTTP and iperf ports), which the
+/// client-side agent resolves to pod-2a's address.
+pub const BENCH_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 100);
 
 /// The benchmark HTTP server's port (nginx in the server pods).
 pub const HTTP_PORT: u16 = 8080;
@@ -134,6 +141,9 @@ pub struct Target {
     /// The id of the target this one is compared with: the un-meshed path between the
     /// same nodes.
     pub baseline: String,
+    /// The client dials the service VIP [`BENCH_VIP`] instead of the server's address.
+    #[serde(default)]
+    pub vip: bool,
 }
 
 /// node-1's address on its pods' links, where the client-side peer proxies listen: the
@@ -156,6 +166,7 @@ impl Target {
             server: server.to_owned(),
             via,
             baseline: baseline.to_owned(),
+            vip: false,
         }
     }
 
@@ -187,13 +198,24 @@ impl Target {
                 "direct-same",
             ),
             Target::new(
-                "weft-cross",
+                WEFT_CROSS,
                 WEFT_CROSS_LABEL,
                 "pod-1a",
                 "pod-2a",
                 Via::Weft,
                 "direct",
             ),
+            Target {
+                vip: true,
+                ..Target::new(
+                    WEFT_VIP,
+                    "weft cross-node via service VIP",
+                    "pod-1a",
+                    "pod-2a",
+                    Via::Weft,
+                    "direct",
+                )
+            },
         ];
         for peer in Peer::ALL {
             targets.push(Target::new(
@@ -221,6 +243,7 @@ impl Target {
     /// Where the client connects to reach `service`.
     pub fn addr(&self, service: Service) -> SocketAddr {
         match self.via {
+            Via::Weft if self.vip => SocketAddr::from((BENCH_VIP, service.port())),
             Via::Direct | Via::Weft => SocketAddr::from((self.server_ip(), service.port())),
             Via::Peer(peer) => SocketAddr::from((NODE1_POD_GATEWAY, peer.client_port(service))),
         }
@@ -393,6 +416,9 @@ mod tests {
         let cross = targets.iter().find(|t| t.id == "weft-cross").unwrap();
         assert_eq!(cross.addr(Service::Iperf).to_string(), "10.78.2.11:5201");
         assert_eq!(cross.label, WEFT_CROSS_LABEL);
+        let vip = targets.iter().find(|t| t.id == WEFT_VIP).unwrap();
+        assert_eq!(vip.addr(Service::Http).to_string(), "10.96.0.100:8080");
+        assert_eq!(vip.server, cross.server, "the same server, by VIP");
     }
 
     #[test]

@@ -299,6 +299,7 @@ impl Results {
         for &scenario in &p.scenarios {
             self.scenario_table(&mut md, scenario);
         }
+        self.vip_table(&mut md);
         self.memory_table(&mut md);
         method(&mut md, p);
         if !charts.is_empty() {
@@ -329,6 +330,42 @@ impl Results {
             }
         }
         md
+    }
+
+    /// The service VIP against the pod's own address on the same path: what resolving the
+    /// VIP and choosing the endpoint costs (target: within 5%).
+    fn vip_table(&self, md: &mut String) {
+        let rows: Vec<String> = self
+            .plan
+            .scenarios
+            .iter()
+            .filter(|s| matches!(s, Scenario::Rps1 | Scenario::Rps50 | Scenario::Cps))
+            .filter_map(|&s| {
+                let vip = self.summary(s, super::WEFT_VIP, "rps")?;
+                let pod = self.summary(s, super::WEFT_CROSS, "rps")?;
+                (pod.median > 0.0).then(|| {
+                    format!(
+                        "| {} | {} | {} | {:+.1}% |",
+                        s.id(),
+                        number(pod.median),
+                        number(vip.median),
+                        (vip.median / pod.median - 1.0) * 100.0
+                    )
+                })
+            })
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "### Service VIP against pod IP (weft cross-node, same run)\n\n\
+             | scenario | pod IP /s | VIP /s | VIP vs pod IP |\n|---|---|---|---|"
+        );
+        for row in rows {
+            let _ = writeln!(md, "{row}");
+        }
+        let _ = writeln!(md);
     }
 
     fn scenario_table(&self, md: &mut String, scenario: Scenario) {
