@@ -35,7 +35,7 @@ use crate::{
     policy::{PolicyHandler, PolicyIndex},
     preflight::{self, PreflightError},
     proxy::{AgentPorts, ProxyContext, registry::ConnectionRegistry},
-    rlimit,
+    rlimit, services_kernel,
     state::{self, StateError, WorkloadStore},
 };
 
@@ -75,6 +75,8 @@ pub enum AppError {
     Control(#[from] weft_link::control::ClientError),
     #[error(transparent)]
     Runtime(#[from] weft_link::runtime::RuntimeError),
+    #[error("cannot start the kernel service map sync thread: {0}")]
+    ServiceSync(#[source] std::io::Error),
 }
 
 pub fn run(
@@ -115,6 +117,15 @@ pub fn run(
     let policies = Arc::new(ArcSwap::from_pointee(PolicyIndex::default()));
     let services = Arc::new(ArcSwap::from_pointee(ServiceIndex::default()));
     let connections = Arc::new(ConnectionRegistry::new(workloads.clone(), policies.clone()));
+    // Service VIPs in the kernel (--service-cgroup): the control client pokes the sync thread
+    // on every service or workload update.
+    let (service_sync, service_pokes) = match &config.service_cgroup {
+        Some(_) => {
+            let (trigger, pokes) = services_kernel::SyncTrigger::new();
+            (trigger, Some(pokes))
+        }
+        None => (services_kernel::SyncTrigger::default(), None),
+    };
     let identities = Arc::new(Identities::new(
         CertManager::new(
             Arc::new(ca_client(&config)?),
@@ -133,6 +144,7 @@ pub fn run(
         services.clone(),
         identities.clone(),
         connections.clone(),
+        service_sync,
     )?;
     let home = Netns::current()?;
 
@@ -161,6 +173,30 @@ pub fn run(
         connections.register_metrics(&mut registry);
         registry.register_collector(Box::new(VerdictCollector(capture.clone())));
         registry.register_collector(Box::new(CertificateCollector(identities.clone())));
+        let _service_links = match (&config.service_cgroup, service_pokes) {
+            (Some(cgroup), Some(pokes)) => {
+                let (maps, links) = services_kernel::attach(&capture, cgroup)?;
+                let errors = prometheus_client::metrics::counter::Counter::default();
+                registry.register(
+                    "weft_kernel_service_sync_errors",
+                    "Service map updates that failed (map full, kernel error); retried on the \
+                     next service or workload update",
+                    errors.clone(),
+                );
+                services_kernel::spawn_sync(
+                    maps,
+                    pokes,
+                    services.clone(),
+                    workloads.clone(),
+                    config.node.clone(),
+                    errors,
+                )
+                .map_err(AppError::ServiceSync)?;
+                info!(cgroup = %cgroup.display(), "service VIPs translated in the kernel below this cgroup");
+                Some(links)
+            }
+            _ => None,
+        };
         let admin_state = Arc::new(AdminState {
             node: config.node.clone(),
             registry,
@@ -311,6 +347,7 @@ fn control_client(
     services: Arc<ArcSwap<ServiceIndex>>,
     identities: Arc<Identities>,
     connections: Arc<ConnectionRegistry>,
+    service_sync: services_kernel::SyncTrigger,
 ) -> Result<Client, AppError> {
     let ca = std::fs::read_to_string(&config.control_ca).map_err(|source| AppError::ControlCa {
         path: config.control_ca.clone(),
@@ -351,6 +388,7 @@ fn control_client(
                         .filter_map(|w| w.identity(&td)),
                 );
                 connections.changed();
+                service_sync.poke();
                 Ok(())
             }
             ResourceType::Policy => {
@@ -358,8 +396,12 @@ fn control_client(
                 connections.changed();
                 Ok(())
             }
-            // Read per connection by the outbound path; nothing live depends on it.
-            ResourceType::Service => service_handler.apply(update),
+            // Read per connection by the outbound path; the kernel's service maps follow it.
+            ResourceType::Service => {
+                service_handler.apply(update)?;
+                service_sync.poke();
+                Ok(())
+            }
             other => Err(Rejection::new(
                 "",
                 format!("unexpected resource type {other:?}"),

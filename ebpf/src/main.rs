@@ -9,6 +9,7 @@ mod connect;
 mod ctx;
 mod lookup;
 mod maps;
+mod service;
 mod sockops;
 
 #[cfg(not(test))]
