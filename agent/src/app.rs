@@ -339,6 +339,10 @@ fn trust_bundle(config: &Config, td: &TrustDomain) -> Result<Arc<TrustBundle>, A
 
 /// The discovery client: workloads, policies and services from the control plane; every workload
 /// change also updates which identities this node holds certificates for.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a distinct shared state the update handlers feed"
+)]
 fn control_client(
     config: &Config,
     trust_domain: &TrustDomain,
