@@ -113,6 +113,20 @@ pub fn attach(
     ))
 }
 
+/// A service program's kernel run-time statistics: total run time and number of runs since
+/// it was loaded, counted only while statistics are enabled (`aya::sys::enable_stats`, or the
+/// sysctl `kernel.bpf_stats_enabled`).
+pub fn program_stats(
+    capture: &Capture,
+    name: &'static str,
+) -> Result<(std::time::Duration, u64), CaptureError> {
+    let mut ebpf = capture.ebpf();
+    let info = sock_addr(&mut ebpf, name)?
+        .info()
+        .map_err(|source| CaptureError::Program { name, source })?;
+    Ok((info.run_time(), info.run_count()))
+}
+
 fn sock_addr<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,

@@ -328,14 +328,16 @@ impl InboundKey {
 /// Capacity of `SERVICES`: one entry per (VIP, declared port) plus one per VIP. 10,000
 /// dual-stack services with three ports each take 80,000. Allocated as used (no prealloc).
 pub const SERVICE_MAP_ENTRIES: u32 = 131_072;
-/// Capacity of `SERVICE_BACKENDS`: one entry per (VIP, port, endpoint). Allocated as used.
-pub const BACKEND_MAP_ENTRIES: u32 = 524_288;
+/// Capacity of `SERVICE_BACKENDS`: one entry per (VIP, port, endpoint); 10,000 dual-stack
+/// services with three ports of four endpoints take 240,000. Allocated as used.
+pub const BACKEND_MAP_ENTRIES: u32 = 262_144;
 /// Endpoints one (VIP, port) gets in the kernel; a larger service gets this many of them
 /// (the agent logs it). Kubernetes' own EndpointSlice guidance caps a slice at 1,000.
 pub const MAX_BACKENDS_PER_PORT: u32 = 4_096;
 /// Capacity of `SERVICE_PEERS`: translated sockets whose VIP getpeername can still show.
-/// LRU: past this, the oldest connections' getpeername shows the endpoint instead.
-pub const SERVICE_PEER_ENTRIES: u32 = 131_072;
+/// LRU: past this, the oldest connections' getpeername shows the endpoint instead. An LRU map
+/// is preallocated (about 6 MiB at this size).
+pub const SERVICE_PEER_ENTRIES: u32 = 65_536;
 
 /// Key of `SERVICES`: a VIP (IPv4 in its IPv4-mapped form, so a dual-stack socket dialling
 /// `::ffff:10.96.0.10` finds the IPv4 VIP) and a port in host order. Port 0 is the VIP's own
