@@ -283,8 +283,14 @@ mod tests {
         assert_eq!(p.ipv6.to_string(), "fd78:2::11");
         assert_eq!(
             p.cgroup,
-            Path::new("/sys/fs/cgroup/unified/weft/pods/pod-2a")
+            Path::new("/sys/fs/cgroup/unified/weft/pods/node-2/pod-2a")
         );
+        // Each node's pods under one parent: the agent's --service-cgroup.
+        assert_eq!(
+            nodes[1].pods_cgroup,
+            Path::new("/sys/fs/cgroup/unified/weft/pods/node-2")
+        );
+        assert!(p.cgroup.starts_with(&nodes[1].pods_cgroup));
         assert_eq!(node_pod_gateway_v6(&nodes[0]).to_string(), "fd78:1::1");
         assert_eq!(pod_subnets(&nodes[1]).1, "fd78:2::/64");
     }
