@@ -4,7 +4,9 @@
 //! Run by `cargo xtask bench --kernel-services`; needs root.
 //!
 //! The programs and the sync are the agent's own (`weft_agent::services_kernel`), attached to a
-//! cgroup of this run's; the client is `python3` in that cgroup dialling random VIPs; every VIP
+//! cgroup of this run's; the client is this binary again (`--client`), moved into that cgroup,
+//! dialling random VIPs in a tight loop, so little but the connect path runs between two
+//! connects; every VIP
 //! has three endpoints, listeners of this process on loopback. Statistics are switched on
 //! through `BPF_ENABLE_STATS` for the measurement only: the kernel switches them off again when
 //! this process's descriptor closes (or it dies), so `kernel.bpf_stats_enabled` is never left
@@ -48,12 +50,15 @@ struct Args {
     /// Services loaded, each with an IPv4 and an IPv6 VIP (at most 60,000).
     #[arg(long, default_value_t = 10_000)]
     services: u32,
-    /// Connects per address family [default: 20,000, or 2,000 with --quick].
+    /// Connects per measurement [default: 50,000, or 10,000 with --quick].
     #[arg(long)]
     connects: Option<u32>,
     /// Also write the figures here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Internal: be the client (services, connects, family 0/4/6, endpoint port).
+    #[arg(long, hide = true, num_args = 4)]
+    client: Option<Vec<u32>>,
 }
 
 /// What a measurement dials.
@@ -97,28 +102,11 @@ fn vips(i: u32) -> [IpAddr; 2] {
     ]
 }
 
-const CLIENT: &str = r#"
-import random, socket, sys
-n, count, family = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-random.seed(24)
-for _ in range(count):
-    i = random.randrange(n) + 1
-    if family == 0:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        addr = ("127.0.0.1", int(sys.argv[4]))
-    elif family == 4:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        addr = ("10.96.%d.%d" % (i >> 8 & 255, i & 255), 80)
-    else:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        addr = ("fd00:96::%x" % i, 80)
-    s.settimeout(5)
-    s.connect(addr)
-    s.close()
-"#;
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(client_args) = &args.client {
+        return client(client_args);
+    }
     ensure!(
         nix::unistd::geteuid().is_root(),
         "needs root (cgroups and BPF)"
@@ -129,7 +117,7 @@ fn main() -> anyhow::Result<()> {
     );
     let connects = args
         .connects
-        .unwrap_or(if args.quick { 2_000 } else { 20_000 });
+        .unwrap_or(if args.quick { 10_000 } else { 50_000 });
 
     // The endpoints: one dual-stack listener, reached as 127.0.0.1-3 and ::1.
     let listener = TcpListener::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0))?;
@@ -285,10 +273,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `connects` connects to random VIPs of `family` from a `python3` in the cgroup.
-///
-/// Family 0 dials the endpoint's loopback address directly: the programs pass it at once, so
-/// its cost is the floor (the hook and the statistics themselves).
+/// `connects` connects to random VIPs of `family` from this binary's `--client`, in the
+/// cgroup. Family 0 dials the endpoint's loopback address directly: the programs pass it at
+/// once, so its cost is the floor (the hook and the statistics themselves).
 fn run_client(
     cgroup: &Cgroup,
     services: u32,
@@ -299,25 +286,61 @@ fn run_client(
     let mut procs = OpenOptions::new()
         .write(true)
         .open(cgroup.0.join("cgroup.procs"))?;
-    let mut command = Command::new("python3");
-    command.args([
-        "-c",
-        CLIENT,
-        &services.to_string(),
-        &connects.to_string(),
-        &family.to_string(),
-        &port.to_string(),
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("--client").args([
+        services.to_string(),
+        connects.to_string(),
+        family.to_string(),
+        port.to_string(),
     ]);
     // SAFETY: only a write(2) on an already open file between fork and exec.
     unsafe {
         command.pre_exec(move || procs.write_all(b"0"));
     }
-    let out = command.output().context("running python3")?;
+    let out = command.output().context("running the client")?;
     if !out.status.success() {
         bail!(
             "the IPv{family} client failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+    Ok(())
+}
+
+/// The client: `connects` connects, each closed at once, to random VIPs among the first
+/// `services` (or to the endpoint directly, family 0).
+fn client(args: &[u32]) -> anyhow::Result<()> {
+    let &[services, connects, family, port] = args else {
+        bail!("--client takes services, connects, family and port");
+    };
+    let port = u16::try_from(port).context("--client port")?;
+    ensure!(services > 0, "--client services must be at least 1");
+    // xorshift64: a fixed sequence, no dependency.
+    let mut x: u64 = 0x5eed_2024;
+    for _ in 0..connects {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let i = u32::try_from(x % u64::from(services)).unwrap_or(0) + 1;
+        let [v4, v6] = vips(i);
+        let addr = match family {
+            0 => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port),
+            4 => SocketAddr::new(v4, SERVICE_PORT),
+            6 => SocketAddr::new(v6, SERVICE_PORT),
+            other => bail!("--client family {other}: 0, 4 or 6"),
+        };
+        // Closed with a reset (linger 0), so that no TIME_WAIT entry holds the port: the
+        // connects of a run would otherwise exhaust the ephemeral ports of one address.
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_linger(Some(Duration::ZERO))?;
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .with_context(|| format!("connecting to {addr}"))?;
+        drop(socket);
     }
     Ok(())
 }
