@@ -44,7 +44,7 @@ use crate::{
     policy::{PolicyHandler, PolicyIndex},
     preflight::{self, PreflightError},
     proxy::{AgentPorts, ProxyContext, registry::ConnectionRegistry},
-    rlimit,
+    rlimit, services_kernel,
     state::{self, StateError, WorkloadStore},
 };
 
@@ -84,6 +84,8 @@ pub enum AppError {
     Control(#[from] weft_link::control::ClientError),
     #[error(transparent)]
     Runtime(#[from] weft_link::runtime::RuntimeError),
+    #[error("cannot start the kernel service map sync thread: {0}")]
+    ServiceSync(#[source] std::io::Error),
 }
 
 pub fn run(
@@ -132,6 +134,15 @@ pub fn run(
     ));
     let connections = Arc::new(ConnectionRegistry::new(workloads.clone(), policies.clone()));
     let lb = Arc::new(Balancer::new());
+    // Service VIPs in the kernel (--service-cgroup): the control client pokes the sync thread
+    // on every service or workload update.
+    let (service_sync, service_pokes) = match &config.service_cgroup {
+        Some(_) => {
+            let (trigger, pokes) = services_kernel::SyncTrigger::new();
+            (trigger, Some(pokes))
+        }
+        None => (services_kernel::SyncTrigger::default(), None),
+    };
     let identities = Arc::new(Identities::new(
         CertManager::new(
             Arc::new(ca_client(&config)?),
@@ -151,6 +162,7 @@ pub fn run(
         identities.clone(),
         connections.clone(),
         lb.clone(),
+        service_sync,
     )?;
     let home = Netns::current()?;
 
@@ -180,6 +192,30 @@ pub fn run(
         dns.register_metrics(&mut registry);
         registry.register_collector(Box::new(VerdictCollector(capture.clone())));
         registry.register_collector(Box::new(CertificateCollector(identities.clone())));
+        let _service_links = match (&config.service_cgroup, service_pokes) {
+            (Some(cgroup), Some(pokes)) => {
+                let (maps, links) = services_kernel::attach(&capture, cgroup)?;
+                let errors = prometheus_client::metrics::counter::Counter::default();
+                registry.register(
+                    "weft_kernel_service_sync_errors",
+                    "Service map updates that failed (map full, kernel error); retried on the \
+                     next service or workload update",
+                    errors.clone(),
+                );
+                services_kernel::spawn_sync(
+                    maps,
+                    pokes,
+                    services.clone(),
+                    workloads.clone(),
+                    config.node.clone(),
+                    errors,
+                )
+                .map_err(AppError::ServiceSync)?;
+                info!(cgroup = %cgroup.display(), "service VIPs translated in the kernel below this cgroup");
+                Some(links)
+            }
+            _ => None,
+        };
         let admin_state = Arc::new(AdminState {
             node: config.node.clone(),
             registry,
@@ -367,6 +403,7 @@ fn control_client(
     identities: Arc<Identities>,
     connections: Arc<ConnectionRegistry>,
     lb: Arc<Balancer>,
+    service_sync: services_kernel::SyncTrigger,
 ) -> Result<Client, AppError> {
     let ca = std::fs::read_to_string(&config.control_ca).map_err(|source| AppError::ControlCa {
         path: config.control_ca.clone(),
@@ -408,6 +445,7 @@ fn control_client(
                 );
                 connections.changed();
                 forget_gone_endpoints(&lb, &service_index.load(), &store.load());
+                service_sync.poke();
                 Ok(())
             }
             ResourceType::Policy => {
@@ -415,10 +453,11 @@ fn control_client(
                 connections.changed();
                 Ok(())
             }
-            // Read per connection by the outbound path; nothing live depends on it.
+            // Read per connection by the outbound path; the kernel's service maps follow it.
             ResourceType::Service => {
                 service_handler.apply(update)?;
                 forget_gone_endpoints(&lb, &service_index.load(), &store.load());
+                service_sync.poke();
                 Ok(())
             }
             other => Err(Rejection::new(

@@ -342,6 +342,11 @@ impl Capture {
         lookup_and_delete(&self.orig_dst, key).ok()
     }
 
+    /// The loaded object, for programs attached elsewhere (`services_kernel`).
+    pub(crate) fn ebpf(&self) -> parking_lot::MutexGuard<'_, Ebpf> {
+        self.ebpf.lock()
+    }
+
     /// Kernel verdict counters, summed over CPUs, in `Verdict` order.
     pub fn verdict_counts(&self) -> Vec<(Verdict, u64)> {
         Verdict::ALL

@@ -88,6 +88,15 @@ pub struct Config {
     #[arg(long, env = "WEFT_PODS")]
     pub pods: PathBuf,
 
+    /// cgroup v2 directory holding every pod of this node, enrolled or not (on Kubernetes the
+    /// kubepods cgroup, e.g. /sys/fs/cgroup/kubepods.slice). Service VIPs are translated to an
+    /// endpoint in the kernel, at connect time, for the sockets of every process below it that
+    /// the agent does not proxy (pods not enrolled, workloads marked `protocol: TCP`), so no
+    /// kube-proxy is needed; a VIP on an undeclared port, or without a ready endpoint, fails
+    /// `connect()` with EPERM at once. Unset: VIPs are resolved only for enrolled pods.
+    #[arg(long, env = "WEFT_SERVICE_CGROUP")]
+    pub service_cgroup: Option<PathBuf>,
+
     /// Admin API address (config dump, log level).
     #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
     pub admin_addr: SocketAddr,

@@ -20,4 +20,5 @@ pub mod policy;
 pub mod preflight;
 pub mod proxy;
 pub mod rlimit;
+pub mod services_kernel;
 pub mod state;

@@ -44,6 +44,14 @@ pub mod maps {
     /// to before connect/sendmsg rewrote it to the DNS proxy, so recvmsg can give the reply
     /// that source back (resolvers drop answers from an address they did not ask).
     pub const DNS_ORIG_BY_COOKIE: &str = "DNS_ORIG_BY_COOKIE";
+    /// `HashMap<ServiceKey, ServiceValue>`: service VIPs for the kernel translation (see
+    /// [`ServiceKey`](crate::ServiceKey)), written by the agent.
+    pub const SERVICES: &str = "SERVICES";
+    /// `HashMap<BackendKey, Backend>`: each (VIP, port)'s endpoints by slot, written by the agent.
+    pub const SERVICE_BACKENDS: &str = "SERVICE_BACKENDS";
+    /// `LruHashMap<u64 /* socket cookie */, ServicePeer>`: the VIP a translated socket dialled,
+    /// written by the service connect programs, read by getpeername.
+    pub const SERVICE_PEERS: &str = "SERVICE_PEERS";
 }
 
 /// Names of the programs in the object file.
@@ -59,6 +67,13 @@ pub mod programs {
     /// The DNS proxy's replies, their source given back as the server the pod asked.
     pub const DNS_RECVMSG4: &str = "weft_dns_recvmsg4";
     pub const DNS_RECVMSG6: &str = "weft_dns_recvmsg6";
+    // Service translation, attached once at the cgroup holding every pod of the node. Names
+    // stay within the kernel's 15 characters so that `bpftool prog` and the run-time
+    // statistics tell them apart.
+    pub const SERVICE_CONNECT4: &str = "weft_svc_conn4";
+    pub const SERVICE_CONNECT6: &str = "weft_svc_conn6";
+    pub const SERVICE_GETPEERNAME4: &str = "weft_svc_peer4";
+    pub const SERVICE_GETPEERNAME6: &str = "weft_svc_peer6";
 }
 
 /// Capacity of the original-destination maps. Each entry lives from `connect()` to the agent's
@@ -166,11 +181,33 @@ pub enum Verdict {
     DnsPassMapFull = 15,
     /// recvmsg gave a DNS proxy reply the source address the pod sent its query to.
     DnsReplyRestored = 16,
+    /// Service connect: a VIP and declared port rewritten to one of its endpoints.
+    ServiceTranslated = 17,
+    /// Service connect: a VIP on a port its service does not declare: refused (EPERM).
+    ServiceRefusedPort = 18,
+    /// Service connect: a VIP and port with no ready endpoint: refused (EPERM).
+    ServiceRefusedNoBackend = 19,
+    /// Service connect: the destination is no VIP: passed.
+    ServicePassNotService = 20,
+    /// Service connect: loopback destination (a capture program of an enrolled pod has already
+    /// sent it to the agent, or the pod talks to itself): passed.
+    ServicePassLoopback = 21,
+    /// Service connect: the socket carries the agent's mark: passed.
+    ServicePassAgentSocket = 22,
+    /// Service connect: not TCP: passed.
+    ServicePassNotTcp = 23,
+    /// Service connect: the chosen slot was missing (the agent was rewriting the VIP's
+    /// backends) and so was slot 0: refused (EPERM), the client retries.
+    ServiceBackendMissing = 24,
+    /// Service connect: translated, but the VIP could not be remembered for getpeername.
+    ServicePeerMapFull = 25,
+    /// getpeername: a translated socket's peer shown as the VIP it dialled.
+    ServicePeerRestored = 26,
 }
 
 impl Verdict {
     /// Number of verdicts, the length of the `VERDICTS` array. Bump with every new variant.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 27;
 
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Redirected,
@@ -190,6 +227,16 @@ impl Verdict {
         Verdict::DnsRedirected,
         Verdict::DnsPassMapFull,
         Verdict::DnsReplyRestored,
+        Verdict::ServiceTranslated,
+        Verdict::ServiceRefusedPort,
+        Verdict::ServiceRefusedNoBackend,
+        Verdict::ServicePassNotService,
+        Verdict::ServicePassLoopback,
+        Verdict::ServicePassAgentSocket,
+        Verdict::ServicePassNotTcp,
+        Verdict::ServiceBackendMissing,
+        Verdict::ServicePeerMapFull,
+        Verdict::ServicePeerRestored,
     ];
 
     /// Label used for this verdict in metrics.
@@ -212,6 +259,16 @@ impl Verdict {
             Verdict::DnsRedirected => "dns_redirected",
             Verdict::DnsPassMapFull => "dns_pass_map_full",
             Verdict::DnsReplyRestored => "dns_reply_restored",
+            Verdict::ServiceTranslated => "service_translated",
+            Verdict::ServiceRefusedPort => "service_refused_port",
+            Verdict::ServiceRefusedNoBackend => "service_refused_no_backend",
+            Verdict::ServicePassNotService => "service_pass_not_service",
+            Verdict::ServicePassLoopback => "service_pass_loopback",
+            Verdict::ServicePassAgentSocket => "service_pass_agent_socket",
+            Verdict::ServicePassNotTcp => "service_pass_not_tcp",
+            Verdict::ServiceBackendMissing => "service_backend_missing",
+            Verdict::ServicePeerMapFull => "service_peer_map_full",
+            Verdict::ServicePeerRestored => "service_peer_restored",
         }
     }
 }
@@ -295,6 +352,82 @@ impl InboundKey {
     }
 }
 
+// === Kernel service translation (see `weft-ebpf/src/service.rs`) ===
+
+/// Capacity of `SERVICES`: one entry per (VIP, declared port) plus one per VIP. 10,000
+/// dual-stack services with three ports each take 80,000. Allocated as used (no prealloc).
+pub const SERVICE_MAP_ENTRIES: u32 = 131_072;
+/// Capacity of `SERVICE_BACKENDS`: one entry per (VIP, port, endpoint); 10,000 dual-stack
+/// services with three ports of four endpoints take 240,000. Allocated as used.
+pub const BACKEND_MAP_ENTRIES: u32 = 262_144;
+/// Endpoints one (VIP, port) gets in the kernel; a larger service gets this many of them
+/// (the agent logs it). Kubernetes' own EndpointSlice guidance caps a slice at 1,000.
+pub const MAX_BACKENDS_PER_PORT: u32 = 4_096;
+/// Capacity of `SERVICE_PEERS`: translated sockets whose VIP getpeername can still show.
+/// LRU: past this, the oldest connections' getpeername shows the endpoint instead. An LRU map
+/// is preallocated (about 6 MiB at this size).
+pub const SERVICE_PEER_ENTRIES: u32 = 65_536;
+
+/// Key of `SERVICES`: a VIP (IPv4 in its IPv4-mapped form, so a dual-stack socket dialling
+/// `::ffff:10.96.0.10` finds the IPv4 VIP) and a port in host order. Port 0 is the VIP's own
+/// entry: it says "this address is a VIP", so that a port the service does not declare is
+/// refused instead of passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: Ip6Words,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `SERVICES`: the (VIP, port)'s id in `SERVICE_BACKENDS` and how many slots
+/// `0..count` hold an endpoint. `count` 0 refuses the connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub id: u32,
+    pub count: u32,
+}
+
+/// Key of `SERVICE_BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub service: u32,
+    pub slot: u32,
+}
+
+/// Value of `SERVICE_BACKENDS`: an endpoint's address (the VIP's family; IPv4 mapped) and
+/// target port in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Ip6Words,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `SERVICE_PEERS`: what a translated socket dialled and where it went. getpeername
+/// shows the VIP only while the socket's peer is still that endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServicePeer {
+    pub vip: Ip6Words,
+    pub backend: Ip6Words,
+    /// Host byte order.
+    pub vip_port: u16,
+    /// Host byte order.
+    pub backend_port: u16,
+}
+
+/// An address in the form the service maps use: IPv4 as IPv4-mapped IPv6.
+pub fn ip_to_words(ip: core::net::IpAddr) -> Ip6Words {
+    match ip.to_canonical() {
+        core::net::IpAddr::V4(v4) => ip6_to_words(&v4.to_ipv6_mapped()),
+        core::net::IpAddr::V6(v6) => ip6_to_words(&v6),
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, every byte is part of a named field.
@@ -303,6 +436,16 @@ mod user {
     unsafe impl aya::Pod for super::TupleKey {}
     // SAFETY: as above; four u32 words, no padding.
     unsafe impl aya::Pod for super::InboundKey {}
+    // SAFETY: as above; padding is spelled out as `_pad` fields.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    // SAFETY: as above; two u32, no padding.
+    unsafe impl aya::Pod for super::ServiceValue {}
+    // SAFETY: as above; two u32, no padding.
+    unsafe impl aya::Pod for super::BackendKey {}
+    // SAFETY: as above; padding is spelled out as `_pad` fields.
+    unsafe impl aya::Pod for super::Backend {}
+    // SAFETY: as above; eight u32 words and two u16, no padding.
+    unsafe impl aya::Pod for super::ServicePeer {}
 }
 
 #[cfg(test)]
@@ -314,6 +457,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<OrigDst>(), 20);
         assert_eq!(core::mem::size_of::<TupleKey>(), 32);
         assert_eq!(core::mem::size_of::<InboundKey>(), 16);
+        assert_eq!(core::mem::size_of::<ServiceKey>(), 20);
+        assert_eq!(core::mem::size_of::<ServiceValue>(), 8);
+        assert_eq!(core::mem::size_of::<BackendKey>(), 8);
+        assert_eq!(core::mem::size_of::<Backend>(), 20);
+        assert_eq!(core::mem::size_of::<ServicePeer>(), 36);
     }
 
     #[test]

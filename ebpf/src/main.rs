@@ -10,6 +10,7 @@ mod ctx;
 mod dns;
 mod lookup;
 mod maps;
+mod service;
 mod sockops;
 
 #[cfg(not(test))]

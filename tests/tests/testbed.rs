@@ -64,7 +64,9 @@ fn exec_runs_in_the_pod_and_passes_the_exit_code_through() {
     let cgroup = tb.exec_ok("pod-1a", &["cat", "/proc/self/cgroup"]).unwrap();
     let cgroup = String::from_utf8_lossy(&cgroup.stdout);
     assert!(
-        cgroup.lines().any(|l| l == "0::/weft-e2e-exec/pods/pod-1a"),
+        cgroup
+            .lines()
+            .any(|l| l == "0::/weft-e2e-exec/pods/node-1/pod-1a"),
         "not in the pod's cgroup: {cgroup}"
     );
 

@@ -93,6 +93,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "control-plane scale benchmark smoke run (cargo xtask bench --control-scale --quick)"
         );
         bench::control_scale::run(&run::target_dir().join("bench").join("smoke"), true, false)?;
+        println!(
+            "kernel service benchmark smoke run (cargo xtask bench --kernel-services --quick)"
+        );
+        bench::kernel_services::run(&run::target_dir().join("bench").join("smoke"), true)?;
     }
     Ok(())
 }

@@ -148,6 +148,10 @@ impl Testbed {
             "--readiness-addr".into(),
             any(READINESS_PORT).into(),
         ]);
+        // Service VIPs in the kernel for this node's pods that the agent does not proxy.
+        if !node.pods_cgroup.as_os_str().is_empty() {
+            args.extend(["--service-cgroup".into(), node.pods_cgroup.clone().into()]);
+        }
         if let Some(agent) = &self.agent {
             args.extend(agent.extra_args.iter().map(OsString::from));
             // Pods' DNS queries for names outside the cluster go to a resolver the testbed

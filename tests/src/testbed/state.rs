@@ -133,7 +133,7 @@ mod tests {
             pods2,
             serde_json::json!({"pods": [{
                 "uid": "weft-pod-2a", "netns": "/run/netns/weft-pod-2a",
-                "cgroup": "/sys/fs/cgroup/unified/weft/pods/pod-2a"
+                "cgroup": "/sys/fs/cgroup/unified/weft/pods/node-2/pod-2a"
             }]})
         );
         std::fs::remove_dir_all(dir).unwrap();

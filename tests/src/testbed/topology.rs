@@ -54,6 +54,10 @@ pub struct Node {
     pub ipv6: Ipv6Addr,
     /// The agent's cgroup: `<cgroup2>/<testbed>/nodes/<node>`.
     pub cgroup: PathBuf,
+    /// The parent of this node's pods' cgroups, enrolled or not: `<cgroup2>/<testbed>/pods/<node>`
+    /// (what kubepods is on a Kubernetes node); the agent's `--service-cgroup`.
+    #[serde(default)]
+    pub pods_cgroup: PathBuf,
     /// Where the agent's admin endpoint answers, from inside the node's netns.
     pub admin_addr: SocketAddr,
     /// Where the agent's metrics endpoint answers.
@@ -81,7 +85,7 @@ pub struct Pod {
     pub ipv6: Ipv6Addr,
     pub netns: String,
     pub netns_path: PathBuf,
-    /// `<cgroup2>/<testbed>/pods/<pod>`.
+    /// `<cgroup2>/<testbed>/pods/<node>/<pod>`.
     pub cgroup: PathBuf,
     /// The node's end of the pod's veth, inside the node's netns.
     pub node_link: String,
@@ -188,6 +192,7 @@ pub fn build(name: &str, nodes: u32, pods_per_node: u32, cgroup2: &Path) -> (Vec
             ipv4,
             ipv6: Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, decimal_as_hex(10 + i)),
             cgroup: root.join("nodes").join(&node_name),
+            pods_cgroup: root.join("pods").join(&node_name),
             admin_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT)),
             metrics_addr: SocketAddr::from((ipv4, METRICS_PORT)),
             readiness_addr: SocketAddr::from((ipv4, READINESS_PORT)),
@@ -211,7 +216,7 @@ pub fn build(name: &str, nodes: u32, pods_per_node: u32, cgroup2: &Path) -> (Vec
                 ipv6: pod_ipv6(i, u16::from(host)),
                 netns_path: netns::path(&netns),
                 netns,
-                cgroup: root.join("pods").join(&pod_name),
+                cgroup: root.join("pods").join(&node_name).join(&pod_name),
                 node_link: format!("veth-{i}{letter}"),
                 name: pod_name,
             });
@@ -278,8 +283,14 @@ mod tests {
         assert_eq!(p.ipv6.to_string(), "fd78:2::11");
         assert_eq!(
             p.cgroup,
-            Path::new("/sys/fs/cgroup/unified/weft/pods/pod-2a")
+            Path::new("/sys/fs/cgroup/unified/weft/pods/node-2/pod-2a")
         );
+        // Each node's pods under one parent: the agent's --service-cgroup.
+        assert_eq!(
+            nodes[1].pods_cgroup,
+            Path::new("/sys/fs/cgroup/unified/weft/pods/node-2")
+        );
+        assert!(p.cgroup.starts_with(&nodes[1].pods_cgroup));
         assert_eq!(node_pod_gateway_v6(&nodes[0]).to_string(), "fd78:1::1");
         assert_eq!(pod_subnets(&nodes[1]).1, "fd78:2::/64");
     }

@@ -6,6 +6,7 @@
 mod chart;
 pub mod control_scale;
 pub mod gateway;
+pub mod kernel_services;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -60,6 +61,11 @@ pub struct Args {
     /// services; with --quick a small size) instead of the data-path scenarios.
     #[arg(long)]
     pub control_scale: bool,
+    /// Run the kernel service translation benchmark (cost per connect with 10,000 services
+    /// loaded, from the kernel's BPF run-time statistics; --quick makes fewer connects)
+    /// instead of the data-path scenarios.
+    #[arg(long)]
+    pub kernel_services: bool,
     /// Run this weft-agent binary instead of building one (another commit's build, to
     /// compare two agents on one machine); weft-control must be beside it.
     #[arg(long, value_name = "PATH")]
@@ -75,6 +81,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 .join(utc_stamp().replace([':', '-'], ""))
         });
         return control_scale::run(&out, args.quick, !args.debug_build);
+    }
+    if args.kernel_services {
+        let out = args.out.clone().unwrap_or_else(|| {
+            target_dir()
+                .join("bench")
+                .join(utc_stamp().replace([':', '-'], ""))
+        });
+        return kernel_services::run(&out, args.quick);
     }
     let mut plan = plan(args)?;
     setup::ensure()?;
