@@ -14,9 +14,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{agent, config_dump, eventually, require_root};
+use common::{agent, eventually, label_web, require_root};
 use weft_tests::scenario;
-use weft_tests::testbed::{Config, Testbed, TestbedGuard, control};
+use weft_tests::testbed::{Config, Testbed, TestbedGuard};
 
 const VIP4: &str = "10.96.0.10";
 const VIP6: &str = "fd00:96::10";
@@ -87,38 +87,6 @@ fn dns_mesh(name: &str) -> (TestbedGuard, Vec<weft_tests::testbed::Background>) 
     )
     .unwrap();
     (tb, servers)
-}
-
-/// Adds `tier: web` to `members`, and writes the testbed's workload file again.
-fn label_web(tb: &Testbed, members: &[&str]) {
-    let pods: Vec<_> = tb
-        .pods()
-        .iter()
-        .cloned()
-        .map(|mut p| {
-            if members.contains(&p.name.as_str()) {
-                p.labels.insert("tier".into(), "web".into());
-            }
-            p
-        })
-        .collect();
-    let staged = tb.state_dir().join("pods.yaml.staged");
-    std::fs::write(&staged, control::workload_documents(&pods, tb.unenrolled())).unwrap();
-    std::fs::rename(
-        &staged,
-        control::config_dir(tb.state_dir()).join(control::PODS_FILE),
-    )
-    .unwrap();
-    eventually("the new labels at node-1", Duration::from_secs(15), || {
-        config_dump(tb, "node-1")["workloads"]
-            .as_array()
-            .is_some_and(|ws| {
-                ws.iter()
-                    .filter(|w| w["labels"]["tier"].as_str() == Some("web"))
-                    .count()
-                    == members.len()
-            })
-    });
 }
 
 /// Runs `argv` in pod-1a with its resolv.conf; (success, stdout, stderr, how long it took).

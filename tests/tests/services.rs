@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::{config_dump, eventually, mesh};
+use common::{eventually, label_web, mesh};
 use weft_tests::scenario;
 use weft_tests::testbed::{Testbed, control};
 
@@ -34,38 +34,6 @@ fn quick_curl(tb: &Testbed, pod: &str, url: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Adds `tier: web` to `members`, and writes the testbed's workload file again.
-fn label_web(tb: &Testbed, members: &[&str]) {
-    let pods: Vec<_> = tb
-        .pods()
-        .iter()
-        .cloned()
-        .map(|mut p| {
-            if members.contains(&p.name.as_str()) {
-                p.labels.insert("tier".into(), "web".into());
-            }
-            p
-        })
-        .collect();
-    let staged = tb.state_dir().join("pods.yaml.staged");
-    std::fs::write(&staged, control::workload_documents(&pods, tb.unenrolled())).unwrap();
-    std::fs::rename(
-        &staged,
-        control::config_dir(tb.state_dir()).join(control::PODS_FILE),
-    )
-    .unwrap();
-    eventually("the new labels at node-1", Duration::from_secs(15), || {
-        config_dump(tb, "node-1")["workloads"]
-            .as_array()
-            .is_some_and(|ws| {
-                ws.iter()
-                    .filter(|w| w["labels"]["tier"].as_str() == Some("web"))
-                    .count()
-                    == members.len()
-            })
-    });
 }
 
 #[test]

@@ -13,9 +13,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{agent, config_dump, eventually, require_root};
+use common::{agent, eventually, label_web, require_root};
 use weft_tests::scenario;
-use weft_tests::testbed::{Config, Testbed, TestbedGuard, control};
+use weft_tests::testbed::{Config, Testbed, TestbedGuard};
 
 const VIP4: &str = "10.96.7.10";
 const VIP6: &str = "fd00:96::7:10";
@@ -23,40 +23,6 @@ const EMPTY_VIP: &str = "10.96.7.11";
 const SERVICE_PORT: u16 = 80;
 /// The unenrolled client, on node-1.
 const CLIENT: &str = "pod-1a";
-
-/// Sets `tier: web` on exactly `members` and rewrites the testbed's workload file.
-fn label_web(tb: &Testbed, members: &[&str]) {
-    let pods: Vec<_> = tb
-        .pods()
-        .iter()
-        .cloned()
-        .map(|mut p| {
-            if members.contains(&p.name.as_str()) {
-                p.labels.insert("tier".into(), "web".into());
-            } else {
-                p.labels.remove("tier");
-            }
-            p
-        })
-        .collect();
-    let staged = tb.state_dir().join("pods.yaml.staged");
-    std::fs::write(&staged, control::workload_documents(&pods, tb.unenrolled())).unwrap();
-    std::fs::rename(
-        &staged,
-        control::config_dir(tb.state_dir()).join(control::PODS_FILE),
-    )
-    .unwrap();
-    eventually("the new labels at node-1", Duration::from_secs(15), || {
-        config_dump(tb, "node-1")["workloads"]
-            .as_array()
-            .is_some_and(|ws| {
-                ws.iter()
-                    .filter(|w| w["labels"]["tier"].as_str() == Some("web"))
-                    .count()
-                    == members.len()
-            })
-    });
-}
 
 /// Which pod answered `curl` to the VIP from `pod`, if any.
 fn whoami(tb: &Testbed, pod: &str, vip: &str) -> Option<String> {

@@ -33,7 +33,7 @@ use weft_mesh::{
     workload::{Workload, WorkloadStore, WorkloadUid},
 };
 
-/// The target the issue sets for the translation, per connect.
+/// The translation's target cost per connect.
 const TARGET: Duration = Duration::from_micros(1);
 /// Services a typical client dials (its hot set), for the first measurement.
 const HOT_SET: u32 = 16;

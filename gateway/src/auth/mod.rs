@@ -1,4 +1,4 @@
-//! Who is calling: API keys and JWTs (issue 23, "consumers and credentials").
+//! Who is calling: API keys and JWTs (consumers and their credentials).
 //!
 //! Built once per configuration version: each route's [`AuthPolicy`] is converted from its
 //! `ApiPolicy` (`TryFrom`), and one [`Authenticator`] indexes every consumer and holds the

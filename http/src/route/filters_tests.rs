@@ -52,7 +52,7 @@ fn replace_prefix_match_follows_the_spec_table() {
         ("/foo", "/foo", "", "/"),
         ("/foo/", "/foo", "/", "/"),
         ("/foo", "/foo", "/", "/"),
-        // The example: PathPrefix /demo/ replaced by /.
+        // The documented example: PathPrefix /demo/ replaced by /.
         ("/demo/echo", "/demo/", "/", "/echo"),
         ("/anything", "/", "/base", "/base/anything"),
     ];

@@ -7,7 +7,7 @@ pub mod pki;
 use std::time::{Duration, Instant};
 
 use weft_tests::scenario::TcpCounters;
-use weft_tests::testbed::{AgentConfig, Config, Testbed, TestbedGuard};
+use weft_tests::testbed::{AgentConfig, Config, Testbed, TestbedGuard, control};
 
 /// How long counters get to show a connection: bytes may be counted when it closes.
 pub const COUNTER_WAIT: Duration = Duration::from_secs(10);
@@ -108,4 +108,40 @@ pub fn config_dump(tb: &Testbed, node: &str) -> serde_json::Value {
     let response = tb.config_dump(node).expect("fetching /config_dump");
     assert_eq!(response.status, 200, "{}", response.body);
     serde_json::from_str(&response.body).expect("/config_dump is JSON")
+}
+
+/// Sets `tier: web` on exactly `members` (and on no other pod), rewrites the testbed's
+/// workload file, and waits until node-1's agent has the new labels.
+pub fn label_web(tb: &Testbed, members: &[&str]) {
+    let pods: Vec<_> = tb
+        .pods()
+        .iter()
+        .cloned()
+        .map(|mut p| {
+            if members.contains(&p.name.as_str()) {
+                p.labels.insert("tier".into(), "web".into());
+            } else {
+                p.labels.remove("tier");
+            }
+            p
+        })
+        .collect();
+    let staged = tb.state_dir().join("pods.yaml.staged");
+    std::fs::write(&staged, control::workload_documents(&pods, tb.unenrolled()))
+        .expect("writing the workload file");
+    std::fs::rename(
+        &staged,
+        control::config_dir(tb.state_dir()).join(control::PODS_FILE),
+    )
+    .expect("replacing the workload file");
+    eventually("the new labels at node-1", Duration::from_secs(15), || {
+        config_dump(tb, "node-1")["workloads"]
+            .as_array()
+            .is_some_and(|ws| {
+                ws.iter()
+                    .filter(|w| w["labels"]["tier"].as_str() == Some("web"))
+                    .count()
+                    == members.len()
+            })
+    });
 }

@@ -34,7 +34,7 @@ use crate::{
     report::{Control, Machine, Params, Percentiles, Report},
 };
 
-/// The scenario: a large cluster's mesh and one agent per node for 1000 nodes.
+/// The measured scenario: a large cluster's mesh and one agent per node for 1000 nodes.
 const FULL: Sizes = Sizes {
     workloads: 10_000,
     services: 2_000,
