@@ -112,12 +112,19 @@ fn h2load_counts(out: &str) -> (u64, u64, u64, u64) {
         .lines()
         .find(|l| l.trim_start().starts_with("status codes:"))
         .unwrap_or_default();
-    let ok = codes
+    // Responses other than 2xx. h2load counts status codes of every response it read,
+    // including the few that finish after its measuring window closes, so they are not
+    // compared with `succeeded`.
+    let not_ok = codes
         .split(',')
-        .find(|p| p.contains("2xx"))
-        .and_then(|p| p.split_whitespace().find_map(|w| w.parse().ok()))
-        .unwrap_or(0);
-    (num("succeeded"), num("failed"), num("errored"), ok)
+        .filter(|p| ["3xx", "4xx", "5xx"].iter().any(|c| p.contains(c)))
+        .map(|p| {
+            p.split_whitespace()
+                .find_map(|w| w.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        })
+        .fold(0, u64::saturating_add);
+    (num("succeeded"), num("failed"), num("errored"), not_ok)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,10 +198,10 @@ async fn reloads_under_load_fail_no_request() {
     for (what, child) in [("h2c", plain), ("h2 over TLS", tls)] {
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (succeeded, failed, errored, ok) = h2load_counts(&text);
+        let (succeeded, failed, errored, not_ok) = h2load_counts(&text);
         assert!(succeeded > 100, "{what}: too few requests: {text}");
         assert_eq!((failed, errored), (0, 0), "{what}: {text}\n{}", gw.log());
-        assert_eq!(ok, succeeded, "{what}: every response 2xx: {text}");
+        assert_eq!(not_ok, 0, "{what}: every response 2xx: {text}");
     }
     assert!(one.requests.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert!(

@@ -1,8 +1,8 @@
 //! `cargo xtask demo`: a two-node mesh with traffic through it, then what the agents saw,
 //! in words; then the edge gateway publishing a sample API at `/demo/` (backed by pod-2a's
 //! server through a mesh Service), with an API key on a plan of 5 requests per second, and
-//! the curl lines that show a 200, a 401 and a 429, run once. The mesh is left running to
-//! look around.
+//! the curl lines that show a 200, a 401 and a 429, run once; then the same Service called by
+//! its DNS name. The mesh is left running to look around.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ const DEMO_KEY: &str = "demo-key";
 const DEMO_PER_SECOND: u32 = 5;
 /// The VIP of the Service in front of pod-2a's server.
 const DEMO_VIP: &str = "10.96.0.80";
+/// The nameserver in the client pod's resolv.conf: routed nowhere, its queries are captured.
+const DEMO_NAMESERVER: &str = "10.96.0.53";
 /// The file the demo's gateway documents are written to in the control plane's directory.
 const DEMO_FILE: &str = "demo-api.yaml";
 
@@ -74,11 +76,42 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let flag = name_flag(&args.name);
     publish_api(&tb, client, &flag)?;
+    by_name(&tb, client)?;
     println!(
         "the mesh is still up. look around: cargo xtask testbed status{flag} / cargo xtask testbed \
          exec{flag} pod-1a -- curl -s http://10.78.2.11:8000/whoami.txt; take it down: cargo xtask \
          testbed down{flag}"
     );
+    Ok(())
+}
+
+/// Calls the demo Service by its name from `client`: the pod's resolv.conf names a
+/// nameserver that nothing answers, the kernel sends the query to the agent's DNS proxy in
+/// the pod, which answers with the Service's VIP; the agent then resolves the VIP to pod-2a.
+fn by_name(tb: &Testbed, client: &str) -> anyhow::Result<()> {
+    let ns = edge::NAMESPACE;
+    tb.write_pod_resolv_conf(
+        client,
+        &format!(
+            "nameserver {DEMO_NAMESERVER}\nsearch {ns}.svc.cluster.local svc.cluster.local \
+             cluster.local\noptions ndots:5 timeout:2 attempts:1\n"
+        ),
+    )?;
+    let url = format!(
+        "http://demo.{ns}.svc.cluster.local:{}/whoami.txt",
+        scenario::HTTP_PORT
+    );
+    let out = tb.exec_resolving(client, &["curl", "-sS", "--max-time", "5", &url])?;
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let error = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if out.status.success() {
+        println!(
+            "{client}: curl {url} -> {answer} (the name answered by the agent's DNS proxy in \
+             {client} with the VIP {DEMO_VIP}, the VIP resolved to pod-2a by the agent)"
+        );
+    } else {
+        println!("{client}: curl {url} failed: {error} (see the agents' logs)");
+    }
     Ok(())
 }
 
