@@ -26,7 +26,10 @@ use arc_swap::ArcSwap;
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, MapError},
-    programs::{CgroupAttachMode, CgroupSockAddr, cgroup_sock_addr::CgroupSockAddrLink},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, cgroup_sock::CgroupSockLink,
+        cgroup_sock_addr::CgroupSockAddrLink,
+    },
 };
 use prometheus_client::metrics::counter::Counter;
 use weft_ebpf_common::{
@@ -51,6 +54,7 @@ const PROGRAMS: [&str; 4] = [
 /// The links attaching the service programs to the service cgroup; dropping it detaches them.
 pub struct ServiceLinks {
     _links: Vec<CgroupSockAddrLink>,
+    _release: CgroupSockLink,
 }
 
 /// A map operation that failed while applying a sync.
@@ -105,11 +109,34 @@ pub fn attach(
             })?;
         links.push(link);
     }
+    // The release program keeps SERVICE_PEERS to live sockets.
+    let name = programs::SERVICE_RELEASE;
+    let release: &mut CgroupSock = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(CaptureError::Missing {
+            what: "program",
+            name,
+        })?;
+    release
+        .load()
+        .map_err(|source| CaptureError::Program { name, source })?;
+    let release_link = release
+        .attach(dir.as_fd(), CgroupAttachMode::Single)
+        .and_then(|id| release.take_link(id))
+        .map_err(|source| CaptureError::Attach {
+            name,
+            path: path.clone(),
+            source,
+        })?;
     let services = take_hash(&mut ebpf, maps::SERVICES)?;
     let backends = take_hash(&mut ebpf, maps::SERVICE_BACKENDS)?;
     Ok((
         ServiceMaps::new(services, backends),
-        ServiceLinks { _links: links },
+        ServiceLinks {
+            _links: links,
+            _release: release_link,
+        },
     ))
 }
 

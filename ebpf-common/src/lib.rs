@@ -74,6 +74,8 @@ pub mod programs {
     pub const SERVICE_CONNECT6: &str = "weft_svc_conn6";
     pub const SERVICE_GETPEERNAME4: &str = "weft_svc_peer4";
     pub const SERVICE_GETPEERNAME6: &str = "weft_svc_peer6";
+    /// A socket of the node's pods going away: its `SERVICE_PEERS` entry goes with it.
+    pub const SERVICE_RELEASE: &str = "weft_svc_rel";
 }
 
 /// Capacity of the original-destination maps. Each entry lives from `connect()` to the agent's
@@ -364,7 +366,8 @@ pub const BACKEND_MAP_ENTRIES: u32 = 262_144;
 /// (the agent logs it). Kubernetes' own EndpointSlice guidance caps a slice at 1,000.
 pub const MAX_BACKENDS_PER_PORT: u32 = 4_096;
 /// Capacity of `SERVICE_PEERS`: translated sockets whose VIP getpeername can still show.
-/// LRU: past this, the oldest connections' getpeername shows the endpoint instead. An LRU map
+/// Entries leave with their sockets (`sock_release`); LRU is the backstop: past this many
+/// live translated sockets, the oldest ones' getpeername shows the endpoint instead. An LRU map
 /// is preallocated (about 6 MiB at this size).
 pub const SERVICE_PEER_ENTRIES: u32 = 65_536;
 
