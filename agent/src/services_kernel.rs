@@ -154,6 +154,20 @@ pub fn program_stats(
     Ok((info.run_time(), info.run_count()))
 }
 
+/// How many sockets have a VIP recorded for getpeername (`SERVICE_PEERS`): translated
+/// sockets still open, since a socket's record leaves with it. Walks the map; for tests and
+/// diagnostics, not for a hot path.
+pub fn peer_records(capture: &Capture) -> Result<usize, CaptureError> {
+    let ebpf = capture.ebpf();
+    let name = maps::SERVICE_PEERS;
+    let map = ebpf
+        .map(name)
+        .ok_or(CaptureError::Missing { what: "map", name })?;
+    let peers: BpfHashMap<&MapData, u64, weft_ebpf_common::ServicePeer> =
+        BpfHashMap::try_from(map).map_err(|source| CaptureError::Map { name, source })?;
+    Ok(peers.keys().filter(Result::is_ok).count())
+}
+
 fn sock_addr<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,

@@ -174,6 +174,12 @@ fn vips_are_translated_at_connect_and_shown_to_getpeername() {
     assert_eq!(delta(Verdict::ServiceRefusedNoBackend), 1);
     assert_eq!(delta(Verdict::ServicePassLoopback), 1);
     assert!(delta(Verdict::ServicePeerRestored) >= 3);
+    // The client has closed its sockets: their VIP records went with them (sock_release).
+    assert_eq!(
+        services_kernel::peer_records(&capture).unwrap(),
+        0,
+        "SERVICE_PEERS keeps records of closed sockets"
+    );
 
     // Detached: the VIP is an ordinary address again (nothing routes it; not EPERM).
     drop(links);

@@ -21,9 +21,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map},
+    macros::{cgroup_sock, cgroup_sock_addr, map},
     maps::{HashMap, LruHashMap},
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 use weft_ebpf_common::{
     AGENT_SOCKET_MARK, BACKEND_MAP_ENTRIES, Backend, BackendKey, Ip6Words, LOOPBACK6_WORDS,
@@ -51,8 +51,9 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> =
 static SERVICE_BACKENDS: HashMap<BackendKey, Backend> =
     HashMap::with_max_entries(BACKEND_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Socket cookie -> the VIP it dialled and the endpoint it got. Cookies are never reused, so
-/// an entry outliving its socket is only memory, which LRU takes back.
+/// Socket cookie -> the VIP it dialled and the endpoint it got. `sock_release` removes a
+/// socket's entry; LRU takes back any entry that outlives its socket (cookies are never
+/// reused).
 #[map(name = "SERVICE_PEERS")]
 static SERVICE_PEERS: LruHashMap<u64, ServicePeer> =
     LruHashMap::with_max_entries(SERVICE_PEER_ENTRIES, 0);
@@ -120,6 +121,17 @@ pub fn weft_svc_peer6(ctx: SockAddrContext) -> i32 {
         sa.user_port = u32::from(peer.vip_port.to_be());
         count(Verdict::ServicePeerRestored);
     }
+    ALLOW
+}
+
+/// A socket of the node's pods is released: its VIP record, if it had one, goes with it, so
+/// `SERVICE_PEERS` holds live sockets only and a connect's insert rarely has to evict.
+#[cgroup_sock(sock_release)]
+pub fn weft_svc_rel(ctx: SockContext) -> i32 {
+    // SAFETY: the helper only reads the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // Most sockets were never translated: nothing to remove is the common case.
+    let _ = SERVICE_PEERS.remove(&cookie);
     ALLOW
 }
 
