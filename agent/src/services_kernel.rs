@@ -33,8 +33,8 @@ use aya::{
 };
 use prometheus_client::metrics::counter::Counter;
 use weft_ebpf_common::{
-    Backend, BackendKey, MAX_BACKENDS_PER_PORT, ServiceKey, ServiceValue, ip_to_words, maps,
-    programs,
+    Backend, BackendKey, INLINE_BACKENDS, MAX_BACKENDS_PER_PORT, ServiceKey, ServiceValue,
+    ip_to_words, maps, programs,
 };
 use weft_mesh::{
     service::{Client, ServiceIndex},
@@ -259,6 +259,9 @@ pub struct ServiceMaps {
     next_id: u32,
 }
 
+/// The slots a `SERVICES` value holds itself, as a slot number.
+const INLINE_SLOTS: u32 = INLINE_BACKENDS as u32;
+
 /// One key of `SERVICES` as written.
 struct Entry {
     id: u32,
@@ -353,8 +356,8 @@ impl ServiceMaps {
                 slots: slots.max(count),
             },
         );
-        // 1. The new slots, before the count says they are there.
-        for (slot, backend) in (0u32..).zip(want) {
+        // 1. The new slots beyond the value's own, before the count says they are there.
+        for (slot, backend) in (0u32..).zip(want).skip(INLINE_BACKENDS) {
             if old.as_ref().and_then(|o| o.get(slot as usize)) == Some(backend) {
                 continue;
             }
@@ -366,18 +369,26 @@ impl ServiceMaps {
                     source: Box::new(source),
                 })?;
         }
-        // 2. The count (one atomic replacement of the value).
-        if old.as_ref().map(Vec::len) != Some(want.len()) {
+        // 2. The count and the first endpoints (one atomic replacement of the value).
+        let head = |b: &[Backend]| b.iter().take(INLINE_BACKENDS).copied().collect::<Vec<_>>();
+        let value_changed = old
+            .as_ref()
+            .is_none_or(|o| o.len() != want.len() || head(o) != head(want));
+        if value_changed {
+            let mut inline = [Backend::default(); INLINE_BACKENDS];
+            for (slot, backend) in inline.iter_mut().zip(want) {
+                *slot = *backend;
+            }
             self.services
-                .insert(key, ServiceValue { id, count }, 0)
+                .insert(key, ServiceValue { id, count, inline }, 0)
                 .map_err(|source| SyncError::Write {
                     map: maps::SERVICES,
                     what: what(),
                     source: Box::new(source),
                 })?;
         }
-        // 3. Slots beyond the new count, now unreachable.
-        for slot in count..slots {
+        // 3. Slots beyond the new count, now unreachable (the value's own went with it).
+        for slot in count.max(INLINE_SLOTS)..slots {
             self.delete_backend(id, slot, &what)?;
         }
         self.entries.insert(
@@ -407,7 +418,7 @@ impl ServiceMaps {
             }
             _ => {}
         }
-        for slot in 0..slots {
+        for slot in INLINE_SLOTS..slots {
             self.delete_backend(id, slot, &what)?;
         }
         self.entries.remove(&key);
@@ -590,16 +601,17 @@ mod tests {
         Some(
             (0..v.count)
                 .map(|slot| {
-                    let b = m
-                        .backends
-                        .get(
-                            &BackendKey {
-                                service: v.id,
-                                slot,
-                            },
-                            0,
-                        )
-                        .unwrap_or_else(|e| panic!("slot {slot} of {ip}:{port} missing: {e}"));
+                    let b = v.inline.get(slot as usize).copied().unwrap_or_else(|| {
+                        m.backends
+                            .get(
+                                &BackendKey {
+                                    service: v.id,
+                                    slot,
+                                },
+                                0,
+                            )
+                            .unwrap_or_else(|e| panic!("slot {slot} of {ip}:{port} missing: {e}"))
+                    });
                     let ip = IpAddr::V6(weft_ebpf_common::words_to_ip6(&b.addr)).to_canonical();
                     (ip, b.port)
                 })
@@ -701,23 +713,6 @@ mod tests {
             kernel(&m, "10.96.0.10", 80).unwrap(),
             [("10.78.1.11".parse().unwrap(), 8080)]
         );
-        let id = m
-            .services
-            .get(&key(ip_to_words("10.96.0.10".parse().unwrap()), 80), 0)
-            .unwrap()
-            .id;
-        assert!(
-            m.backends
-                .get(
-                    &BackendKey {
-                        service: id,
-                        slot: 1
-                    },
-                    0
-                )
-                .is_err(),
-            "the slot beyond the count is deleted"
-        );
 
         // No endpoint at all: the key stays, with count 0 (refused).
         let empty = WorkloadStore::default();
@@ -731,6 +726,46 @@ mod tests {
         assert!(kernel(&m, "10.96.0.10", 0).is_none());
         assert!(m.is_empty());
         assert!(m.backends.keys().next().is_none(), "no slot left behind");
+    }
+
+    /// Needs CAP_BPF (root). The first endpoints live in the `SERVICES` value; the others in
+    /// `SERVICE_BACKENDS`, deleted when the service shrinks back.
+    #[test]
+    fn endpoints_beyond_the_value_go_to_the_backends_map_and_leave_it() {
+        let mut m = maps();
+        let uids: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+        let ips: Vec<String> = (0..6).map(|i| format!("10.78.1.{}", 20 + i)).collect();
+        let pods = |n: usize| {
+            WorkloadStore::new(
+                (0..n)
+                    .map(|i| pod(&uids[i], "node-1", "z1", &[ips[i].as_str()], true))
+                    .collect(),
+            )
+        };
+        let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
+        let index = ServiceIndex::from_arcs([Arc::new(web(
+            &["10.96.0.12"],
+            &refs,
+            TrafficDistribution::Any,
+        ))]);
+        let in_backends = |m: &ServiceMaps| m.backends.keys().filter(Result::is_ok).count();
+
+        m.sync(&desired(&index, &pods(6), "node-1"));
+        let mut got = kernel(&m, "10.96.0.12", 80).unwrap();
+        got.sort();
+        let mut want: Vec<(IpAddr, u16)> =
+            ips.iter().map(|ip| (ip.parse().unwrap(), 8080)).collect();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(in_backends(&m), 6 - INLINE_BACKENDS);
+
+        m.sync(&desired(&index, &pods(5), "node-1"));
+        assert_eq!(kernel(&m, "10.96.0.12", 80).unwrap().len(), 5);
+        assert_eq!(in_backends(&m), 5 - INLINE_BACKENDS);
+
+        m.sync(&desired(&index, &pods(2), "node-1"));
+        assert_eq!(kernel(&m, "10.96.0.12", 80).unwrap().len(), 2);
+        assert_eq!(in_backends(&m), 0, "all in the value");
     }
 
     /// Needs CAP_BPF (root). A full map fails the keys that do not fit, counted, and the

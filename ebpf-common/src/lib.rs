@@ -365,10 +365,10 @@ pub const BACKEND_MAP_ENTRIES: u32 = 262_144;
 /// Endpoints one (VIP, port) gets in the kernel; a larger service gets this many of them
 /// (the agent logs it). Kubernetes' own EndpointSlice guidance caps a slice at 1,000.
 pub const MAX_BACKENDS_PER_PORT: u32 = 4_096;
-/// Capacity of `SERVICE_PEERS`: translated sockets whose VIP getpeername can still show.
-/// Entries leave with their sockets (`sock_release`); LRU is the backstop: past this many
-/// live translated sockets, the oldest ones' getpeername shows the endpoint instead. An LRU map
-/// is preallocated (about 6 MiB at this size).
+/// Capacity of `SERVICE_PEERS`: translated sockets open at once whose VIP getpeername can
+/// show. A socket's entry leaves with it (`sock_release`); past this many, a new socket's
+/// getpeername shows the endpoint (counted as `service_peer_map_full`). Preallocated (about
+/// 5 MiB), so an insert takes a free element without allocating.
 pub const SERVICE_PEER_ENTRIES: u32 = 65_536;
 
 /// Key of `SERVICES`: a VIP (IPv4 in its IPv4-mapped form, so a dual-stack socket dialling
@@ -383,13 +383,20 @@ pub struct ServiceKey {
     pub _pad: u16,
 }
 
-/// Value of `SERVICES`: the (VIP, port)'s id in `SERVICE_BACKENDS` and how many slots
-/// `0..count` hold an endpoint. `count` 0 refuses the connection.
+/// Endpoints of a (VIP, port) held in its `SERVICES` value itself: a service this small (most
+/// are) costs a connect one map lookup, not two.
+pub const INLINE_BACKENDS: usize = 4;
+
+/// Value of `SERVICES`: how many endpoints the (VIP, port) has (`count` 0 refuses the
+/// connection), the first [`INLINE_BACKENDS`] of them, and its id in `SERVICE_BACKENDS`,
+/// which holds slots `INLINE_BACKENDS..count`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceValue {
     pub id: u32,
     pub count: u32,
+    /// Slots `0..min(count, INLINE_BACKENDS)`; the rest are zero.
+    pub inline: [Backend; INLINE_BACKENDS],
 }
 
 /// Key of `SERVICE_BACKENDS`.
@@ -403,7 +410,7 @@ pub struct BackendKey {
 /// Value of `SERVICE_BACKENDS`: an endpoint's address (the VIP's family; IPv4 mapped) and
 /// target port in host order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: Ip6Words,
     pub port: u16,

@@ -4,7 +4,8 @@
 //!
 //! `cgroup/connect4` and `cgroup/connect6`, attached once at a cgroup holding every pod of the
 //! node (the kubepods cgroup), look the destination (VIP, port) up in `SERVICES` and rewrite it
-//! to one endpoint, a random slot of `SERVICE_BACKENDS`. The socket then simply connects to
+//! to one endpoint, a random slot: one of the first `INLINE_BACKENDS` held in the `SERVICES`
+//! value itself, or of `SERVICE_BACKENDS` beyond them. The socket then simply connects to
 //! the endpoint: no per-packet NAT, no conntrack. `cgroup/getpeername4` and
 //! `cgroup/getpeername6` give the application the VIP it dialled back, from `SERVICE_PEERS`
 //! (socket cookie -> VIP and endpoint, written at connect time).
@@ -22,7 +23,7 @@ use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie},
     macros::{cgroup_sock, cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap},
+    maps::HashMap,
     programs::{SockAddrContext, SockContext},
 };
 use weft_ebpf_common::{
@@ -51,12 +52,13 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> =
 static SERVICE_BACKENDS: HashMap<BackendKey, Backend> =
     HashMap::with_max_entries(BACKEND_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Socket cookie -> the VIP it dialled and the endpoint it got. `sock_release` removes a
-/// socket's entry; LRU takes back any entry that outlives its socket (cookies are never
-/// reused).
+/// Socket cookie -> the VIP it dialled and the endpoint it got, for the sockets open now:
+/// `sock_release` removes a socket's entry. A plain preallocated hash, cheaper to insert into
+/// than an LRU one; its entries cannot outlive their sockets, since the programs that write and
+/// remove them are attached and detached together.
 #[map(name = "SERVICE_PEERS")]
-static SERVICE_PEERS: LruHashMap<u64, ServicePeer> =
-    LruHashMap::with_max_entries(SERVICE_PEER_ENTRIES, 0);
+static SERVICE_PEERS: HashMap<u64, ServicePeer> =
+    HashMap::with_max_entries(SERVICE_PEER_ENTRIES, 0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn weft_svc_conn4(ctx: SockAddrContext) -> i32 {
@@ -125,7 +127,7 @@ pub fn weft_svc_peer6(ctx: SockAddrContext) -> i32 {
 }
 
 /// A socket of the node's pods is released: its VIP record, if it had one, goes with it, so
-/// `SERVICE_PEERS` holds live sockets only and a connect's insert rarely has to evict.
+/// `SERVICE_PEERS` holds open sockets only.
 #[cgroup_sock(sock_release)]
 pub fn weft_svc_rel(ctx: SockContext) -> i32 {
     // SAFETY: the helper only reads the context.
@@ -163,8 +165,9 @@ fn translate(
         port,
         _pad: 0,
     };
-    // SAFETY: the value is copied out at once; the map is not written by programs.
-    let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else {
+    // SAFETY: the value is read through the pointer at once (the map is written by the agent
+    // only, each value replaced whole, so a reader sees the old or the new value).
+    let Some(service) = SERVICES.get_ptr(&key) else {
         let vip_only = ServiceKey {
             addr: vip,
             port: 0,
@@ -177,14 +180,28 @@ fn translate(
             (Verdict::ServicePassNotService, ALLOW)
         };
     };
-    if service.count == 0 {
+    // SAFETY: a pointer to a live value of the map, valid for this run of the program.
+    let count = unsafe { (*service).count };
+    if count == 0 {
         return (Verdict::ServiceRefusedNoBackend, REFUSE);
     }
     // SAFETY: the helper has no preconditions.
-    let slot = unsafe { bpf_get_prandom_u32() } % service.count;
-    let Some(backend) = backend(service.id, slot).or_else(|| backend(service.id, 0)) else {
-        return (Verdict::ServiceBackendMissing, REFUSE);
+    let slot = unsafe { bpf_get_prandom_u32() } % count;
+    // Most services' endpoints are all in the value: no second lookup.
+    // SAFETY: as above.
+    let inline = unsafe { &(*service).inline };
+    let backend = match inline.get(slot as usize) {
+        Some(b) => *b,
+        // SAFETY: as above.
+        None => match backend(unsafe { (*service).id }, slot) {
+            Some(b) => b,
+            // Only while the agent rewrites the VIP's slots: slot 0 is in the value.
+            None => inline[0],
+        },
     };
+    if backend.port == 0 {
+        return (Verdict::ServiceBackendMissing, REFUSE);
+    }
     if v6_socket {
         sa.user_ip6[0] = backend.addr[0];
         sa.user_ip6[1] = backend.addr[1];
