@@ -448,7 +448,7 @@ mod user {
     unsafe impl aya::Pod for super::InboundKey {}
     // SAFETY: as above; padding is spelled out as `_pad` fields.
     unsafe impl aya::Pod for super::ServiceKey {}
-    // SAFETY: as above; two u32, no padding.
+    // SAFETY: as above; two u32 and an array of `Backend` (itself without hidden padding).
     unsafe impl aya::Pod for super::ServiceValue {}
     // SAFETY: as above; two u32, no padding.
     unsafe impl aya::Pod for super::BackendKey {}
@@ -468,7 +468,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<TupleKey>(), 32);
         assert_eq!(core::mem::size_of::<InboundKey>(), 16);
         assert_eq!(core::mem::size_of::<ServiceKey>(), 20);
-        assert_eq!(core::mem::size_of::<ServiceValue>(), 8);
+        assert_eq!(
+            core::mem::size_of::<ServiceValue>(),
+            8 + INLINE_BACKENDS * 20
+        );
         assert_eq!(core::mem::size_of::<BackendKey>(), 8);
         assert_eq!(core::mem::size_of::<Backend>(), 20);
         assert_eq!(core::mem::size_of::<ServicePeer>(), 36);

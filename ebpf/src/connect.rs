@@ -123,6 +123,18 @@ fn redirect(
         );
         return Verdict::PassMapFull;
     }
+    to_loopback(sa, family, v6_socket, OUTBOUND_PORT);
+    debug!(
+        ctx,
+        "weft: cookie {} port {} redirected to the agent", cookie, port
+    );
+    Verdict::Redirected
+}
+
+/// Points the socket at `port` on the pod's loopback, where the agent listens: 127.0.0.1,
+/// ::1, or ::ffff:127.0.0.1 for an IPv6 socket dialling IPv4 (so it still leaves over IPv4).
+#[inline(always)]
+pub(crate) fn to_loopback(sa: &mut bpf_sock_addr, family: u16, v6_socket: bool, port: u16) {
     if v6_socket {
         let target = if family == AF_INET {
             v4_mapped(LOOPBACK4_WORD)
@@ -136,10 +148,5 @@ fn redirect(
     } else {
         sa.user_ip4 = LOOPBACK4_WORD;
     }
-    sa.user_port = u32::from(OUTBOUND_PORT.to_be());
-    debug!(
-        ctx,
-        "weft: cookie {} port {} redirected to the agent", cookie, port
-    );
-    Verdict::Redirected
+    sa.user_port = u32::from(port.to_be());
 }

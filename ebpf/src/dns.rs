@@ -168,19 +168,6 @@ fn redirect(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, v6_socket: bool) -> O
             return Some(Verdict::DnsPassMapFull);
         }
     }
-    if v6_socket {
-        let target = if family == AF_INET {
-            v4_mapped(LOOPBACK4_WORD)
-        } else {
-            LOOPBACK6_WORDS
-        };
-        sa.user_ip6[0] = target[0];
-        sa.user_ip6[1] = target[1];
-        sa.user_ip6[2] = target[2];
-        sa.user_ip6[3] = target[3];
-    } else {
-        sa.user_ip4 = LOOPBACK4_WORD;
-    }
-    sa.user_port = u32::from(DNS_PROXY_PORT.to_be());
+    crate::connect::to_loopback(sa, family, v6_socket, DNS_PROXY_PORT);
     Some(Verdict::DnsRedirected)
 }

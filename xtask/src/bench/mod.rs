@@ -7,6 +7,7 @@ mod chart;
 pub mod control_scale;
 pub mod gateway;
 pub mod kernel_services;
+mod report_bin;
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
