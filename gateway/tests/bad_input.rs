@@ -15,15 +15,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// A gateway routing everything to one backend, with `extra` flags.
 async fn setup(extra: &[&str]) -> (Gateway, u16, Backend, tempfile::TempDir) {
     let backend = Backend::start("one").await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write(dir.path(), "gateway.yaml", &gateway_doc(port, None));
-    write(
-        dir.path(),
-        "backend.yaml",
-        &backend_doc("one", &format!("http://{}", backend.addr)),
-    );
-    write(dir.path(), "route.yaml", &route_doc("one", "/", "one"));
+    let (dir, port) = one_route_dir(backend.addr);
     let mut args = vec!["--config-dir", dir.path().to_str().unwrap()];
     args.extend_from_slice(extra);
     let gw = Gateway::spawn(&args);

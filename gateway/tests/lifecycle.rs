@@ -15,15 +15,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     let backend = Backend::start("one").await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write(dir.path(), "gateway.yaml", &gateway_doc(port, None));
-    write(
-        dir.path(),
-        "backend.yaml",
-        &backend_doc("one", &format!("http://{}", backend.addr)),
-    );
-    write(dir.path(), "route.yaml", &route_doc("one", "/", "one"));
+    let (dir, port) = one_route_dir(backend.addr);
     let mut gw = Gateway::spawn(&[
         "--config-dir",
         dir.path().to_str().unwrap(),

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use common::{eventually, label_web, mesh};
+use common::{apply_web_services, eventually, label_web, mesh};
 use weft_tests::scenario;
 use weft_tests::testbed::{Testbed, control};
 
@@ -45,23 +45,7 @@ fn a_vip_reaches_an_endpoint_on_either_node_and_an_undeclared_port_is_refused() 
     label_web(&tb, &["pod-1b", "pod-2a"]);
     let ns = tb.pod("pod-1a").unwrap().namespace.clone();
 
-    let service = tb.state_dir().join("inputs").join("web.yaml");
-    std::fs::create_dir_all(service.parent().unwrap()).unwrap();
-    std::fs::write(
-        &service,
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\n\
-             spec:\n  selector:\n    tier: web\n  clusterIP: {VIP4}\n  \
-             clusterIPs: [\"{VIP4}\", \"{VIP6}\"]\n  ports:\n  \
-             - {{name: http, port: {SERVICE_PORT}, targetPort: {}}}\n\
-             ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: empty\n  namespace: {ns}\n\
-             spec:\n  selector:\n    tier: none\n  clusterIP: {EMPTY_VIP}\n  ports:\n  \
-             - {{port: {SERVICE_PORT}}}\n",
-            scenario::HTTP_PORT
-        ),
-    )
-    .unwrap();
-    tb.apply(std::slice::from_ref(&service)).unwrap();
+    apply_web_services(&tb, &ns, VIP4, VIP6, EMPTY_VIP, SERVICE_PORT);
 
     // The load balancer spreads over two endpoints: both answer within a few connections, on
     // each family.

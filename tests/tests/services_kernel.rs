@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{agent, eventually, label_web, require_root};
+use common::{agent, apply_web_services, eventually, label_web, require_root};
 use weft_tests::scenario;
 use weft_tests::testbed::{Config, Testbed, TestbedGuard};
 
@@ -79,23 +79,7 @@ fn an_unenrolled_pod_reaches_a_vip_through_the_kernel() {
     label_web(&tb, &["pod-1b", "pod-2a"]);
     let ns = tb.pod(CLIENT).unwrap().namespace.clone();
 
-    let service = tb.state_dir().join("inputs").join("web.yaml");
-    std::fs::create_dir_all(service.parent().unwrap()).unwrap();
-    std::fs::write(
-        &service,
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\n\
-             spec:\n  selector:\n    tier: web\n  clusterIP: {VIP4}\n  \
-             clusterIPs: [\"{VIP4}\", \"{VIP6}\"]\n  ports:\n  \
-             - {{name: http, port: {SERVICE_PORT}, targetPort: {}}}\n\
-             ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: empty\n  namespace: {ns}\n\
-             spec:\n  selector:\n    tier: none\n  clusterIP: {EMPTY_VIP}\n  ports:\n  \
-             - {{port: {SERVICE_PORT}}}\n",
-            scenario::HTTP_PORT
-        ),
-    )
-    .unwrap();
-    tb.apply(std::slice::from_ref(&service)).unwrap();
+    apply_web_services(&tb, &ns, VIP4, VIP6, EMPTY_VIP, SERVICE_PORT);
 
     // Both endpoints answer the unenrolled client, on either family. Nothing routes the VIPs
     // in the testbed and no agent proxies this pod: only the kernel's translation gets there.

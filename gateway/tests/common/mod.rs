@@ -349,3 +349,18 @@ pub fn route_doc(name: &str, prefix: &str, backend: &str) -> String {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    backendRefs: [{{group: weft.dev, kind: Backend, name: {backend}}}]\n"
     )
 }
+
+/// A configuration directory with an HTTP listener on a free port (returned), backend `one`
+/// at `backend`, and a route sending everything to it.
+pub fn one_route_dir(backend: std::net::SocketAddr) -> (tempfile::TempDir, u16) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = free_port();
+    write(dir.path(), "gateway.yaml", &gateway_doc(port, None));
+    write(
+        dir.path(),
+        "backend.yaml",
+        &backend_doc("one", &format!("http://{backend}")),
+    );
+    write(dir.path(), "route.yaml", &route_doc("one", "/", "one"));
+    (dir, port)
+}

@@ -145,3 +145,35 @@ pub fn label_web(tb: &Testbed, members: &[&str]) {
             })
     });
 }
+
+/// Applies two Services in `ns`: `web` (VIPs `vip4` and `vip6`, port `port` to the HTTP
+/// servers' port on every pod labelled `tier: web`) and `empty` (VIP `empty_vip`, selecting
+/// nothing).
+pub fn apply_web_services(
+    tb: &Testbed,
+    ns: &str,
+    vip4: &str,
+    vip6: &str,
+    empty_vip: &str,
+    port: u16,
+) {
+    let service = tb.state_dir().join("inputs").join("web.yaml");
+    std::fs::create_dir_all(service.parent().expect("inputs has a parent"))
+        .expect("creating the inputs directory");
+    std::fs::write(
+        &service,
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\n\
+             spec:\n  selector:\n    tier: web\n  clusterIP: {vip4}\n  \
+             clusterIPs: [\"{vip4}\", \"{vip6}\"]\n  ports:\n  \
+             - {{name: http, port: {port}, targetPort: {}}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: empty\n  namespace: {ns}\n\
+             spec:\n  selector:\n    tier: none\n  clusterIP: {empty_vip}\n  ports:\n  \
+             - {{port: {port}}}\n",
+            weft_tests::scenario::HTTP_PORT
+        ),
+    )
+    .expect("writing the services");
+    tb.apply(std::slice::from_ref(&service))
+        .expect("applying the services");
+}
