@@ -18,7 +18,7 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        mpsc::{Receiver, SyncSender, TrySendError},
+        mpsc::{Receiver, SyncSender},
     },
 };
 
@@ -191,7 +191,8 @@ fn take_hash<K: aya::Pod, V: aya::Pod>(
 }
 
 /// What the maps should hold: every VIP's own entry (port 0, no endpoints) and, for each of its
-/// service's ports, the endpoints `ServiceIndex::endpoints` gives a client on `node` at the
+/// service's ports, the endpoints `Service::endpoints_of` (what `ServiceIndex::endpoints`
+/// answers for that VIP and port) gives a client on `node` at the
 /// locality of this node (that of any workload on it; unknown if none), at most
 /// [`MAX_BACKENDS_PER_PORT`] of them.
 pub fn desired(
@@ -213,29 +214,24 @@ pub fn desired(
         let addr = ip_to_words(*vip);
         out.insert(key(addr, 0), Vec::new());
         for port in &service.ports {
-            let dst = SocketAddr::new(*vip, port.port);
-            let backends: Vec<Backend> = match services.endpoints(dst, workloads, &client) {
-                Some(Ok((_, endpoints))) => {
-                    if endpoints.len() > MAX_BACKENDS_PER_PORT as usize {
-                        tracing::warn!(
-                            service = %service.hostname(), %dst, endpoints = endpoints.len(),
-                            kept = MAX_BACKENDS_PER_PORT,
-                            "more endpoints than the kernel path holds per port; using the first"
-                        );
-                    }
-                    endpoints
-                        .iter()
-                        .take(MAX_BACKENDS_PER_PORT as usize)
-                        .map(|e| Backend {
-                            addr: ip_to_words(e.addr.ip()),
-                            port: e.addr.port(),
-                            _pad: 0,
-                        })
-                        .collect()
-                }
-                // No endpoint (or, impossibly, an undeclared port): count 0 refuses.
-                Some(Err(_)) | None => Vec::new(),
-            };
+            // No endpoint: an empty list, count 0, refuses.
+            let endpoints = service.endpoints_of(port, vip.is_ipv4(), workloads, &client);
+            if endpoints.len() > MAX_BACKENDS_PER_PORT as usize {
+                tracing::warn!(
+                    service = %service.hostname(), vip = %vip, port = port.port,
+                    endpoints = endpoints.len(), kept = MAX_BACKENDS_PER_PORT,
+                    "more endpoints than the kernel path holds per port; using the first"
+                );
+            }
+            let backends: Vec<Backend> = endpoints
+                .iter()
+                .take(MAX_BACKENDS_PER_PORT as usize)
+                .map(|e| Backend {
+                    addr: ip_to_words(e.addr.ip()),
+                    port: e.addr.port(),
+                    _pad: 0,
+                })
+                .collect();
             out.insert(key(addr, port.port), backends);
         }
     }
@@ -493,9 +489,9 @@ impl SyncTrigger {
 
     pub fn poke(&self) {
         if let Some(tx) = &self.0 {
-            match tx.try_send(()) {
-                Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
-            }
+            // Full: a sync is already due, and it reads the latest state. Disconnected: the
+            // sync thread is gone, and there is nothing to poke.
+            let _ = tx.try_send(());
         }
     }
 }
